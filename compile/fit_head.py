@@ -1,0 +1,59 @@
+"""fit-head: fit a DINOv3 stage's binary head on frozen backbone features from a labelled
+image folder (roadwork/ + no_roadwork/, or a labels CSV): logistic regression on the
+CLS + mean-patch features. Small data is fine: the backbone does the heavy lifting."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from streetcascade.config import load_config
+from streetcascade.errors import BadInput, ConfigError
+from streetcascade.runtime.images import decode_image, resize_to
+
+from .models.dinov3 import FAMILY as DINOV3, DinoV3Classifier
+from .models.head import fit_logistic_head, random_head, save_head
+
+log = logging.getLogger(__name__)
+
+
+def extract_features(classifier: DinoV3Classifier, images: list[np.ndarray], batch: int = 16) -> np.ndarray:
+    out = []
+    with torch.inference_mode():
+        for i in range(0, len(images), batch):
+            x = torch.from_numpy(np.stack(images[i : i + batch]))
+            out.append(classifier.features(x).double().numpy())
+    return np.concatenate(out)
+
+
+def fit_head_command(config_path: str, stage_name: str, data: str, out: str, labels_csv: str | None = None, batch: int = 16) -> dict:
+    from streetcascade.calibration.datasets import iter_image_folder
+
+    config = load_config(config_path)
+    stages = [s for s in config.stages if s.family == "dinov3" and (not stage_name or s.name == stage_name)]
+    if not stages:
+        raise ConfigError(f"{config_path}: no dinov3 stage{' named ' + repr(stage_name) if stage_name else ''} to fit a head for")
+    stage = stages[0]
+    backbone, (mean, std), _, placeholder = DINOV3.load_backbone(stage, Path(config_path))
+    if placeholder:
+        log.warning("fitting a head on a PLACEHOLDER (random) backbone: fine for testing, useless for mining")
+    classifier = DinoV3Classifier(backbone, random_head(2 * backbone.config.hidden_size, 0), stage.input_size, mean, std).eval()
+    images, labels, skipped = [], [], 0
+    for sample in iter_image_folder(data, labels_csv=labels_csv):
+        try:
+            images.append(resize_to(decode_image(sample.data), stage.input_size))
+            labels.append(sample.label)
+        except BadInput as exc:
+            skipped += 1
+            log.warning("skipping %s: %s", sample.origin, exc)
+    if not images:
+        raise BadInput(f"{data}: no labelled images found (expected roadwork/ and no_roadwork/ subfolders or a labels CSV)")
+    features = extract_features(classifier, images, batch)
+    head, stats = fit_logistic_head(features, np.asarray(labels))
+    save_head(head, out, {"backbone_source": stage.source, "n_images": str(stats["n"]), "train_accuracy": f"{stats['train_accuracy']:.4f}"})
+    stats["skipped"] = skipped
+    print(f"head written to {out}: {stats['n']} images ({stats['positives']} roadwork), train accuracy {stats['train_accuracy']:.3f}, {skipped} skipped")
+    return stats

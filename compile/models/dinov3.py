@@ -1,0 +1,143 @@
+"""DINOv3 ViT backbone (transformers `DINOv3ViTModel`, any size) + a binary head over the
+CLS token concatenated with the mean of the patch tokens.
+
+Export: the rotary sin/cos depend only on the (fixed) resolution, so they are computed
+once and baked in as constants: no `If`/dynamic tile in the graph (TensorRT and ORT's
+symbolic shape inference both choke on those).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from streetcascade.config import StageConfig, resolve_relative
+from streetcascade.errors import CompileError
+
+from .base import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    ExportableModel,
+    UInt8Preprocess,
+    fetch_hub_snapshot,
+    hash_checkpoint,
+    hash_text,
+    load_or_fail,
+    numpy_preprocess,
+    resolve_source,
+)
+from .head import BinaryHead, load_head, random_head
+
+# Architecture presets of the published DINOv3 ViTs, for placeholder (random) weights.
+RANDOM_PRESETS = {
+    "vits16": dict(hidden_size=384, intermediate_size=1536, num_hidden_layers=12, num_attention_heads=6),
+    "vitb16": dict(hidden_size=768, intermediate_size=3072, num_hidden_layers=12, num_attention_heads=12),
+    "vitl16": dict(hidden_size=1024, intermediate_size=4096, num_hidden_layers=24, num_attention_heads=16),
+    # For tests: the same code paths, a fraction of the compute.
+    "tiny": dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=2),
+}
+COMMON = dict(patch_size=16, num_register_tokens=4, layerscale_value=1e-5, rope_theta=100.0, layer_norm_eps=1e-5)
+
+
+def random_backbone(preset: str, image_size: int, seed: int):
+    from transformers import DINOv3ViTConfig, DINOv3ViTModel
+
+    if preset not in RANDOM_PRESETS:
+        raise CompileError(f"random:{preset}: unknown preset; known: {', '.join(RANDOM_PRESETS)}")
+    torch.manual_seed(seed)
+    config = DINOv3ViTConfig(**COMMON, **RANDOM_PRESETS[preset], image_size=image_size)
+    return DINOv3ViTModel(config).eval()
+
+
+def pooled_features(hidden: torch.Tensor, num_register_tokens: int) -> torch.Tensor:
+    """CLS token ++ mean of patch tokens (register tokens excluded)."""
+    return torch.cat([hidden[:, 0], hidden[:, 1 + num_register_tokens :].mean(dim=1)], dim=-1)
+
+
+class DinoV3Classifier(nn.Module):
+    """uint8 NHWC -> roadwork logit, with the rotary tables baked for `image_size`."""
+
+    def __init__(self, backbone, head: BinaryHead, image_size: int, mean, std):
+        super().__init__()
+        self.preprocess = UInt8Preprocess(mean, std)
+        self.backbone = backbone
+        self.head = head
+        self.num_register_tokens = backbone.config.num_register_tokens
+        with torch.no_grad():
+            cos, sin = backbone.rope_embeddings(torch.zeros(1, 3, image_size, image_size))
+        self.register_buffer("rope_cos", cos.clone())
+        self.register_buffer("rope_sin", sin.clone())
+
+    def features(self, pixels: torch.Tensor) -> torch.Tensor:
+        x = self.preprocess(pixels)
+        hidden = self.backbone.embeddings(x)
+        hidden = self.backbone.model(hidden, position_embeddings=(self.rope_cos, self.rope_sin)).last_hidden_state
+        hidden = self.backbone.norm(hidden)
+        return pooled_features(hidden, self.num_register_tokens)
+
+    def forward(self, pixels: torch.Tensor) -> torch.Tensor:
+        return self.head(self.features(pixels))
+
+
+class DinoV3Family:
+    name = "dinov3"
+
+    def load_backbone(self, stage: StageConfig, config_path: Path):
+        """Backbone + (mean, std) + source hash + placeholder flag."""
+        source = resolve_source(stage.source, config_path)
+        if source.kind == "random":
+            backbone = random_backbone(source.value, stage.input_size, stage.seed)
+            return backbone, (IMAGENET_MEAN, IMAGENET_STD), hash_text(f"{stage.source}:{stage.seed}"), True
+        directory = fetch_hub_snapshot(source.value) if source.kind == "hub" else source.value
+        from transformers import AutoConfig, DINOv3ViTModel
+
+        config = load_or_fail("config", stage.source, lambda: AutoConfig.from_pretrained(directory))
+        if getattr(config, "model_type", "") != "dinov3_vit":
+            raise CompileError(f"checkpoint {stage.source!r}: model_type {getattr(config, 'model_type', '?')!r}, family dinov3 needs 'dinov3_vit'")
+        backbone = load_or_fail("weights", stage.source, lambda: DINOv3ViTModel.from_pretrained(directory).eval())
+        mean, std = _processor_stats(directory)
+        return backbone, (mean, std), hash_checkpoint(directory), False
+
+    def load(self, stage: StageConfig, config_path: Path) -> ExportableModel:
+        backbone, (mean, std), source_hash, placeholder = self.load_backbone(stage, config_path)
+        features = 2 * backbone.config.hidden_size
+        notes = []
+        if stage.head:
+            head_path = resolve_relative(config_path, stage.head)
+            head = load_head(head_path, features)
+            source_hash = hash_text(source_hash + hash_checkpoint(head_path.parent, extra=[head_path]))
+        else:
+            head = random_head(features, stage.seed)
+            placeholder = True
+            notes.append("random head: fit one with `streetcascade fit-head`")
+        if placeholder:
+            notes.append("PLACEHOLDER weights: this stage is not a roadwork detector")
+        module = DinoV3Classifier(backbone, head, stage.input_size, mean, std).eval()
+
+        def reference(images: np.ndarray) -> np.ndarray:
+            # The unmodified Hugging Face forward (dynamic rotary tables) + the head.
+            pixel_values = torch.from_numpy(numpy_preprocess(images, mean, std))
+            with torch.no_grad():
+                hidden = backbone(pixel_values=pixel_values).last_hidden_state
+                return head(pooled_features(hidden, backbone.config.num_register_tokens)).numpy()
+
+        return ExportableModel(module, reference, source_hash, placeholder, notes)
+
+
+def _processor_stats(directory: str) -> tuple[tuple, tuple]:
+    import json
+
+    path = Path(directory) / "preprocessor_config.json"
+    if not path.exists():
+        return IMAGENET_MEAN, IMAGENET_STD
+    try:
+        cfg = json.loads(path.read_text())
+    except ValueError as exc:
+        raise CompileError(f"{path}: not valid JSON ({exc})") from None
+    return tuple(cfg.get("image_mean", IMAGENET_MEAN)), tuple(cfg.get("image_std", IMAGENET_STD))
+
+
+FAMILY = DinoV3Family()

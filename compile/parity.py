@@ -1,0 +1,71 @@
+"""The parity gate: the built engine (loaded through the runtime's own backend) against the
+PyTorch reference, on real-looking and random images. Over tolerance -> ParityError."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+
+from streetcascade.errors import ParityError
+from streetcascade.manifest import Parity
+from streetcascade.runtime.cascade import sigmoid
+from streetcascade.runtime.images import decode_image, resize_to
+
+log = logging.getLogger(__name__)
+
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp"}
+# Default tolerance on probabilities, per precision (fp32 must match; int8 is an approximation).
+DEFAULT_TOLERANCE = {"fp32": 1e-4, "fp16": 1e-2, "int8-dynamic": 0.15, "int8-static": 0.15}
+
+
+def parity_images(size: int, folder: Path | None, n_random: int = 8, seed: int = 0) -> tuple[np.ndarray, int]:
+    """Sample images from `folder` (resized) + seeded noise and flat images. Returns (images, n_real)."""
+    real = []
+    if folder is not None and folder.is_dir():
+        for path in sorted(folder.iterdir()):
+            if path.suffix.lower() in IMAGE_SUFFIXES:
+                real.append(resize_to(decode_image(path.read_bytes()), size))
+    rng = np.random.default_rng(seed)
+    synthetic = [rng.integers(0, 256, (size, size, 3), dtype=np.uint8) for _ in range(n_random)]
+    synthetic += [np.full((size, size, 3), v, dtype=np.uint8) for v in (0, 255)]
+    return np.stack(real + synthetic), len(real)
+
+
+def run_engine(engine, images: np.ndarray, max_batch: int) -> np.ndarray:
+    slot = engine.slot()
+    name_in, name_out = engine.inputs[0].name, engine.outputs[0].name
+    out = []
+    for start in range(0, len(images), max_batch):
+        out.append(slot.infer({name_in: images[start : start + max_batch]})[name_out])
+    # Batch 1 too: the dynamic batch axis must give the same answers.
+    single = slot.infer({name_in: images[:1]})[name_out]
+    slot.close()
+    logits = np.concatenate(out).astype(np.float64)
+    if not np.allclose(single, logits[:1], atol=1e-4, rtol=1e-4):
+        raise ParityError(f"batch-1 result {float(single[0]):.6f} differs from the batched one {logits[0]:.6f}")
+    return logits
+
+
+def check_parity(engine, reference, images: np.ndarray, tolerance: float, max_batch: int, label: str) -> Parity:
+    got = run_engine(engine, images, max_batch)
+    want = np.concatenate([np.asarray(reference(images[i : i + 16]), dtype=np.float64) for i in range(0, len(images), 16)])
+    if not np.all(np.isfinite(got)):
+        raise ParityError(f"{label}: the engine produced non-finite logits")
+    p_got, p_want = sigmoid(got), sigmoid(want)
+    parity = Parity(
+        reference="pytorch-fp32-eager",
+        n_images=len(images),
+        max_abs_prob_error=float(np.abs(p_got - p_want).max()),
+        max_abs_logit_error=float(np.abs(got - want).max()),
+        tolerance=tolerance,
+        decision_flips=float(np.mean(np.round(p_got) != np.round(p_want))),
+    )
+    log.info("%s parity: max |dp| %.2e, max |dlogit| %.2e over %d images", label, parity.max_abs_prob_error, parity.max_abs_logit_error, len(images))
+    if parity.max_abs_prob_error > tolerance:
+        raise ParityError(
+            f"{label}: max probability error {parity.max_abs_prob_error:.3g} vs PyTorch exceeds the tolerance {tolerance:g} "
+            f"(max logit error {parity.max_abs_logit_error:.3g}, {parity.decision_flips:.1%} decisions flipped)"
+        )
+    return parity

@@ -1,0 +1,5 @@
+import sys
+
+from streetcascade.cli import main
+
+sys.exit(main())

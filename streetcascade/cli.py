@@ -1,0 +1,244 @@
+"""The `streetcascade` command line.
+
+  streetcascade compile  --config configs/default.toml      build engines/<target>/ (ONNX Runtime)
+  streetcascade classify --config configs/default.toml samples/   decide images or folders
+  streetcascade info     --config configs/default.toml      show an engine set's manifest
+  streetcascade bench    --models vits16,vitb16             PyTorch eager vs ONNX Runtime, same run
+  streetcascade fit-head --config ... --data FOLDER --out heads/x.safetensors
+
+Exit codes come from the error tree (streetcascade.errors): 0 ok, 2 config, 3 bad input,
+4 compile/parity, 5 engine mismatch, 6 budget, 7 backend unavailable, 1 anything else.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+
+from streetcascade import __version__
+from streetcascade.errors import BadInput, ConfigError, StreetcascadeError
+
+log = logging.getLogger("streetcascade")
+
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"}
+
+
+def _engine_dir(args) -> Path:
+    if getattr(args, "engines", None):
+        return Path(args.engines)
+    if getattr(args, "config", None):
+        from streetcascade.config import load_config
+        from streetcascade.manifest import MANIFEST_NAME
+
+        config = load_config(args.config)
+        # Derive the target folder without importing the compile side (no torch needed).
+        from streetcascade.config import resolve_relative
+        from streetcascade.machine import default_target_name
+
+        base = resolve_relative(args.config, config.engines_dir)
+        path = base / (config.target.name or default_target_name(config.target.device))
+        if not (path / MANIFEST_NAME).exists():
+            raise ConfigError(f"no engine set at {path}; build it with `streetcascade compile --config {args.config}`")
+        return path
+    raise ConfigError("give --engines DIR or --config FILE")
+
+
+def cmd_compile(args) -> int:
+    from streetcascade.compile.pipeline import compile_cascade
+
+    dest = compile_cascade(args.config, out_dir=args.out, progress=not args.quiet, keep_raw=args.keep_raw)
+    print(dest)
+    return 0
+
+
+def _iter_inputs(paths: list[str]):
+    for raw in paths:
+        path = Path(raw)
+        if path.is_dir():
+            for child in sorted(path.rglob("*")):
+                if child.is_file() and child.suffix.lower() in IMAGE_SUFFIXES:
+                    yield child
+        else:
+            yield path
+
+
+def cmd_classify(args) -> int:
+    from streetcascade.config import load_config
+    from streetcascade.runtime import ImageLimits, decode_image, load_engine_set
+
+    budget = None
+    deadline_ms = args.deadline_ms
+    if args.config:
+        runtime_cfg = load_config(args.config).runtime
+        budget = runtime_cfg.budget_bytes
+        deadline_ms = deadline_ms or runtime_cfg.deadline_ms
+    limits = ImageLimits(max_pixels=args.max_pixels)
+    engine_set = load_engine_set(_engine_dir(args), **({"budget_bytes": budget} if budget else {}))
+    placeholders = engine_set.placeholder_stages
+    if placeholders:
+        print(f"WARNING: stage(s) {', '.join(placeholders)} run PLACEHOLDER (random) weights: these probabilities are not roadwork detection", file=sys.stderr)
+    results, failures = [], []
+    with engine_set:
+        for path in _iter_inputs(args.inputs):
+            try:
+                data = path.read_bytes()
+                rgb = decode_image(data, limits, draft_size=engine_set.cascade.stages[0].input_size)
+                decision = engine_set.cascade.classify(rgb, deadline_ms=deadline_ms)
+            except OSError as exc:
+                failures.append((str(path), f"cannot read: {exc.strerror or exc}"))
+                continue
+            except StreetcascadeError as exc:
+                failures.append((str(path), str(exc)))
+                continue
+            results.append((str(path), decision))
+    if args.json:
+        for path, d in results:
+            print(json.dumps({"path": path, "probability": round(d.probability, 6), "label": d.label, "stage": d.stage,
+                              "fallback": d.fallback, "timings_ms": {k: round(v, 3) for k, v in d.timings_ms.items()}}))
+        for path, err in failures:
+            print(json.dumps({"path": path, "error": err}))
+    else:
+        width = max([len(p) for p, _ in results] + [len(p) for p, _ in failures] + [4])
+        print(f"{'image':<{width}}  {'p(roadwork)':>11}  {'label':>5}  {'stage':<8}  {'ms':>7}")
+        for path, d in results:
+            label = "yes" if d.label else "no"
+            print(f"{path:<{width}}  {d.probability:>11.4f}  {label:>5}  {d.stage:<8}  {d.timings_ms['total']:>7.2f}")
+        for path, err in failures:
+            print(f"{path:<{width}}  ERROR: {err}")
+        if results:
+            import statistics
+
+            ms = [d.timings_ms["total"] for _, d in results]
+            print(f"{len(results)} image(s) decided, median {statistics.median(ms):.2f} ms per image; {len(failures)} failed"
+                  f" (engine set loaded in {engine_set.load_seconds:.2f} s)")
+    if failures and not results:
+        raise BadInput(f"no image could be classified ({len(failures)} failed)")
+    return BadInput.exit_code if failures else 0
+
+
+def cmd_info(args) -> int:
+    from streetcascade.manifest import read_manifest
+
+    engine_dir = _engine_dir(args)
+    manifest = read_manifest(engine_dir)
+    if args.json:
+        import msgspec
+
+        print(msgspec.json.format(msgspec.json.encode(manifest), indent=2).decode())
+        return 0
+    t = manifest.target
+    print(f"engine set  {engine_dir}")
+    print(f"target      {t.name}: {t.backend} on {t.device} ({t.arch}; {', '.join(t.cpu_features) or 'no ISA flags'})")
+    print(f"built       {manifest.built_at} in {manifest.build_seconds:.1f} s with " + ", ".join(f"{k} {v}" for k, v in manifest.library_versions.items()))
+    for s in manifest.stages:
+        flag = "  PLACEHOLDER WEIGHTS" if s.placeholder_weights else ""
+        print(f"stage       {s.name}: {s.family} from {s.source} (sha256 {s.source_sha256[:12]}), exits p<{s.exit_low} / p>{s.exit_high}{flag}")
+        for g in s.graphs:
+            p = g.parity
+            print(f"  graph     {g.file} {g.precision}, {g.size_bytes / 2**20:.1f} MiB on disk, ~{g.memory_bytes / 2**20:.0f} MiB resident, max batch {g.max_batch}")
+            print(f"  parity    max |dp| {p.max_abs_prob_error:.2e} (tolerance {p.tolerance:g}), max |dlogit| {p.max_abs_logit_error:.2e}, flips {p.decision_flips:.1%} over {p.n_images} images")
+        for note in s.notes:
+            print(f"  note      {note}")
+    return 0
+
+
+def cmd_bench(args) -> int:
+    from streetcascade.bench.stage1 import run_stage1_bench
+
+    run_stage1_bench(
+        models=[m.strip() for m in args.models.split(",") if m.strip()],
+        batches=[int(b) for b in args.batch.split(",")],
+        runs=args.runs,
+        warmup=args.warmup,
+        threads=args.threads,
+        precisions=[p.strip() for p in args.precision.split(",") if p.strip()],
+        markdown=args.markdown,
+    )
+    return 0
+
+
+def cmd_fit_head(args) -> int:
+    from streetcascade.compile.fit_head import fit_head_command
+
+    fit_head_command(args.config, args.stage, args.data, args.out, labels_csv=args.labels_csv, batch=args.batch)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="streetcascade", description="Compiled cascade inference for NATIX StreetVision miners.")
+    parser.add_argument("--version", action="version", version=f"streetcascade {__version__}")
+    parser.add_argument("-v", "--verbose", action="count", default=0, help="more logging (-v info, -vv debug)")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("compile", help="build an engine set (engines/<target>/) from a cascade config")
+    p.add_argument("--config", required=True, help="cascade config (TOML), e.g. configs/default.toml")
+    p.add_argument("--out", help="output folder (default: <engines_dir>/<target> from the config)")
+    p.add_argument("--keep-raw", action="store_true", help="keep the unoptimised ONNX export next to the engine")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress lines")
+    p.set_defaults(func=cmd_compile)
+
+    p = sub.add_parser("classify", help="decide images or folders of images with a compiled cascade")
+    p.add_argument("inputs", nargs="+", help="image files and/or folders (searched recursively)")
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--config", help="cascade config: uses its engine set, budget and deadline")
+    src.add_argument("--engines", help="an engine-set folder (with manifest.json)")
+    p.add_argument("--json", action="store_true", help="one JSON object per line instead of a table")
+    p.add_argument("--deadline-ms", type=float, default=None, help="per-image deadline for the cascade")
+    p.add_argument("--max-pixels", type=int, default=100_000_000, help="refuse images with more pixels (default 1e8)")
+    p.set_defaults(func=cmd_classify)
+
+    p = sub.add_parser("info", help="show an engine set's manifest")
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--config")
+    src.add_argument("--engines")
+    p.add_argument("--json", action="store_true", help="print the manifest as JSON")
+    p.set_defaults(func=cmd_info)
+
+    p = sub.add_parser("bench", help="PyTorch eager vs ONNX Runtime on the same model and inputs, in one run")
+    p.add_argument("--models", default="vits16,vitb16", help="comma list of: vits16, vitb16 (DINOv3 + head), vit-b16-cls (HF ViT classifier), tiny")
+    p.add_argument("--batch", default="1,8", help="comma list of batch sizes (default 1,8)")
+    p.add_argument("--precision", default="fp32,int8-dynamic", help="ORT variants to measure (fp32, int8-dynamic)")
+    p.add_argument("--runs", type=int, default=30, help="timed runs per measurement (default 30)")
+    p.add_argument("--warmup", type=int, default=5)
+    p.add_argument("--threads", type=int, default=0, help="threads for both torch and ORT (0 = one per core)")
+    p.add_argument("--markdown", action="store_true", help="print a markdown table (for docs/benchmarks.md)")
+    p.set_defaults(func=cmd_bench)
+
+    p = sub.add_parser("fit-head", help="fit a DINOv3 stage's binary head (logistic regression) from a labelled image folder")
+    p.add_argument("--config", required=True)
+    p.add_argument("--stage", default="", help="stage name (default: the first dinov3 stage)")
+    p.add_argument("--data", required=True, help="folder with roadwork/ and no_roadwork/ subfolders (or --labels-csv)")
+    p.add_argument("--labels-csv", default=None, help="CSV with filename,label columns instead of subfolders")
+    p.add_argument("--out", required=True, help="where to write the head (.safetensors)")
+    p.add_argument("--batch", type=int, default=16)
+    p.set_defaults(func=cmd_fit_head)
+
+    try:  # the miner's subcommands (serve, register) when its module is present
+        from streetcascade.miner.cli import add_subcommands
+    except ImportError:
+        pass
+    else:
+        add_subcommands(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    level = {0: logging.WARNING, 1: logging.INFO}.get(args.verbose, logging.DEBUG)
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        return int(args.func(args) or 0)
+    except StreetcascadeError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,123 @@
+"""The engine-set manifest (engines/<target>/manifest.json): what was built, from what,
+for which machine, and how close it is to the PyTorch reference.
+
+The runtime reads it before loading anything: hashes, target and library versions must
+match, else `EngineMismatch` says exactly what differs.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import msgspec
+
+from streetcascade.errors import EngineMismatch
+from streetcascade.structs import load_json, write_json
+
+MANIFEST_NAME = "manifest.json"
+FORMAT_VERSION = 1
+
+
+class TensorSpec(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    name: str
+    # ints for fixed axes, strings for named dynamic axes (e.g. "batch")
+    shape: list[int | str]
+    dtype: str  # numpy dtype name: "uint8", "float32", ...
+
+
+class TargetInfo(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    name: str  # e.g. "cpu-x86_64", "sm89-rtx4090"
+    backend: str  # runtime.backends registry name
+    device: str  # "cpu" | "cuda"
+    arch: str  # machine architecture, e.g. "x86_64"
+    # CPU ISA features the graphs may rely on (offline-optimised ORT graphs can be ISA-specific).
+    cpu_features: list[str] = []
+    sm: str | None = None  # CUDA compute capability for GPU targets, e.g. "8.9"
+
+
+class Parity(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    reference: str  # what it was compared with, e.g. "pytorch-fp32-eager"
+    n_images: int
+    max_abs_prob_error: float
+    max_abs_logit_error: float
+    tolerance: float  # on probabilities
+    # Fraction of images whose rounded decision differs from the reference.
+    decision_flips: float = 0.0
+
+
+class GraphEntry(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    role: str  # "classifier" for stage-1 graphs
+    file: str  # relative to the engine-set folder
+    sha256: str
+    size_bytes: int
+    precision: str
+    inputs: list[TensorSpec]
+    outputs: list[TensorSpec]
+    parity: Parity
+    # Measured at compile time: resident memory added by loading + running at max_batch.
+    memory_bytes: int = 0
+    max_batch: int = 1
+
+
+class StageEntry(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    name: str
+    family: str
+    source: str
+    source_sha256: str  # hash over the checkpoint's weight/config files (+ head)
+    placeholder_weights: bool  # True: random weights, NOT a detector
+    input_size: int
+    exit_low: float
+    exit_high: float
+    temperature: float
+    graphs: list[GraphEntry]
+    notes: list[str] = []
+
+
+class Manifest(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    format_version: int
+    target: TargetInfo
+    stages: list[StageEntry]
+    library_versions: dict[str, str]
+    built_at: str  # ISO 8601 UTC
+    build_seconds: float
+    config_sha256: str
+
+
+def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def read_manifest(engine_dir: str | Path) -> Manifest:
+    path = Path(engine_dir) / MANIFEST_NAME
+    if not path.exists():
+        raise EngineMismatch(f"{engine_dir}: no {MANIFEST_NAME}; is this an engine set? (build one with `streetcascade compile`)")
+    manifest = load_json(path, Manifest)
+    if manifest.format_version != FORMAT_VERSION:
+        raise EngineMismatch(f"{path}: format_version {manifest.format_version}, this streetcascade reads {FORMAT_VERSION}")
+    return manifest
+
+
+def write_manifest(engine_dir: str | Path, manifest: Manifest) -> Path:
+    path = Path(engine_dir) / MANIFEST_NAME
+    write_json(path, manifest)
+    return path
+
+
+def verify_files(engine_dir: str | Path, manifest: Manifest) -> None:
+    """Every graph file exists and has the recorded hash."""
+    for stage in manifest.stages:
+        for graph in stage.graphs:
+            path = Path(engine_dir) / graph.file
+            if not path.exists():
+                raise EngineMismatch(f"{path}: listed in the manifest (stage {stage.name}) but missing")
+            digest = sha256_file(path)
+            if digest != graph.sha256:
+                raise EngineMismatch(
+                    f"{path}: sha256 {digest[:16]}... differs from the manifest's {graph.sha256[:16]}...; "
+                    "the file was changed or replaced: rebuild with `streetcascade compile`"
+                )

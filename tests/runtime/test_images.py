@@ -1,0 +1,108 @@
+import io
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from streetcascade.errors import BadInput, ImageTooLarge
+from streetcascade.runtime.images import ImageLimits, decode_image, resize_to
+
+
+def encode(img: Image.Image, fmt: str, **kw) -> bytes:
+    buf = io.BytesIO()
+    img.save(buf, format=fmt, **kw)
+    return buf.getvalue()
+
+
+def test_decodes_sample_jpeg_to_rgb_uint8(sample_bytes):
+    data = sample_bytes["street-barrier.jpg"]
+    arr = decode_image(data)
+    assert arr.dtype == np.uint8 and arr.ndim == 3 and arr.shape[2] == 3
+    assert arr.shape[:2] == Image.open(io.BytesIO(data)).size[::-1]
+
+
+@pytest.mark.parametrize("data, message", [
+    (b"", "empty"),
+    (b"hello, I am not an image", "not an image"),
+    (b"\x89PNG\r\n\x1a\n" + b"\x00" * 40, "image"),
+])
+def test_rejects_non_images_with_one_line(data, message):
+    with pytest.raises(BadInput) as info:
+        decode_image(data)
+    assert message in str(info.value) and "\n" not in str(info.value)
+
+
+def test_rejects_non_bytes():
+    with pytest.raises(BadInput, match="must be bytes"):
+        decode_image("a string")
+
+
+def test_truncated_jpeg_is_bad_input(sample_bytes):
+    data = sample_bytes["street-barrier.jpg"]
+    with pytest.raises(BadInput, match="corrupt or truncated"):
+        decode_image(data[: len(data) // 2])
+
+
+def test_too_many_compressed_bytes():
+    with pytest.raises(ImageTooLarge, match="over the limit"):
+        decode_image(b"\xff" * 2048, ImageLimits(max_bytes=1024))
+
+
+def test_decompression_bomb_refused_before_decoding():
+    # 20000 x 20000 1-bit PNG: a few KB compressed, 400 M pixels decoded.
+    data = encode(Image.new("1", (20000, 20000)), "PNG")
+    assert len(data) < 200_000
+    with pytest.raises(ImageTooLarge, match="20000x20000"):
+        decode_image(data)
+
+
+def test_one_by_one_image_is_handled():
+    arr = decode_image(encode(Image.new("RGB", (1, 1), (200, 10, 10)), "PNG"))
+    assert arr.shape == (1, 1, 3)
+    assert resize_to(arr, 224).shape == (224, 224, 3)
+    assert tuple(resize_to(arr, 224)[100, 100]) == (200, 10, 10)
+
+
+def test_huge_jpeg_decodes_at_reduced_scale_with_draft():
+    big = Image.new("L", (10000, 10000), 90)
+    data = encode(big, "JPEG", quality=50)
+    arr = decode_image(data, draft_size=224)
+    assert arr.shape[2] == 3 and max(arr.shape[:2]) <= 10000 // 8 + 1
+    assert abs(int(arr.mean()) - 90) <= 2
+
+
+def test_cmyk_jpeg_converts_to_rgb():
+    cmyk = Image.new("CMYK", (32, 16), (0, 255, 255, 0))  # pure red in CMYK
+    arr = decode_image(encode(cmyk, "JPEG", quality=95))
+    assert arr.shape == (16, 32, 3)
+    r, g, b = arr[8, 16].astype(int)
+    assert r > 200 and g < 60 and b < 60
+
+
+def test_16_bit_png_is_scaled_not_clipped():
+    values = np.full((8, 8), 0x8000, dtype=np.uint16)  # half scale
+    img = Image.fromarray(values)
+    assert img.mode == "I;16"
+    arr = decode_image(encode(img, "PNG"))
+    assert arr.shape == (8, 8, 3)
+    assert abs(int(arr[0, 0, 0]) - 128) <= 1  # clipping would give 255
+
+
+@pytest.mark.parametrize("mode", ["L", "LA", "RGBA", "P", "I", "F"])
+def test_other_modes_become_rgb(mode):
+    img = Image.new(mode, (10, 12))
+    fmt = "TIFF" if mode in ("F", "I") else "PNG"
+    arr = decode_image(encode(img, fmt))
+    assert arr.shape == (12, 10, 3) and arr.dtype == np.uint8
+
+
+def test_webp_is_supported():
+    arr = decode_image(encode(Image.new("RGB", (20, 20), (0, 0, 255)), "WEBP", quality=90))
+    assert arr.shape == (20, 20, 3) and arr[10, 10, 2] > 200
+
+
+def test_resize_rejects_wrong_arrays():
+    with pytest.raises(BadInput):
+        resize_to(np.zeros((4, 4), dtype=np.uint8), 224)
+    with pytest.raises(BadInput):
+        resize_to(np.zeros((4, 4, 3), dtype=np.float32), 224)
