@@ -29,7 +29,7 @@ def extract_features(classifier: DinoV3Classifier, images: list[np.ndarray], bat
     return np.concatenate(out)
 
 
-def fit_head_command(config_path: str, stage_name: str, data: str, out: str, labels_csv: str | None = None, batch: int = 16) -> dict:
+def fit_head_command(config_path: str, stage_name: str, data: str, out: str, labels_csv: str | None = None, batch: int = 16, l2: float = 1.0) -> dict:
     from streetcascade.calibration.datasets import iter_image_folder
 
     config = load_config(config_path)
@@ -41,8 +41,8 @@ def fit_head_command(config_path: str, stage_name: str, data: str, out: str, lab
     if placeholder:
         log.warning("fitting a head on a PLACEHOLDER (random) backbone: fine for testing, useless for mining")
     classifier = DinoV3Classifier(backbone, random_head(2 * backbone.config.hidden_size, 0), stage.input_size, mean, std).eval()
-    images, labels, skipped = [], [], 0
-    for sample in iter_image_folder(data, labels_csv=labels_csv):
+    images, labels, skipped, bad = [], [], 0, []
+    for sample in iter_image_folder(data, labels_csv=labels_csv, bad=bad):
         try:
             images.append(resize_to(decode_image(sample.data), stage.input_size))
             labels.append(sample.label)
@@ -52,8 +52,8 @@ def fit_head_command(config_path: str, stage_name: str, data: str, out: str, lab
     if not images:
         raise BadInput(f"{data}: no labelled images found (expected roadwork/ and no_roadwork/ subfolders or a labels CSV)")
     features = extract_features(classifier, images, batch)
-    head, stats = fit_logistic_head(features, np.asarray(labels))
+    head, stats = fit_logistic_head(features, np.asarray(labels), l2=l2)
     save_head(head, out, {"backbone_source": stage.source, "n_images": str(stats["n"]), "train_accuracy": f"{stats['train_accuracy']:.4f}"})
-    stats["skipped"] = skipped
-    print(f"head written to {out}: {stats['n']} images ({stats['positives']} roadwork), train accuracy {stats['train_accuracy']:.3f}, {skipped} skipped")
+    stats["skipped"] = skipped + len(bad)
+    print(f"head written to {out}: {stats['n']} images ({stats['positives']} roadwork), train accuracy {stats['train_accuracy']:.3f}, {stats['skipped']} skipped")
     return stats

@@ -33,23 +33,25 @@ def parity_images(size: int, folder: Path | None, n_random: int = 8, seed: int =
     return np.stack(real + synthetic), len(real)
 
 
-def run_engine(engine, images: np.ndarray, max_batch: int) -> np.ndarray:
+def run_engine(engine, images: np.ndarray, max_batch: int, tolerance: float = 1e-4) -> np.ndarray:
     slot = engine.slot()
     name_in, name_out = engine.inputs[0].name, engine.outputs[0].name
     out = []
     for start in range(0, len(images), max_batch):
         out.append(slot.infer({name_in: images[start : start + max_batch]})[name_out])
-    # Batch 1 too: the dynamic batch axis must give the same answers.
+    # Batch 1 too: the dynamic batch axis must give the same answers. (Not bit-identical
+    # under dynamic INT8: activation scales are computed per tensor, i.e. over the batch.)
     single = slot.infer({name_in: images[:1]})[name_out]
     slot.close()
     logits = np.concatenate(out).astype(np.float64)
-    if not np.allclose(single, logits[:1], atol=1e-4, rtol=1e-4):
-        raise ParityError(f"batch-1 result {float(single[0]):.6f} differs from the batched one {logits[0]:.6f}")
+    drift = float(np.abs(sigmoid(single.astype(np.float64)) - sigmoid(logits[:1])).max())
+    if drift > tolerance:
+        raise ParityError(f"batch-1 probability differs from the batched one by {drift:.3g} (tolerance {tolerance:g})")
     return logits
 
 
 def check_parity(engine, reference, images: np.ndarray, tolerance: float, max_batch: int, label: str) -> Parity:
-    got = run_engine(engine, images, max_batch)
+    got = run_engine(engine, images, max_batch, tolerance)
     want = np.concatenate([np.asarray(reference(images[i : i + 16]), dtype=np.float64) for i in range(0, len(images), 16)])
     if not np.all(np.isfinite(got)):
         raise ParityError(f"{label}: the engine produced non-finite logits")

@@ -163,7 +163,7 @@ def cmd_bench(args) -> int:
 def cmd_fit_head(args) -> int:
     from streetcascade.compile.fit_head import fit_head_command
 
-    fit_head_command(args.config, args.stage, args.data, args.out, labels_csv=args.labels_csv, batch=args.batch)
+    fit_head_command(args.config, args.stage, args.data, args.out, labels_csv=args.labels_csv, batch=args.batch, l2=args.l2)
     return 0
 
 
@@ -214,6 +214,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--labels-csv", default=None, help="CSV with filename,label columns instead of subfolders")
     p.add_argument("--out", required=True, help="where to write the head (.safetensors)")
     p.add_argument("--batch", type=int, default=16)
+    p.add_argument("--l2", type=float, default=1.0, help="L2 penalty of the logistic regression (default 1.0; lower fits harder)")
     p.set_defaults(func=cmd_fit_head)
 
     try:  # the miner's subcommands (serve, register) when its module is present

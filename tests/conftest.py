@@ -6,17 +6,12 @@ from __future__ import annotations
 
 import json
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
-SAMPLES = REPO / "samples"
-
-TINY_VIT = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=2)
+from support import SAMPLES, TINY_VIT, write_config  # noqa: F401
 
 
 def has_cuda() -> bool:
@@ -64,14 +59,6 @@ def tiny_vit_dir(tmp_path_factory) -> Path:
     return path
 
 
-def write_config(path: Path, stages: list[dict], engines_dir: Path, **top) -> Path:
-    import tomli_w
-
-    doc = {"engines_dir": str(engines_dir), "parity_images": str(SAMPLES), **top, "stages": stages}
-    path.write_text(tomli_w.dumps(doc))
-    return path
-
-
 @pytest.fixture(scope="session")
 def tiny_config(tmp_path_factory, tiny_dinov3_dir) -> Path:
     root = tmp_path_factory.mktemp("cfg")
@@ -96,11 +83,3 @@ def engine_copy(tiny_engine_dir, tmp_path) -> Path:
 @pytest.fixture()
 def sample_bytes() -> dict[str, bytes]:
     return {p.name: p.read_bytes() for p in sorted(SAMPLES.glob("*.jpg"))}
-
-
-def run_python(code: str, timeout: float = 120) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=timeout)
-
-
-def rgb(h: int, w: int, value: int = 128) -> np.ndarray:
-    return np.full((h, w, 3), value, dtype=np.uint8)

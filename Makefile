@@ -1,0 +1,33 @@
+# Two commands for a fresh machine (see README):
+#   make demo   set up, compile the default cascade for this CPU, classify the samples
+#   make test   set up, run the test suite (the same command CI runs)
+PY ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed-stamp
+
+.PHONY: demo test bench setup clean-engines
+
+$(STAMP): pyproject.toml constraints-cpu.txt
+	$(PY) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	# constraints-cpu.txt pins the CPU build of torch (other versions pull multi-GB CUDA wheels).
+	$(BIN)/python -m pip install --quiet -c constraints-cpu.txt -e '.[compile,miner,dev]'
+	touch $(STAMP)
+
+setup: $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/streetcascade compile --config configs/default.toml
+	$(BIN)/streetcascade info --config configs/default.toml
+	$(BIN)/streetcascade classify --config configs/default.toml samples/
+
+# pytest exits 5 when it collects no test: that is not a failure of the code under test.
+test: $(STAMP)
+	$(BIN)/python -m pytest; rc=$$?; if [ $$rc -eq 5 ]; then echo "pytest collected no tests"; rc=0; fi; exit $$rc
+
+bench: $(STAMP)
+	$(BIN)/streetcascade bench --models vits16,vitb16 --batch 1,8 --markdown
+
+clean-engines:
+	find engines -mindepth 1 -maxdepth 1 ! -name README.md -exec rm -rf {} +

@@ -1,0 +1,31 @@
+"""Helpers for tests (importable: `tests/` is on pytest's pythonpath)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+SAMPLES = REPO / "samples"
+
+TINY_VIT = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=2)
+
+
+def write_config(path: Path, stages: list[dict], engines_dir: Path, **top) -> Path:
+    import tomli_w
+
+    doc = {"engines_dir": str(engines_dir), "parity_images": str(SAMPLES), **top, "stages": stages}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(tomli_w.dumps(doc))
+    return path
+
+
+def run_python(code: str, timeout: float = 120) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=timeout)
+
+
+def rgb(h: int, w: int, value: int = 128) -> np.ndarray:
+    return np.full((h, w, 3), value, dtype=np.uint8)

@@ -1,0 +1,97 @@
+import json
+
+import pytest
+
+from streetcascade.cli import build_parser, main
+from streetcascade.errors import BadInput, ConfigError, EngineMismatch
+
+
+def test_help_lists_subcommands(capsys):
+    with pytest.raises(SystemExit) as info:
+        main(["--help"])
+    assert info.value.code == 0
+    out = capsys.readouterr().out
+    for cmd in ("compile", "classify", "info", "bench", "fit-head"):
+        assert cmd in out
+
+
+def test_classify_folder_keeps_going_past_bad_files(tiny_engine_dir, tmp_path, capsys, sample_bytes):
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    for name, data in list(sample_bytes.items())[:3]:
+        (folder / name).write_bytes(data)
+    (folder / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0garbage")
+    (folder / "half.jpg").write_bytes(list(sample_bytes.values())[0][:500])
+    code = main(["classify", "--engines", str(tiny_engine_dir), "--json", str(folder)])
+    lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    ok = [x for x in lines if "probability" in x]
+    bad = [x for x in lines if "error" in x]
+    assert len(ok) == 3 and all(0 <= x["probability"] <= 1 and x["stage"] == "stage1" for x in ok)
+    assert sorted(x["path"].rsplit("/", 1)[1] for x in bad) == ["broken.jpg", "half.jpg"]
+    assert code == BadInput.exit_code  # partial failure is visible to scripts
+
+
+def test_classify_table_and_placeholder_warning(tiny_engine_dir, capsys):
+    from support import SAMPLES
+
+    assert main(["classify", "--engines", str(tiny_engine_dir), str(SAMPLES)]) == 0
+    captured = capsys.readouterr()
+    assert "p(roadwork)" in captured.out and "street-barrier.jpg" in captured.out
+    assert "8 image(s) decided" in captured.out
+    assert "PLACEHOLDER" in captured.err
+
+
+def test_classify_nothing_classifiable(tiny_engine_dir, tmp_path, capsys):
+    (tmp_path / "x.png").write_bytes(b"nope")
+    assert main(["classify", "--engines", str(tiny_engine_dir), str(tmp_path / "x.png"), str(tmp_path / "missing.jpg")]) == BadInput.exit_code
+    out = capsys.readouterr()
+    assert "no image could be classified" in out.err and "cannot read" in out.out
+
+
+def test_info_human_and_json(tiny_engine_dir, capsys):
+    assert main(["info", "--engines", str(tiny_engine_dir)]) == 0
+    out = capsys.readouterr().out
+    assert "parity" in out and "PLACEHOLDER" in out and "onnxruntime" in out
+    assert main(["info", "--engines", str(tiny_engine_dir), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["format_version"] == 1
+
+
+def test_exit_codes_from_error_tree(tmp_path, capsys):
+    assert main(["info", "--engines", str(tmp_path)]) == EngineMismatch.exit_code
+    assert "no manifest.json" in capsys.readouterr().err
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[[stages]]\nname='s'\nfamily='dinov3'\nsource='random:tiny'\nwhat=1\n")
+    assert main(["compile", "--config", str(bad)]) == ConfigError.exit_code
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "what" in err and err.count("\n") == 1
+
+
+def test_compile_then_classify_via_config(tmp_path, tiny_dinov3_dir, capsys):
+    from support import SAMPLES, write_config
+
+    cfg = write_config(tmp_path / "c.toml", [{"name": "stage1", "family": "dinov3", "source": str(tiny_dinov3_dir)}], tmp_path / "engines")
+    assert main(["compile", "--config", str(cfg), "--quiet"]) == 0
+    assert (tmp_path / "engines").is_dir()
+    capsys.readouterr()
+    assert main(["classify", "--config", str(cfg), "--json", str(SAMPLES / "street-barrier.jpg")]) == 0
+    assert json.loads(capsys.readouterr().out)["stage"] == "stage1"
+
+
+def test_classify_config_without_engines(tmp_path, capsys):
+    from support import write_config
+
+    cfg = write_config(tmp_path / "c.toml", [{"name": "stage1", "family": "dinov3", "source": "random:tiny"}], tmp_path / "none")
+    assert main(["classify", "--config", str(cfg), "x.jpg"]) == ConfigError.exit_code
+    assert "streetcascade compile" in capsys.readouterr().err
+
+
+def test_bench_tiny_prints_ratios(capsys):
+    assert main(["bench", "--models", "tiny", "--batch", "1", "--runs", "3", "--warmup", "1", "--markdown"]) == 0
+    out = capsys.readouterr().out
+    assert "torch-eager" in out and "ort-fp32" in out and "ort-int8-dynamic" in out
+    assert "x eager" in out and "| DINOv3 tiny" in out
+
+
+def test_parser_rejects_missing_source(capsys):
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["classify", "x.jpg"])
