@@ -14,7 +14,7 @@ from streetcascade.config import load_config
 from streetcascade.errors import BadInput, ConfigError
 from streetcascade.runtime.images import decode_image, resize_to
 
-from .models.dinov3 import FAMILY as DINOV3, DinoV3Classifier
+from .models.dinov3 import FAMILY as DINOV3, DinoV3Classifier, feature_size
 from .models.head import fit_logistic_head, random_head, save_head
 
 log = logging.getLogger(__name__)
@@ -40,7 +40,7 @@ def fit_head_command(config_path: str, stage_name: str, data: str, out: str, lab
     backbone, (mean, std), _, placeholder = DINOV3.load_backbone(stage, Path(config_path))
     if placeholder:
         log.warning("fitting a head on a PLACEHOLDER (random) backbone: fine for testing, useless for mining")
-    classifier = DinoV3Classifier(backbone, random_head(2 * backbone.config.hidden_size, 0), stage.input_size, mean, std).eval()
+    classifier = DinoV3Classifier(backbone, random_head(feature_size(backbone), 0), stage.input_size, mean, std).eval()
     images, labels, skipped, bad = [], [], 0, []
     for sample in iter_image_folder(data, labels_csv=labels_csv, bad=bad):
         try:

@@ -59,6 +59,55 @@ class StageConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     seed: int = 0
 
 
+CalibrationMethod = Literal["minmax", "entropy", "percentile"]
+
+
+class CalibrationConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """Labelled data for `precision = "int8-static"` (calibration + accuracy gate), and the
+    gate's limits. Paths are relative to the config file.
+
+        [calibration]
+        data = "data/roadwork"           # roadwork/ + no_roadwork/ (optionally under real/, synthetic/)
+        # or: parquet = ["data/natix-*.parquet"], image_column = "image", label_column = "label"
+        method = "minmax"                # minmax | entropy | percentile
+        max_flip_rate = 0.005
+        max_mcc_drop = 0.01
+    """
+
+    # Image folder (roadwork/ + no_roadwork/ layout, or `labels_csv`), or parquet files (globs allowed).
+    data: str = ""
+    labels_csv: str = ""
+    filename_column: str = "filename"
+    parquet: list[str] = []
+    image_column: str = "image"
+    label_column: str = "label"
+    source_column: str = ""
+    # Content-hash split (calibration / validation / test fractions) and the challenge seed.
+    split_seed: int = 0
+    split_fractions: tuple[float, float, float] = (0.2, 0.4, 0.4)
+    challenge_seed: int = 0
+    # How many challenges (validator mix) to calibrate on / to gate on.
+    calibration_samples: int = 128
+    validation_samples: int = 512
+    method: CalibrationMethod = "minmax"
+    percentile: float = 99.999  # for method = "percentile"
+    # Accuracy gate: quantized vs FP32 engine on the validation split; over a limit -> refused.
+    max_flip_rate: float = 0.005
+    max_mcc_drop: float = 0.01
+    max_accuracy_drop: float = 0.01
+    max_auc_drop: float = 0.01
+    # Leave the N most harmful layers (by a per-layer sensitivity pass) in FP32.
+    sensitivity_keep_fp32: int = 0
+    # Images used by the sensitivity pass (a prefix of the validation challenges); 0 = all.
+    sensitivity_samples: int = 64
+    # Quantize the first patch-embedding Conv and the classification head too (default: FP32).
+    quantize_patch_embed: bool = False
+    quantize_head: bool = False
+
+    def has_data(self) -> bool:
+        return bool(self.data or self.parquet)
+
+
 class RuntimeConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     budget_bytes: int = 24 * 1024**3
     deadline_ms: float = 8000.0
@@ -73,6 +122,8 @@ class CascadeConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     engines_dir: str = "engines"
     # Real-looking images for the parity gate (besides random ones), relative to the config file.
     parity_images: str = ""
+    # Labelled data + gate limits for int8-static stages (see CalibrationConfig).
+    calibration: CalibrationConfig | None = None
 
 
 def load_config(path: str | Path) -> CascadeConfig:
@@ -92,10 +143,45 @@ def load_config(path: str | Path) -> CascadeConfig:
             raise ConfigError(f"{where}.max_batch: must be >= 1")
         if stage.temperature <= 0:
             raise ConfigError(f"{where}.temperature: must be > 0")
+        if stage.precision == "int8-static" and (config.calibration is None or not config.calibration.has_data()):
+            raise ConfigError(
+                f"{where}.precision: int8-static needs labelled calibration data: add a [calibration] table with "
+                "`data = \"FOLDER\"` (roadwork/ + no_roadwork/) or `parquet = [\"FILE.parquet\"]`"
+            )
+    if config.calibration is not None:
+        _check_calibration(config.calibration, f"{path}: $.calibration")
     return config
+
+
+def _check_calibration(cal: CalibrationConfig, where: str) -> None:
+    if cal.data and cal.parquet:
+        raise ConfigError(f"{where}: give either `data` (image folder) or `parquet`, not both")
+    if cal.labels_csv and not cal.data:
+        raise ConfigError(f"{where}.labels_csv: needs `data` (the folder the CSV's file names are relative to)")
+    if len(cal.split_fractions) != 3 or any(f < 0 for f in cal.split_fractions) or abs(sum(cal.split_fractions) - 1.0) > 1e-6:
+        raise ConfigError(f"{where}.split_fractions: need 3 non-negative fractions summing to 1, got {list(cal.split_fractions)}")
+    if cal.calibration_samples < 1 or cal.validation_samples < 1:
+        raise ConfigError(f"{where}: calibration_samples and validation_samples must be >= 1")
+    for name in ("max_flip_rate", "max_mcc_drop", "max_accuracy_drop", "max_auc_drop"):
+        value = getattr(cal, name)
+        if not 0.0 <= value <= 2.0:
+            raise ConfigError(f"{where}.{name}: {value} is outside 0..2")
+    if not 90.0 <= cal.percentile <= 100.0:
+        raise ConfigError(f"{where}.percentile: {cal.percentile} is outside 90..100")
+    if cal.sensitivity_keep_fp32 < 0 or cal.sensitivity_samples < 0:
+        raise ConfigError(f"{where}: sensitivity_keep_fp32 and sensitivity_samples must be >= 0")
+
+
+def stage_overrides(config: CascadeConfig) -> dict[str, tuple[float, float, float]]:
+    """(exit_low, exit_high, temperature) per stage name, as the config says now.
+
+    `classify/eval/serve --config` apply these over the manifest's values, so a config
+    rewritten by `streetcascade tune` takes effect without recompiling.
+    """
+    return {s.name: (s.exit_low, s.exit_high, s.temperature) for s in config.stages}
 
 
 def resolve_relative(config_path: str | Path, value: str) -> Path:
     """Paths in a config are relative to the config file, not the working directory."""
     p = Path(value).expanduser()
-    return p if p.is_absolute() else Path(config_path).resolve().parent / p
+    return p if p.is_absolute() else (Path(config_path).resolve().parent / p).resolve()

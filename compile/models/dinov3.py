@@ -1,5 +1,6 @@
-"""DINOv3 ViT backbone (transformers `DINOv3ViTModel`, any size) + a binary head over the
-CLS token concatenated with the mean of the patch tokens.
+"""DINOv3 backbone (transformers `DINOv3ViTModel` of any size, or `DINOv3ConvNextModel`) + a
+binary head over the CLS token concatenated with the mean of the patch tokens (for ConvNeXt
+the "CLS" is its global-pooled token, which its model prepends the same way).
 
 Export: the rotary sin/cos depend only on the (fixed) resolution, so they are computed
 once and baked in as constants: no `If`/dynamic tile in the graph (TensorRT and ORT's
@@ -39,17 +40,33 @@ RANDOM_PRESETS = {
     # For tests: the same code paths, a fraction of the compute.
     "tiny": dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=2),
 }
+CONVNEXT_PRESETS = {
+    "convnext-tiny": dict(hidden_sizes=[96, 192, 384, 768], depths=[3, 3, 9, 3]),
+    "convnext-test": dict(hidden_sizes=[16, 32, 64, 128], depths=[1, 1, 1, 1]),
+}
 COMMON = dict(patch_size=16, num_register_tokens=4, layerscale_value=1e-5, rope_theta=100.0, layer_norm_eps=1e-5)
+MODEL_TYPES = ("dinov3_vit", "dinov3_convnext")
 
 
 def random_backbone(preset: str, image_size: int, seed: int):
-    from transformers import DINOv3ViTConfig, DINOv3ViTModel
+    from transformers import DINOv3ConvNextConfig, DINOv3ConvNextModel, DINOv3ViTConfig, DINOv3ViTModel
 
-    if preset not in RANDOM_PRESETS:
-        raise CompileError(f"random:{preset}: unknown preset; known: {', '.join(RANDOM_PRESETS)}")
     torch.manual_seed(seed)
-    config = DINOv3ViTConfig(**COMMON, **RANDOM_PRESETS[preset], image_size=image_size)
-    return DINOv3ViTModel(config).eval()
+    if preset in RANDOM_PRESETS:
+        return DINOv3ViTModel(DINOv3ViTConfig(**COMMON, **RANDOM_PRESETS[preset], image_size=image_size)).eval()
+    if preset in CONVNEXT_PRESETS:
+        return DINOv3ConvNextModel(DINOv3ConvNextConfig(**CONVNEXT_PRESETS[preset], image_size=image_size)).eval()
+    raise CompileError(f"random:{preset}: unknown preset; known: {', '.join([*RANDOM_PRESETS, *CONVNEXT_PRESETS])}")
+
+
+def feature_size(backbone) -> int:
+    config = backbone.config
+    return 2 * (config.hidden_sizes[-1] if config.model_type == "dinov3_convnext" else config.hidden_size)
+
+
+def num_prefix_tokens(backbone) -> int:
+    """Register tokens between CLS and the patch tokens (ViT only)."""
+    return getattr(backbone.config, "num_register_tokens", 0) or 0
 
 
 def pooled_features(hidden: torch.Tensor, num_register_tokens: int) -> torch.Tensor:
@@ -58,24 +75,29 @@ def pooled_features(hidden: torch.Tensor, num_register_tokens: int) -> torch.Ten
 
 
 class DinoV3Classifier(nn.Module):
-    """uint8 NHWC -> roadwork logit, with the rotary tables baked for `image_size`."""
+    """uint8 NHWC -> roadwork logit. For the ViT the rotary tables are baked for `image_size`."""
 
     def __init__(self, backbone, head: BinaryHead, image_size: int, mean, std):
         super().__init__()
         self.preprocess = UInt8Preprocess(mean, std)
         self.backbone = backbone
         self.head = head
-        self.num_register_tokens = backbone.config.num_register_tokens
-        with torch.no_grad():
-            cos, sin = backbone.rope_embeddings(torch.zeros(1, 3, image_size, image_size))
-        self.register_buffer("rope_cos", cos.clone())
-        self.register_buffer("rope_sin", sin.clone())
+        self.num_register_tokens = num_prefix_tokens(backbone)
+        self.is_vit = hasattr(backbone, "rope_embeddings")
+        if self.is_vit:
+            with torch.no_grad():
+                cos, sin = backbone.rope_embeddings(torch.zeros(1, 3, image_size, image_size))
+            self.register_buffer("rope_cos", cos.clone())
+            self.register_buffer("rope_sin", sin.clone())
 
     def features(self, pixels: torch.Tensor) -> torch.Tensor:
         x = self.preprocess(pixels)
-        hidden = self.backbone.embeddings(x)
-        hidden = self.backbone.model(hidden, position_embeddings=(self.rope_cos, self.rope_sin)).last_hidden_state
-        hidden = self.backbone.norm(hidden)
+        if self.is_vit:
+            hidden = self.backbone.embeddings(x)
+            hidden = self.backbone.model(hidden, position_embeddings=(self.rope_cos, self.rope_sin)).last_hidden_state
+            hidden = self.backbone.norm(hidden)
+        else:  # ConvNeXt: no position-dependent tables, its own forward exports as is
+            hidden = self.backbone(pixel_values=x).last_hidden_state
         return pooled_features(hidden, self.num_register_tokens)
 
     def forward(self, pixels: torch.Tensor) -> torch.Tensor:
@@ -92,18 +114,20 @@ class DinoV3Family:
             backbone = random_backbone(source.value, stage.input_size, stage.seed)
             return backbone, (IMAGENET_MEAN, IMAGENET_STD), hash_text(f"{stage.source}:{stage.seed}"), True
         directory = fetch_hub_snapshot(source.value) if source.kind == "hub" else source.value
-        from transformers import AutoConfig, DINOv3ViTModel
+        from transformers import AutoConfig, DINOv3ConvNextModel, DINOv3ViTModel
 
         config = load_or_fail("config", stage.source, lambda: AutoConfig.from_pretrained(directory))
-        if getattr(config, "model_type", "") != "dinov3_vit":
-            raise CompileError(f"checkpoint {stage.source!r}: model_type {getattr(config, 'model_type', '?')!r}, family dinov3 needs 'dinov3_vit'")
-        backbone = load_or_fail("weights", stage.source, lambda: DINOv3ViTModel.from_pretrained(directory).eval())
+        model_type = getattr(config, "model_type", "?")
+        if model_type not in MODEL_TYPES:
+            raise CompileError(f"checkpoint {stage.source!r}: model_type {model_type!r}, family dinov3 needs one of {', '.join(MODEL_TYPES)}")
+        cls = DINOv3ViTModel if model_type == "dinov3_vit" else DINOv3ConvNextModel
+        backbone = load_or_fail("weights", stage.source, lambda: cls.from_pretrained(directory).eval())
         mean, std = _processor_stats(directory)
         return backbone, (mean, std), hash_checkpoint(directory), False
 
     def load(self, stage: StageConfig, config_path: Path) -> ExportableModel:
         backbone, (mean, std), source_hash, placeholder = self.load_backbone(stage, config_path)
-        features = 2 * backbone.config.hidden_size
+        features = feature_size(backbone)
         notes = []
         if stage.head:
             head_path = resolve_relative(config_path, stage.head)
@@ -122,7 +146,7 @@ class DinoV3Family:
             pixel_values = torch.from_numpy(numpy_preprocess(images, mean, std))
             with torch.no_grad():
                 hidden = backbone(pixel_values=pixel_values).last_hidden_state
-                return head(pooled_features(hidden, backbone.config.num_register_tokens)).numpy()
+                return head(pooled_features(hidden, num_prefix_tokens(backbone))).numpy()
 
         return ExportableModel(module, reference, source_hash, placeholder, notes)
 

@@ -180,7 +180,7 @@ def test_wrong_model_type_for_family(tmp_path, tiny_vit_dir):
     from streetcascade.compile.pipeline import compile_cascade
 
     cfg = write_config(tmp_path / "c.toml", [{"name": "stage1", "family": "dinov3", "source": str(tiny_vit_dir)}], tmp_path / "e")
-    with pytest.raises(CompileError, match="dinov3_vit"):
+    with pytest.raises(CompileError, match="dinov3_vit, dinov3_convnext"):
         compile_cascade(cfg, progress=False)
 
 
@@ -207,3 +207,19 @@ def test_int8_dynamic_engine_agrees_with_fp32(tmp_path, tiny_dinov3_dir):
     assert graph.parity.max_abs_prob_error <= graph.parity.tolerance
     ops = {n.op_type for n in onnx.load(str(dest / graph.file)).graph.node}
     assert ops & {"DynamicQuantizeLinear", "MatMulInteger", "DynamicQuantizeMatMul"}, ops
+
+
+def test_convnext_variant_from_checkpoint_dir(tmp_path):
+    """DINOv3's ConvNeXt backbones load through the same family (no rotary tables)."""
+    import torch
+    from support import write_config
+    from transformers import DINOv3ConvNextConfig, DINOv3ConvNextModel
+
+    from streetcascade.compile.pipeline import compile_cascade
+
+    torch.manual_seed(0)
+    ckpt = tmp_path / "convnext"
+    DINOv3ConvNextModel(DINOv3ConvNextConfig(hidden_sizes=[16, 32, 64, 128], depths=[1, 1, 1, 1])).save_pretrained(ckpt)
+    cfg = write_config(tmp_path / "c.toml", [{"name": "stage1", "family": "dinov3", "source": str(ckpt)}], tmp_path / "e")
+    stage = read_manifest(compile_cascade(cfg, progress=False)).stages[0]
+    assert stage.graphs[0].parity.max_abs_prob_error < 1e-4
