@@ -1,0 +1,171 @@
+"""miner.toml: what to serve (hotkeys and ports), which cascade, and the admission policy.
+
+Every table is a frozen msgspec Struct with `forbid_unknown_fields=True`, so a typo in the
+file is an error naming the field path. See configs/miner.example.toml and docs/miner.md.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Literal
+
+import msgspec
+
+from streetcascade.errors import ConfigError
+from streetcascade.structs import decode_struct, load_toml
+
+
+class HotkeyConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """One miner identity: a hotkey served on its own port.
+
+    Either a bittensor wallet (`wallet_name` + `wallet_hotkey` under `wallet_path`, like the
+    reference miner's WALLET_NAME / WALLET_HOTKEY) or `hotkey_file`, a path to the hotkey's
+    keyfile (the JSON file bittensor writes under wallets/<name>/hotkeys/<hotkey>).
+    """
+
+    port: int
+    wallet_name: str = ""
+    wallet_hotkey: str = ""
+    wallet_path: str = "~/.bittensor/wallets"
+    hotkey_file: str = ""
+    # Public IP/port announced on chain by `streetcascade register` ("" = detect / same port).
+    external_ip: str = ""
+    external_port: int = 0
+
+
+class EngineConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    # An engine-set directory (e.g. "engines/cpu-x86_64", relative to the config file) or "fake"
+    # (an instant deterministic model for benchmarks and tests; never for mining).
+    engine: str = "fake"
+    budget_bytes: int = 24 * 1024**3
+    # Kept free at the end of the deadline for encoding and the network.
+    safety_margin_ms: float = 300.0
+    fake_latency_ms: float = 0.0
+    # Threads running decode + cascade (each gets its own engine slot).
+    inference_threads: int = 1
+
+
+class ChainConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    netuid: int = 72  # 72 mainnet, 323 testnet
+    network: str = "finney"  # SUBTENSOR_NETWORK: finney, test, local
+    chain_endpoint: str = ""  # SUBTENSOR_CHAIN_ENDPOINT; "" = the network's default
+    # "chain" reads hotkeys/stakes/permits through the bittensor SDK; "static" uses
+    # `static_neurons` (tests, offline benchmarks, private deployments).
+    metagraph: Literal["chain", "static"] = "chain"
+    refresh_s: float = 300.0
+    # Last good metagraph is written here and read at start if the chain is unreachable ("" = off).
+    snapshot_path: str = ""
+    static_neurons: list["StaticNeuron"] = []
+
+
+class StaticNeuron(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    hotkey: str
+    stake: float = 0.0
+    validator_permit: bool = True
+    uid: int = -1
+
+
+class PolicyConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    # BLACKLIST_FORCE_VALIDATOR_PERMIT in the reference miner.
+    force_validator_permit: bool = True
+    allow_non_registered: bool = False
+    # Stake (metagraph.S units, TAO-equivalent) below which a caller is refused.
+    min_stake: float = 1000.0
+    # Token bucket per caller hotkey (validators send about one challenge per minute).
+    rate_per_s: float = 2.0
+    rate_burst: int = 20
+    # Requests waiting for an inference thread; beyond this the lowest stake is refused (503).
+    max_queue: int = 64
+
+
+class LimitsConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    # Whole request body (base64 inflates the image by 4/3).
+    max_body_bytes: int = 4 * 1024 * 1024
+    max_image_bytes: int = 3 * 1024 * 1024
+    # Decoded pixels (validators send 224 x 224; 4096 x 4096 is generous).
+    max_pixels: int = 4096 * 4096
+    # Used when a request has no (or an unparsable) `timeout` header, seconds.
+    default_timeout_s: float = 12.0
+    # Never plan longer than this, whatever the caller's timeout, seconds.
+    max_timeout_s: float = 30.0
+    cache_entries: int = 4096
+
+
+class MinerConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    hotkeys: list[HotkeyConfig]
+    host: str = "0.0.0.0"
+    metrics_host: str = "127.0.0.1"
+    metrics_port: int = 9100  # 0 = no metrics/health server
+    log_level: str = "INFO"
+    log_json: bool = False
+    graceful_shutdown_s: float = 15.0
+    engine: EngineConfig = EngineConfig()
+    chain: ChainConfig = ChainConfig()
+    policy: PolicyConfig = PolicyConfig()
+    limits: LimitsConfig = LimitsConfig()
+
+    def __post_init__(self):
+        if not self.hotkeys:
+            raise ValueError("at least one [[hotkeys]] entry is needed")
+        ports = [h.port for h in self.hotkeys]
+        if len(set(ports)) != len(ports):
+            raise ValueError(f"hotkeys: ports must differ, got {ports}")
+        for i, h in enumerate(self.hotkeys):
+            if not 0 < h.port < 65536:
+                raise ValueError(f"hotkeys[{i}].port must be 1..65535, got {h.port}")
+            if bool(h.hotkey_file) == bool(h.wallet_name or h.wallet_hotkey):
+                raise ValueError(f"hotkeys[{i}]: set either hotkey_file or wallet_name + wallet_hotkey")
+            if not h.hotkey_file and not (h.wallet_name and h.wallet_hotkey):
+                raise ValueError(f"hotkeys[{i}]: wallet_name and wallet_hotkey are both needed")
+        if self.metrics_port and self.metrics_port in ports:
+            raise ValueError(f"metrics_port {self.metrics_port} is also a hotkey port")
+        if self.engine.inference_threads < 1:
+            raise ValueError("engine.inference_threads must be >= 1")
+        if self.policy.rate_per_s <= 0 or self.policy.rate_burst < 1:
+            raise ValueError("policy.rate_per_s must be > 0 and policy.rate_burst >= 1")
+        if self.policy.max_queue < 1:
+            raise ValueError("policy.max_queue must be >= 1")
+        if self.chain.metagraph == "static" and not self.chain.static_neurons:
+            raise ValueError("chain.metagraph = 'static' needs [[chain.static_neurons]] entries")
+
+
+def load_miner_config(path: str | Path) -> MinerConfig:
+    """Read miner.toml; relative paths in it are resolved against the file's folder."""
+    path = Path(path)
+    try:
+        cfg = load_toml(path, MinerConfig)
+    except ConfigError:
+        raise
+    except ValueError as exc:  # __post_init__ checks
+        raise ConfigError(f"{path}: {exc}") from None
+    return resolve_paths(cfg, path.parent)
+
+
+def config_from_dict(raw: dict, source: str = "<dict>", base_dir: str | Path = ".") -> MinerConfig:
+    try:
+        cfg = decode_struct(raw, MinerConfig, source)
+    except ValueError as exc:
+        if isinstance(exc, ConfigError):
+            raise
+        raise ConfigError(f"{source}: {exc}") from None
+    return resolve_paths(cfg, Path(base_dir))
+
+
+def _resolve(base: Path, value: str) -> str:
+    if not value:
+        return value
+    p = Path(os.path.expanduser(value))
+    return str(p if p.is_absolute() else (base / p))
+
+
+def resolve_paths(cfg: MinerConfig, base: Path) -> MinerConfig:
+    hotkeys = [
+        msgspec.structs.replace(h, hotkey_file=_resolve(base, h.hotkey_file), wallet_path=os.path.expanduser(h.wallet_path))
+        for h in cfg.hotkeys
+    ]
+    engine = cfg.engine
+    if engine.engine != "fake":
+        engine = msgspec.structs.replace(engine, engine=_resolve(base, engine.engine))
+    chain = msgspec.structs.replace(cfg.chain, snapshot_path=_resolve(base, cfg.chain.snapshot_path))
+    return msgspec.structs.replace(cfg, hotkeys=hotkeys, engine=engine, chain=chain)
