@@ -69,9 +69,15 @@ def compile_stage(stage: StageConfig, config_path: Path, config: CascadeConfig, 
     progress.step(f"{stage.name}: exporting to ONNX (opset 17, uint8 NHWC {stage.input_size}x{stage.input_size} input)")
     export_classifier(model.module, raw, stage.input_size)
     engine_file = f"{stage.name}.{stage.precision}.onnx"
-    progress.step(f"{stage.name}: building {stage.precision} graph for onnxruntime (offline optimisation)")
-    ort_target.build(raw, workdir / engine_file, stage.precision, config.target.intra_op_threads)
     inputs, outputs = classifier_specs(stage.input_size)
+    accuracy_gate = None
+    if stage.precision == "int8-static":
+        from .static_int8 import build_gated_static
+
+        accuracy_gate = build_gated_static(stage, config_path, config, raw, workdir / engine_file, inputs, outputs, progress.step)
+    else:
+        progress.step(f"{stage.name}: building {stage.precision} graph for onnxruntime (offline optimisation)")
+        ort_target.build(raw, workdir / engine_file, stage.precision, config.target.intra_op_threads)
     tolerance = stage.parity_tolerance if stage.parity_tolerance > 0 else parity_gate.DEFAULT_TOLERANCE[stage.precision]
     folder = resolve_relative(config_path, config.parity_images) if config.parity_images else None
     images, n_real = parity_gate.parity_images(stage.input_size, folder, seed=stage.seed)
@@ -94,6 +100,7 @@ def compile_stage(stage: StageConfig, config_path: Path, config: CascadeConfig, 
         parity=parity,
         memory_bytes=max(memory, (workdir / engine_file).stat().st_size),
         max_batch=stage.max_batch,
+        accuracy_gate=accuracy_gate,
     )
     return StageEntry(
         name=stage.name,
@@ -125,8 +132,9 @@ def compile_cascade(config_path: str | Path, out_dir: str | Path | None = None, 
         if not keep_raw:
             for p in workdir.glob("*.raw.onnx"):
                 p.unlink()
-            for p in workdir.glob("*.int8.onnx"):
-                p.unlink()
+            for pattern in ("*.int8.onnx", "*.qdq.onnx", "*.kept.onnx", "*.fp32-ref.onnx"):
+                for p in workdir.glob(pattern):
+                    p.unlink()
         manifest = Manifest(
             format_version=FORMAT_VERSION,
             target=target,
@@ -138,8 +146,15 @@ def compile_cascade(config_path: str | Path, out_dir: str | Path | None = None, 
         )
         write_manifest(workdir, manifest)
         _swap_in(workdir, dest)
-    except BaseException:
+    except BaseException as exc:
         shutil.rmtree(workdir, ignore_errors=True)
+        gate = getattr(exc, "gate", None)
+        if gate is not None:  # AccuracyGateFailed: keep the figures (and the layers that hurt) for the operator
+            from streetcascade.structs import write_json
+
+            report = dest.parent / f"{dest.name}.gate-failed.json"
+            write_json(report, gate)
+            exc.args = (f"{exc.args[0]} Figures: {report}",)
         raise
     reporter.step(f"done in {time.perf_counter() - t0:.1f} s: {dest}")
     for stage in stages:

@@ -5,6 +5,8 @@
   streetcascade info     --config configs/default.toml      show an engine set's manifest
   streetcascade bench    --models vits16,vitb16             PyTorch eager vs ONNX Runtime, same run
   streetcascade fit-head --config ... --data FOLDER --out heads/x.safetensors
+  streetcascade eval     --config configs/default.toml --data FOLDER --out reports/x   validator reward + report page
+  streetcascade tune     --config configs/default.toml --data FOLDER   exit thresholds + temperatures -> config
 
 Exit codes come from the error tree (streetcascade.errors): 0 ok, 2 config, 3 bad input,
 4 compile/parity, 5 engine mismatch, 6 budget, 7 backend unavailable, 1 anything else.
@@ -77,6 +79,7 @@ def cmd_classify(args) -> int:
         deadline_ms = deadline_ms or runtime_cfg.deadline_ms
     limits = ImageLimits(max_pixels=args.max_pixels)
     engine_set = load_engine_set(_engine_dir(args), **({"budget_bytes": budget} if budget else {}))
+    _apply_config_overrides(args, engine_set)
     placeholders = engine_set.placeholder_stages
     if placeholders:
         print(f"WARNING: stage(s) {', '.join(placeholders)} run PLACEHOLDER (random) weights: these probabilities are not roadwork detection", file=sys.stderr)
@@ -167,6 +170,117 @@ def cmd_fit_head(args) -> int:
     return 0
 
 
+def _apply_config_overrides(args, engine_set) -> None:
+    """With --config, the config's exit thresholds and temperatures (e.g. written by `tune`)
+    win over the manifest's (those of the config at compile time)."""
+    if not getattr(args, "config", None):
+        return
+    from streetcascade.calibration.cascade_eval import apply_overrides
+    from streetcascade.config import load_config, stage_overrides
+
+    apply_overrides(engine_set, stage_overrides(load_config(args.config)))
+
+
+def _challenges(args, split: str):
+    """Labelled data (--data/--parquet, else the config's [calibration] table) -> challenges."""
+    from streetcascade.calibration.source import DataSpec, expand_parquet, load_challenges, open_samples
+    from streetcascade.config import load_config
+
+    config = load_config(args.config) if getattr(args, "config", None) else None
+    cal = config.calibration if config is not None else None
+    if args.data or args.parquet:
+        spec = DataSpec(
+            folder=Path(args.data) if args.data else None,
+            labels_csv=Path(args.labels_csv) if args.labels_csv else None,
+            parquet=expand_parquet(args.parquet or []),
+            image_column=args.image_column,
+            label_column=args.label_column,
+            source_column=args.source_column or "",
+        )
+    elif cal is not None and cal.has_data():
+        spec = DataSpec.from_config(cal, args.config)
+    else:
+        raise ConfigError("no labelled data: give --data FOLDER or --parquet FILE..., or a [calibration] table in --config")
+    kwargs = {}
+    if cal is not None:
+        kwargs = {"split_seed": cal.split_seed, "fractions": cal.split_fractions}
+    bad = []
+    challenges = load_challenges(open_samples(spec, bad=bad), split, challenge_seed=args.seed, limit=args.limit, bad=bad, **kwargs)
+    if bad:
+        print(f"{len(bad)} file(s) skipped (not images / unreadable); see the log (-v)", file=sys.stderr)
+    if len(challenges) == 0:
+        raise BadInput(f"no labelled images in the {split} split of the data")
+    return challenges
+
+
+def _load_for_config(args):
+    from streetcascade.config import load_config
+    from streetcascade.runtime import load_engine_set
+
+    config = load_config(args.config) if args.config else None
+    kwargs = {"budget_bytes": config.runtime.budget_bytes, "safety_margin_ms": config.runtime.safety_margin_ms} if config else {}
+    engine_set = load_engine_set(_engine_dir(args), **kwargs)
+    _apply_config_overrides(args, engine_set)
+    return config, engine_set
+
+
+def cmd_eval(args) -> int:
+    from streetcascade.calibration.cascade_eval import format_eval, run_eval
+
+    challenges = _challenges(args, args.split)
+    config, engine_set = _load_for_config(args)
+    deadline_ms = args.deadline_ms or (config.runtime.deadline_ms if config else None)
+    if engine_set.placeholder_stages:
+        print(f"WARNING: stage(s) {', '.join(engine_set.placeholder_stages)} run PLACEHOLDER (random) weights", file=sys.stderr)
+    with engine_set:
+        run = run_eval(engine_set, challenges, args.out, deadline_ms=deadline_ms, seed=args.seed, split=args.split,
+                       hard_case_limit=args.hard_cases, fiftyone_name=args.fiftyone or None)
+    print(format_eval(run, args.out))
+    return 0
+
+
+def cmd_tune(args) -> int:
+    import math
+
+    from streetcascade.calibration.cascade_eval import run_tune, write_stage_overrides
+
+    challenges = _challenges(args, args.split)
+    _, engine_set = _load_for_config(args)
+    budget = args.latency_budget_ms if args.latency_budget_ms is not None else math.inf
+    with engine_set:
+        result = run_tune(engine_set, challenges, latency_budget_ms=budget, seed=args.seed, fit_temperatures=not args.no_temperature)
+    print(f"tuned on {len(challenges)} challenges ({args.split} split), latency budget {budget:g} ms per image")
+    print(f"reward      {result.reward_before:.4f} -> {result.reward_after:.4f} (validator formula, steady state)"
+          + ("  (current setting kept: nothing better found)" if result.kept_current else ""))
+    print(f"latency     {result.latency_before_ms:.2f} -> {result.latency_after_ms:.2f} ms mean per image"
+          + ("" if result.within_budget else "  OVER BUDGET: no setting fits; fastest chosen"))
+    for name, (low, high, temperature) in result.overrides.items():
+        print(f"stage       {name}: exit p<{low:g} / p>{high:g}, temperature {temperature:.4g}")
+    print("exits       " + "  ".join(f"{n}: {r:.1%}" for n, r in zip(result.overrides, result.exit_rates)))
+    if args.dry_run:
+        print("dry run: config not changed")
+    else:
+        write_stage_overrides(args.config, result.overrides)
+        print(f"written to {args.config}")
+    return 0
+
+
+def _data_args(p, default_split: str) -> None:
+    p.add_argument("--config", required=True, help="cascade config (its engine set, thresholds, temperatures, [calibration] data)")
+    p.add_argument("--engines", help="engine-set folder (default: the config's)")
+    data = p.add_argument_group("labelled data (default: the config's [calibration] table)")
+    data.add_argument("--data", help="image folder: roadwork/ + no_roadwork/ (optionally under real/ and synthetic/)")
+    data.add_argument("--labels-csv", help="CSV with filename,label columns (relative to --data) instead of subfolders")
+    data.add_argument("--parquet", nargs="+", help="parquet file(s) or globs with image and label columns")
+    data.add_argument("--image-column", default="image")
+    data.add_argument("--label-column", default="label")
+    data.add_argument("--source-column", default="", help="column saying real/synthetic (optional)")
+    p.add_argument("--split", default=default_split, choices=["calibration", "validation", "test", "all"],
+                   help=f"content-hash split to use (default {default_split})")
+    p.add_argument("--limit", type=int, default=None, help="at most this many challenges")
+    p.add_argument("--seed", type=int, default=0, help="challenge (augmentation) and reward-shuffle seed")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="streetcascade", description="Compiled cascade inference for NATIX StreetVision miners.")
     parser.add_argument("--version", action="version", version=f"streetcascade {__version__}")
@@ -216,6 +330,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch", type=int, default=16)
     p.add_argument("--l2", type=float, default=1.0, help="L2 penalty of the logistic regression (default 1.0; lower fits harder)")
     p.set_defaults(func=cmd_fit_head)
+
+    p = sub.add_parser("eval", help="run the compiled cascade on labelled data under the validator mix; print the validators' reward, write a report")
+    _data_args(p, "test")
+    p.add_argument("--out", default="reports/eval", help="report folder: report.html, report.json, stages.json, hard_cases/")
+    p.add_argument("--deadline-ms", type=float, default=None, help="per-challenge deadline (default: the config's)")
+    p.add_argument("--hard-cases", type=int, default=500, help="export at most this many misclassified / low-margin images")
+    p.add_argument("--fiftyone", default="", help="also load the hard cases into this FiftyOne dataset (when installed)")
+    p.set_defaults(func=cmd_eval)
+
+    p = sub.add_parser("tune", help="fit temperatures and exit thresholds for the validators' reward; write them into the config")
+    _data_args(p, "validation")
+    p.add_argument("--latency-budget-ms", type=float, default=None, help="mean latency budget per image (default: none)")
+    p.add_argument("--no-temperature", action="store_true", help="keep the stages' temperatures")
+    p.add_argument("--dry-run", action="store_true", help="print the result, leave the config as it is")
+    p.set_defaults(func=cmd_tune)
 
     try:  # the miner's subcommands (serve, register) when its module is present
         from streetcascade.miner.cli import add_subcommands

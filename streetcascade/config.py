@@ -96,6 +96,8 @@ class CalibrationConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True)
     max_mcc_drop: float = 0.01
     max_accuracy_drop: float = 0.01
     max_auc_drop: float = 0.01
+    # Largest |p_int8 - p_fp32| on any validation image; 1.0 = not checked.
+    max_prob_error: float = 1.0
     # Leave the N most harmful layers (by a per-layer sensitivity pass) in FP32.
     sensitivity_keep_fp32: int = 0
     # Images used by the sensitivity pass (a prefix of the validation challenges); 0 = all.
@@ -162,7 +164,7 @@ def _check_calibration(cal: CalibrationConfig, where: str) -> None:
         raise ConfigError(f"{where}.split_fractions: need 3 non-negative fractions summing to 1, got {list(cal.split_fractions)}")
     if cal.calibration_samples < 1 or cal.validation_samples < 1:
         raise ConfigError(f"{where}: calibration_samples and validation_samples must be >= 1")
-    for name in ("max_flip_rate", "max_mcc_drop", "max_accuracy_drop", "max_auc_drop"):
+    for name in ("max_flip_rate", "max_mcc_drop", "max_accuracy_drop", "max_auc_drop", "max_prob_error"):
         value = getattr(cal, name)
         if not 0.0 <= value <= 2.0:
             raise ConfigError(f"{where}.{name}: {value} is outside 0..2")

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import msgspec
 
-from streetcascade.errors import EngineMismatch
+from streetcascade.errors import ConfigError, EngineMismatch
 from streetcascade.structs import load_json, write_json
 
 MANIFEST_NAME = "manifest.json"
@@ -46,6 +46,43 @@ class Parity(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     decision_flips: float = 0.0
 
 
+class LayerHarm(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """What quantizing one layer alone (all others FP32) does on the sensitivity images."""
+
+    name: str  # ONNX node name
+    flip_rate: float
+    mean_abs_prob_error: float
+    max_abs_prob_error: float
+
+
+class AccuracyGate(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """A quantized engine vs the FP32 engine on the validation split under the validator mix."""
+
+    reference: str  # "onnxruntime-fp32"
+    split: str  # "validation"
+    n_images: int
+    n_calibration: int
+    method: str  # calibration method: minmax | entropy | percentile
+    quantized_nodes: int
+    flip_rate: float  # fraction of rounded decisions that differ from FP32
+    max_abs_prob_error: float
+    mean_abs_prob_error: float
+    accuracy_fp32: float
+    accuracy_quant: float
+    mcc_fp32: float
+    mcc_quant: float
+    auc_fp32: float | None
+    auc_quant: float | None
+    max_flip_rate: float
+    max_mcc_drop: float
+    max_accuracy_drop: float
+    max_auc_drop: float
+    passed: bool
+    max_prob_error: float = 1.0
+    kept_fp32: list[str] = []  # weighted layers left FP32 by the sensitivity pass
+    harmful_layers: list[LayerHarm] = []  # worst first (when a sensitivity pass ran)
+
+
 class GraphEntry(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     role: str  # "classifier" for stage-1 graphs
     file: str  # relative to the engine-set folder
@@ -58,6 +95,8 @@ class GraphEntry(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     # Measured at compile time: resident memory added by loading + running at max_batch.
     memory_bytes: int = 0
     max_batch: int = 1
+    # Quantized graphs built with calibration data (int8-static): the accuracy gate's figures.
+    accuracy_gate: AccuracyGate | None = None
 
 
 class StageEntry(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
@@ -96,7 +135,10 @@ def read_manifest(engine_dir: str | Path) -> Manifest:
     path = Path(engine_dir) / MANIFEST_NAME
     if not path.exists():
         raise EngineMismatch(f"{engine_dir}: no {MANIFEST_NAME}; is this an engine set? (build one with `streetcascade compile`)")
-    manifest = load_json(path, Manifest)
+    try:
+        manifest = load_json(path, Manifest)
+    except ConfigError as exc:  # a damaged manifest is a damaged engine set
+        raise EngineMismatch(str(exc)) from None
     if manifest.format_version != FORMAT_VERSION:
         raise EngineMismatch(f"{path}: format_version {manifest.format_version}, this streetcascade reads {FORMAT_VERSION}")
     return manifest

@@ -107,7 +107,7 @@ def test_arch_and_version_mismatch_are_refused(engine_copy):
 
 def test_unknown_manifest_field_is_refused(engine_copy):
     _edit_manifest(engine_copy, lambda d: d.update(surprise=1))
-    with pytest.raises(Exception, match="surprise"):
+    with pytest.raises(EngineMismatch, match="surprise"):
         load_engine_set(engine_copy)
 
 
@@ -223,3 +223,9 @@ def test_convnext_variant_from_checkpoint_dir(tmp_path):
     cfg = write_config(tmp_path / "c.toml", [{"name": "stage1", "family": "dinov3", "source": str(ckpt)}], tmp_path / "e")
     stage = read_manifest(compile_cascade(cfg, progress=False)).stages[0]
     assert stage.graphs[0].parity.max_abs_prob_error < 1e-4
+
+
+def test_garbage_manifest_is_engine_mismatch(engine_copy):
+    (engine_copy / "manifest.json").write_text("{ this is not json")
+    with pytest.raises(EngineMismatch, match="not valid JSON"):
+        load_engine_set(engine_copy)

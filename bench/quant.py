@@ -1,0 +1,167 @@
+"""INT8 benchmark: torch eager vs ORT FP32 vs ORT dynamic INT8 vs ORT static INT8 (QDQ) on the
+same stage-1 model, same inputs, same threads, in one run; with agreement vs FP32 measured on
+the validation split of a synthetic labelled set under the validator mix.
+
+The DINOv3 backbones are random (real architectures); the head is fitted on synthetic scenes
+(cones/stripes vs plain roads) first, so logits are spread and decision flips mean something.
+
+    python -m streetcascade.bench.quant --models vits16,vitb16 --runs 60 --rounds 6
+    python -m streetcascade.bench.quant --models tiny --runs 6 --variants   # + the investigation's variants
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+
+from .timing import interleaved
+
+MODELS = {"vits16": "DINOv3 ViT-S/16 + head", "vitb16": "DINOv3 ViT-B/16 + head", "tiny": "DINOv3 tiny (test size)"}
+
+# The static-INT8 variants the investigation compares (docs/quantization.md).
+def _variants():
+    from streetcascade.compile.quantize import StaticRecipe
+
+    final = StaticRecipe()
+    return {
+        "int8-static": final,
+        "static-plain": StaticRecipe(quantize_outputs=True, constant_weights_only=False, quantize_patch_embed=True, quantize_head=True, fuse_bias=False),
+        "static-outQ": replace(final, quantize_outputs=True),
+        "static-nofuse": replace(final, fuse_bias=False),
+        "static-s8s8": replace(final, activation_type="int8"),
+        "static-conv": replace(final, quantize_patch_embed=True),
+        "static-entropy": replace(final, method="entropy"),
+        "static-pct": replace(final, method="percentile"),
+    }
+
+
+def _classifier(key: str, layerscale: float):
+    """Random DINOv3 of a real architecture. DINOv3's *init* layerscale (1e-5) makes every
+    residual branch ~0, so a random model's output hardly depends on the transformer layers
+    and INT8 errors there are invisible; trained DINOv3s have layerscales of order 0.1-1."""
+    import torch
+    from transformers import DINOv3ViTConfig, DINOv3ViTModel
+
+    from streetcascade.compile.models.base import IMAGENET_MEAN, IMAGENET_STD
+    from streetcascade.compile.models.dinov3 import COMMON, RANDOM_PRESETS, DinoV3Classifier
+    from streetcascade.compile.models.head import random_head
+
+    torch.manual_seed(0)
+    config = DINOv3ViTConfig(**{**COMMON, "layerscale_value": layerscale}, **RANDOM_PRESETS[key], image_size=224)
+    backbone = DINOv3ViTModel(config).eval()
+    return DinoV3Classifier(backbone, random_head(2 * config.hidden_size, 0), 224, IMAGENET_MEAN, IMAGENET_STD).eval()
+
+
+def _data(workdir: Path, n_per_class: int, seed: int):
+    from streetcascade.calibration.source import DataSpec, load_challenges, open_samples
+    from streetcascade.calibration.synthetic import write_scene_folder
+
+    root = write_scene_folder(workdir / "scenes", n_per_class, seed=seed)
+    spec = DataSpec(folder=root)
+    return {split: load_challenges(open_samples(spec), split) for split in ("calibration", "validation", "test")}
+
+
+def run_quant_bench(models, runs=60, rounds=6, warmup=3, threads=0, n_per_class=150, variants=False, seed=0, layerscale=1.0) -> list[dict]:
+    import torch
+
+    from streetcascade.calibration import metrics
+    from streetcascade.compile.export import classifier_specs, export_classifier
+    from streetcascade.compile.fit_head import extract_features
+    from streetcascade.compile.models.head import fit_logistic_head
+    from streetcascade.compile.quantize import build_static, op_histogram
+    from streetcascade.compile.targets import onnxruntime as ort_target
+    from streetcascade.machine import cpu_features, physical_cores
+    from streetcascade.runtime.backends import get_backend
+    from streetcascade.runtime.cascade import sigmoid
+
+    threads = threads or physical_cores()
+    torch.set_num_threads(threads)
+    print(f"# INT8 benchmark: {threads} thread(s), batch 1, {runs} timed runs per variant in {rounds} interleaved rounds; "
+          f"CPU features: {', '.join(cpu_features()) or '?'}", flush=True)
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="sc-qbench-") as tmp:
+        workdir = Path(tmp)
+        data = _data(workdir, n_per_class, seed)
+        print(f"# data: synthetic scenes, validator mix; calibration {len(data['calibration'])}, validation {len(data['validation'])}, "
+              f"head fitted on test split {len(data['test'])}", flush=True)
+        for key in models:
+            classifier = _classifier(key, layerscale)
+            fit = data["test"].batch(224)
+            head, stats = fit_logistic_head(extract_features(classifier, list(fit)), data["test"].labels, l2=1.0)
+            classifier.head = head
+            raw = workdir / f"{key}.raw.onnx"
+            export_classifier(classifier, raw, 224)
+            calib, val = data["calibration"].batch(224), data["validation"].batch(224)
+            paths = {"fp32": ort_target.build(raw, workdir / f"{key}.fp32.onnx", "fp32", threads),
+                     "int8-dynamic": ort_target.build(raw, workdir / f"{key}.dyn.onnx", "int8-dynamic", threads)}
+            recipes = _variants() if variants else {"int8-static": _variants()["int8-static"]}
+            for name, recipe in recipes.items():
+                paths[name] = build_static(raw, workdir / f"{key}.{name}.onnx", calib, recipe, threads).path
+            inputs, outputs = classifier_specs(224)
+            engines = {n: get_backend("onnxruntime").load(str(p), inputs, outputs, {"intra_op_threads": threads}) for n, p in paths.items()}
+            slots = {n: e.slot() for n, e in engines.items()}
+
+            def logits(name, x, batch=8):
+                return np.concatenate([slots[name].infer({"pixels": x[i : i + batch]})["logit"] for i in range(0, len(x), batch)]).astype(np.float64)
+
+            x1 = val[:1]
+            xt = torch.from_numpy(x1)
+
+            def eager():
+                with torch.inference_mode():
+                    return classifier(xt)
+
+            fns = {"torch-eager": eager, **{f"ort-{n}": (lambda n=n: slots[n].infer({"pixels": x1})) for n in paths}}
+            times = interleaved(fns, runs, warmup, rounds)
+            y = data["validation"].labels
+            p32 = sigmoid(logits("fp32", val))
+            base = float(np.median(times["ort-fp32"]))
+            print(f"\n## {MODELS[key]} (head train accuracy {stats['train_accuracy']:.3f}; FP32 logit std on validation {np.std(np.log(p32 / (1 - p32))):.2f})", flush=True)
+            for name, ms in times.items():
+                med = float(np.median(ms))
+                row = {"model": MODELS[key], "variant": name, "median_ms": med, "p90_ms": float(np.percentile(ms, 90)), "x_fp32": base / med}
+                if name.startswith("ort-"):
+                    p = sigmoid(logits(name[4:], val))
+                    row.update(flips=float(np.mean(np.round(p) != np.round(p32))), max_dp=float(np.abs(p - p32).max()),
+                               mean_dp=float(np.abs(p - p32).mean()), accuracy=metrics.accuracy(y, p), mcc=metrics.mcc(y, p))
+                    ops = op_histogram(paths[name[4:]])
+                    row["ops"] = {k: v for k, v in ops.items() if k in ("MatMul", "DynamicQuantizeMatMul", "MatMulIntegerToFloat", "QLinearMatMul",
+                                                                      "QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear", "Add", "Conv", "QLinearConv", "Gemm")}
+                rows.append(row)
+                extra = ""
+                if "flips" in row:
+                    extra = f"  flips {row['flips']:.2%}  max|dp| {row['max_dp']:.3g}  acc {row['accuracy']:.3f}  MCC {row['mcc']:.3f}  {row['ops']}"
+                print(f"{name:<20} median {med:8.2f} ms  p90 {row['p90_ms']:8.2f}  {row['x_fp32']:5.2f}x fp32{extra}", flush=True)
+            for s in slots.values():
+                s.close()
+            for e in engines.values():
+                e.close()
+    print("\n| model | variant | median ms | x ORT FP32 | flips vs FP32 | max abs dp | accuracy | MCC |")
+    print("|---|---|---|---|---|---|---|---|")
+    for r in rows:
+        f = lambda k, fmt: format(r[k], fmt) if k in r else "-"  # noqa: E731
+        print(f"| {r['model']} | {r['variant']} | {r['median_ms']:.1f} | {r['x_fp32']:.2f}x | {f('flips', '.2%')} | {f('max_dp', '.3g')} | {f('accuracy', '.3f')} | {f('mcc', '.3f')} |")
+    return rows
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--models", default="vits16,vitb16")
+    parser.add_argument("--runs", type=int, default=60)
+    parser.add_argument("--rounds", type=int, default=6)
+    parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=0)
+    parser.add_argument("--per-class", type=int, default=150, help="synthetic images per class (split 20/40/40)")
+    parser.add_argument("--variants", action="store_true", help="also time the static-INT8 variants of the investigation")
+    parser.add_argument("--layerscale", type=float, default=1.0, help="random backbone's layerscale (DINOv3 init: 1e-5; see _classifier)")
+    a = parser.parse_args(argv)
+    run_quant_bench([m.strip() for m in a.models.split(",") if m.strip()], a.runs, a.rounds, a.warmup, a.threads, a.per_class, a.variants, layerscale=a.layerscale)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,164 @@
+"""The accuracy gate for quantized engines, and the per-layer sensitivity pass behind it.
+
+`compare` runs the FP32 engine and the quantized engine (both through the runtime's backend)
+on the validation challenges (validator mix) and measures what changes: decision flips, the
+accuracy / MCC / AUC of each against the labels, and the probability error. `check` holds those
+figures against the configured limits. `layer_sensitivity` quantizes one layer at a time (all
+others FP32, same calibration scales) and ranks the layers by the flips and probability error
+they cause alone: the report's "layers that hurt", and what `sensitivity_keep_fp32` leaves FP32.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Callable, Sequence
+
+import numpy as np
+
+from streetcascade.calibration import metrics
+from streetcascade.errors import CompileError
+from streetcascade.manifest import AccuracyGate, LayerHarm
+from streetcascade.runtime.cascade import sigmoid
+
+log = logging.getLogger(__name__)
+
+
+class AccuracyGateFailed(CompileError):
+    """A quantized engine loses more accuracy than the configured limits allow; not written."""
+
+    def __init__(self, message: str, gate: AccuracyGate):
+        super().__init__(message)
+        self.gate = gate
+
+
+def run_logits(engine, images: np.ndarray, max_batch: int) -> np.ndarray:
+    slot = engine.slot()
+    try:
+        name_in, name_out = engine.inputs[0].name, engine.outputs[0].name
+        out = [slot.infer({name_in: images[i : i + max_batch]})[name_out] for i in range(0, len(images), max_batch)]
+    finally:
+        slot.close()
+    return np.concatenate(out).astype(np.float64).reshape(-1)
+
+
+def _auc(labels: np.ndarray, probs: np.ndarray) -> float | None:
+    value = metrics.auc(labels, probs)
+    return None if math.isnan(value) else float(value)
+
+
+def compare(
+    fp32_logits: np.ndarray,
+    quant_logits: np.ndarray,
+    labels: np.ndarray,
+    *,
+    method: str,
+    n_calibration: int,
+    limits,
+    quantized_nodes: int,
+    kept_fp32: Sequence[str] = (),
+) -> AccuracyGate:
+    """Gate figures for one quantized engine; `limits` is a CalibrationConfig (max_* fields)."""
+    if not np.all(np.isfinite(quant_logits)):
+        raise CompileError("the quantized engine produced non-finite logits on the validation split")
+    p32, pq = sigmoid(fp32_logits), sigmoid(quant_logits)
+    y = np.asarray(labels, dtype=np.int64)
+    dp = np.abs(pq - p32)
+    acc32, accq = metrics.accuracy(y, p32), metrics.accuracy(y, pq)
+    mcc32, mccq = metrics.mcc(y, p32), metrics.mcc(y, pq)
+    auc32, aucq = _auc(y, p32), _auc(y, pq)
+    gate = AccuracyGate(
+        reference="onnxruntime-fp32",
+        split="validation",
+        n_images=int(y.size),
+        n_calibration=int(n_calibration),
+        method=method,
+        quantized_nodes=int(quantized_nodes),
+        kept_fp32=list(kept_fp32),
+        flip_rate=float(np.mean(np.round(pq) != np.round(p32))),
+        max_abs_prob_error=float(dp.max()),
+        mean_abs_prob_error=float(dp.mean()),
+        accuracy_fp32=acc32,
+        accuracy_quant=accq,
+        mcc_fp32=mcc32,
+        mcc_quant=mccq,
+        auc_fp32=auc32,
+        auc_quant=aucq,
+        max_flip_rate=limits.max_flip_rate,
+        max_mcc_drop=limits.max_mcc_drop,
+        max_accuracy_drop=limits.max_accuracy_drop,
+        max_auc_drop=limits.max_auc_drop,
+        max_prob_error=limits.max_prob_error,
+        passed=True,
+    )
+    violations = check(gate)
+    return _with(gate, passed=not violations)
+
+
+def _with(gate: AccuracyGate, **changes) -> AccuracyGate:
+    import msgspec
+
+    return msgspec.structs.replace(gate, **changes)
+
+
+def check(gate: AccuracyGate) -> list[str]:
+    """Human-readable limit violations (empty when the engine passes)."""
+    out = []
+    if gate.flip_rate > gate.max_flip_rate:
+        out.append(f"decision flips {gate.flip_rate:.2%} > {gate.max_flip_rate:.2%}")
+    if gate.mcc_fp32 - gate.mcc_quant > gate.max_mcc_drop:
+        out.append(f"MCC drop {gate.mcc_fp32 - gate.mcc_quant:.4f} > {gate.max_mcc_drop:g}")
+    if gate.accuracy_fp32 - gate.accuracy_quant > gate.max_accuracy_drop:
+        out.append(f"accuracy drop {gate.accuracy_fp32 - gate.accuracy_quant:.4f} > {gate.max_accuracy_drop:g}")
+    if gate.auc_fp32 is not None and gate.auc_quant is not None and gate.auc_fp32 - gate.auc_quant > gate.max_auc_drop:
+        out.append(f"AUC drop {gate.auc_fp32 - gate.auc_quant:.4f} > {gate.max_auc_drop:g}")
+    if gate.max_abs_prob_error > gate.max_prob_error:
+        out.append(f"max probability error {gate.max_abs_prob_error:.3g} > {gate.max_prob_error:g}")
+    return out
+
+
+def with_harm(gate: AccuracyGate, harm: Sequence[LayerHarm]) -> AccuracyGate:
+    return _with(gate, harmful_layers=list(harm))
+
+
+def failure_message(stage: str, gate: AccuracyGate, violations: Sequence[str], top: int = 5) -> str:
+    lines = [
+        f"{stage}: int8-static engine refused by the accuracy gate ({'; '.join(violations)}) on {gate.n_images} validation "
+        f"challenges vs the FP32 engine ({gate.method} calibration on {gate.n_calibration}); not written."
+    ]
+    if gate.harmful_layers:
+        worst = ", ".join(f"{h.name} (flips {h.flip_rate:.1%}, mean |dp| {h.mean_abs_prob_error:.2e})" for h in gate.harmful_layers[:top])
+        lines.append(f"Layers that hurt most when quantized alone: {worst}.")
+        lines.append("Set [calibration] sensitivity_keep_fp32 = N to leave the N worst in FP32, try method = \"percentile\"/\"entropy\", or use int8-dynamic.")
+    return " ".join(lines)
+
+
+def layer_sensitivity(
+    nodes: Sequence[str],
+    build_only: Callable[[str], object],
+    images: np.ndarray,
+    fp32_probs: np.ndarray,
+    max_batch: int = 8,
+    intra_op_threads: int = 0,
+    progress: Callable[[str], None] | None = None,
+) -> list[LayerHarm]:
+    """Quantize one node at a time (`build_only(name)` -> ModelProto with only that node's Q/DQ)
+    and rank nodes by the flips, then the mean probability error, they cause on `images`."""
+    import onnxruntime as ort
+
+    from streetcascade.runtime.backends.onnxruntime import session_options
+
+    harm = []
+    for k, name in enumerate(nodes):
+        model = build_only(name)
+        session = ort.InferenceSession(model.SerializeToString(), sess_options=session_options(intra_op_threads, optimize=True), providers=["CPUExecutionProvider"])
+        name_in, name_out = session.get_inputs()[0].name, session.get_outputs()[0].name
+        logits = np.concatenate([session.run([name_out], {name_in: images[i : i + max_batch]})[0] for i in range(0, len(images), max_batch)])
+        p = sigmoid(logits.astype(np.float64).reshape(-1))
+        dp = np.abs(p - fp32_probs)
+        harm.append(LayerHarm(name=name, flip_rate=float(np.mean(np.round(p) != np.round(fp32_probs))),
+                              mean_abs_prob_error=float(dp.mean()), max_abs_prob_error=float(dp.max())))
+        if progress is not None and (k + 1) % 10 == 0:
+            progress(f"sensitivity: {k + 1}/{len(nodes)} layers")
+    harm.sort(key=lambda h: (-h.flip_rate, -h.mean_abs_prob_error))
+    return harm
