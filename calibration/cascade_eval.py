@@ -40,16 +40,6 @@ log = logging.getLogger(__name__)
 N_SHUFFLES = 20  # eval and tune score on the same shuffles (same seed, same count)
 
 
-def apply_overrides(engine_set, overrides: dict[str, tuple[float, float, float]]) -> None:
-    """Set (exit_low, exit_high, temperature) on the loaded stages, e.g. from the config."""
-    for stage in engine_set.cascade.stages:
-        if stage.name in overrides and hasattr(stage, "temperature"):
-            low, high, temperature = overrides[stage.name]
-            if not (0.0 <= low <= high <= 1.0 and temperature > 0):
-                raise ConfigError(f"stage {stage.name}: bad thresholds/temperature {low}, {high}, {temperature}")
-            stage.exit_low, stage.exit_high, stage.temperature = low, high, temperature
-
-
 # ---------------------------------------------------------------------------------- eval
 
 

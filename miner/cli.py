@@ -57,7 +57,12 @@ def build_cascade(cfg: MinerConfig):
         return cascade, (lambda: None)
     from streetcascade.runtime.load import load_engine_set
 
-    engine_set = load_engine_set(eng.engine, budget_bytes=eng.budget_bytes, safety_margin_ms=eng.safety_margin_ms)
+    overrides = None
+    if eng.cascade_config:
+        from streetcascade.config import load_config, stage_overrides
+
+        overrides = stage_overrides(load_config(eng.cascade_config))
+    engine_set = load_engine_set(eng.engine, budget_bytes=eng.budget_bytes, safety_margin_ms=eng.safety_margin_ms, overrides=overrides)
     for name in engine_set.placeholder_stages:
         log.warning("stage %s has placeholder weights: do not mine with this engine set", name)
     return engine_set.cascade, engine_set.close

@@ -42,6 +42,9 @@ class EngineConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     # Kept free at the end of the deadline for encoding and the network.
     safety_margin_ms: float = 300.0
     fake_latency_ms: float = 0.0
+    # Optional cascade config (TOML) whose per-stage exit thresholds and temperatures (e.g.
+    # written by `streetcascade tune`) replace the engine set's compile-time values.
+    cascade_config: str = ""
     # Threads running decode + cascade (each gets its own engine slot).
     inference_threads: int = 1
 
@@ -166,6 +169,6 @@ def resolve_paths(cfg: MinerConfig, base: Path) -> MinerConfig:
     ]
     engine = cfg.engine
     if engine.engine != "fake":
-        engine = msgspec.structs.replace(engine, engine=_resolve(base, engine.engine))
+        engine = msgspec.structs.replace(engine, engine=_resolve(base, engine.engine), cascade_config=_resolve(base, engine.cascade_config))
     chain = msgspec.structs.replace(cfg.chain, snapshot_path=_resolve(base, cfg.chain.snapshot_path))
     return msgspec.structs.replace(cfg, hotkeys=hotkeys, engine=engine, chain=chain)

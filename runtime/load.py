@@ -74,20 +74,24 @@ class EngineSet:
 def load_engine_set(
     engine_dir: str | Path,
     budget_bytes: int = 24 * 1024**3,
-    thresholds: dict[str, tuple[float, float]] | None = None,
+    overrides: dict[str, tuple[float, float, float]] | None = None,
     backend_options: dict | None = None,
     safety_margin_ms: float = 0.0,
     warmup: bool = True,
 ) -> EngineSet:
     """Load every stage of the engine set in `engine_dir`.
 
-    `thresholds` overrides a stage's (exit_low, exit_high) from the manifest, e.g. after tuning.
+    `overrides` replaces a stage's (exit_low, exit_high, temperature) from the manifest, e.g.
+    with the values `streetcascade tune` wrote into the cascade config.
     """
     t0 = time.perf_counter()
     engine_dir = Path(engine_dir)
     manifest = read_manifest(engine_dir)
     check_target(manifest, engine_dir)
     verify_files(engine_dir, manifest)
+    unknown = sorted(set(overrides or {}) - {s.name for s in manifest.stages})
+    if unknown:
+        raise EngineMismatch(f"{engine_dir}: the config names stage(s) {', '.join(unknown)} that this engine set lacks; recompile")
     planned = sum(g.memory_bytes for s in manifest.stages for g in s.graphs)
     if planned > budget_bytes:
         raise BudgetExceeded(
@@ -106,10 +110,8 @@ def load_engine_set(
             options.setdefault("device", manifest.target.device)
             engine = backend.load(str(engine_dir / graph.file), graph.inputs, graph.outputs, options)
             engines.append(engine)
-            low, high = (thresholds or {}).get(stage.name, (stage.exit_low, stage.exit_high))
-            stages.append(
-                ClassifierStage(stage.name, engine, stage.input_size, low, high, stage.temperature, max_batch=graph.max_batch)
-            )
+            low, high, temperature = (overrides or {}).get(stage.name, (stage.exit_low, stage.exit_high, stage.temperature))
+            stages.append(ClassifierStage(stage.name, engine, stage.input_size, low, high, temperature, max_batch=graph.max_batch))
             if stage.placeholder_weights:
                 log.warning("stage %s runs PLACEHOLDER (random) weights: its answers are not a detector", stage.name)
         if warmup:

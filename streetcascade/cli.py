@@ -68,18 +68,11 @@ def _iter_inputs(paths: list[str]):
 
 
 def cmd_classify(args) -> int:
-    from streetcascade.config import load_config
-    from streetcascade.runtime import ImageLimits, decode_image, load_engine_set
+    from streetcascade.runtime import ImageLimits, decode_image
 
-    budget = None
-    deadline_ms = args.deadline_ms
-    if args.config:
-        runtime_cfg = load_config(args.config).runtime
-        budget = runtime_cfg.budget_bytes
-        deadline_ms = deadline_ms or runtime_cfg.deadline_ms
+    config, engine_set = _load_for_config(args)
+    deadline_ms = args.deadline_ms or (config.runtime.deadline_ms if config else None)
     limits = ImageLimits(max_pixels=args.max_pixels)
-    engine_set = load_engine_set(_engine_dir(args), **({"budget_bytes": budget} if budget else {}))
-    _apply_config_overrides(args, engine_set)
     placeholders = engine_set.placeholder_stages
     if placeholders:
         print(f"WARNING: stage(s) {', '.join(placeholders)} run PLACEHOLDER (random) weights: these probabilities are not roadwork detection", file=sys.stderr)
@@ -170,17 +163,6 @@ def cmd_fit_head(args) -> int:
     return 0
 
 
-def _apply_config_overrides(args, engine_set) -> None:
-    """With --config, the config's exit thresholds and temperatures (e.g. written by `tune`)
-    win over the manifest's (those of the config at compile time)."""
-    if not getattr(args, "config", None):
-        return
-    from streetcascade.calibration.cascade_eval import apply_overrides
-    from streetcascade.config import load_config, stage_overrides
-
-    apply_overrides(engine_set, stage_overrides(load_config(args.config)))
-
-
 def _challenges(args, split: str):
     """Labelled data (--data/--parquet, else the config's [calibration] table) -> challenges."""
     from streetcascade.calibration.source import DataSpec, expand_parquet, load_challenges, open_samples
@@ -214,14 +196,16 @@ def _challenges(args, split: str):
 
 
 def _load_for_config(args):
-    from streetcascade.config import load_config
+    """The engine set of --engines or --config. With --config: its budget and safety margin,
+    and its exit thresholds and temperatures (e.g. written by `tune`) over the manifest's."""
+    from streetcascade.config import load_config, stage_overrides
     from streetcascade.runtime import load_engine_set
 
     config = load_config(args.config) if args.config else None
-    kwargs = {"budget_bytes": config.runtime.budget_bytes, "safety_margin_ms": config.runtime.safety_margin_ms} if config else {}
-    engine_set = load_engine_set(_engine_dir(args), **kwargs)
-    _apply_config_overrides(args, engine_set)
-    return config, engine_set
+    kwargs = {}
+    if config is not None:
+        kwargs = dict(budget_bytes=config.runtime.budget_bytes, safety_margin_ms=config.runtime.safety_margin_ms, overrides=stage_overrides(config))
+    return config, load_engine_set(_engine_dir(args), **kwargs)
 
 
 def cmd_eval(args) -> int:

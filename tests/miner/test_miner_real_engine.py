@@ -21,3 +21,28 @@ def test_serves_compiled_engine_set(tiny_engine_dir, keys, server_factory, sampl
                                headers=signed_headers(keys["validator"], keys["miner"].ss58_address))
         assert resp.status_code == 200, resp.text
         assert resp.json()["prediction"] == pytest.approx(want, abs=1e-6)
+
+
+def test_serve_applies_tuned_thresholds_from_cascade_config(tiny_engine_dir, tiny_config, tmp_path):
+    """[engine] cascade_config: the config's exit thresholds/temperature reach the served cascade."""
+    from streetcascade.miner.cli import build_cascade
+    from streetcascade.miner.config import load_miner_config
+
+    tuned = tmp_path / "tuned.toml"
+    tuned.write_text(tiny_config.read_text().replace('name = "stage1"', 'name = "stage1"\nexit_low = 0.3\nexit_high = 0.7\ntemperature = 2.5'))
+    miner_toml = tmp_path / "miner.toml"
+    miner_toml.write_text(f'[[hotkeys]]\nport = 1\nhotkey_file = "k"\n[engine]\nengine = "{tiny_engine_dir}"\ncascade_config = "tuned.toml"\n'
+                          '[chain]\nmetagraph = "static"\n[[chain.static_neurons]]\nhotkey = "5GrwvaEF5zXb26Fz9rcQpDWS57CtERHpNehXCPcNoHGKutQY"\n')
+    cascade, close = build_cascade(load_miner_config(miner_toml))
+    try:
+        stage = cascade.stages[0]
+        assert (stage.exit_low, stage.exit_high, stage.temperature) == (0.3, 0.7, 2.5)
+    finally:
+        close()
+
+
+def test_config_naming_a_stage_the_engine_set_lacks(tiny_engine_dir):
+    from streetcascade.errors import EngineMismatch
+
+    with pytest.raises(EngineMismatch, match="stage2"):
+        load_engine_set(tiny_engine_dir, overrides={"stage2": (0.1, 0.9, 1.0)})
