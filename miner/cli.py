@@ -62,7 +62,8 @@ def build_cascade(cfg: MinerConfig):
         from streetcascade.config import load_config, stage_overrides
 
         overrides = stage_overrides(load_config(eng.cascade_config))
-    engine_set = load_engine_set(eng.engine, budget_bytes=eng.budget_bytes, safety_margin_ms=eng.safety_margin_ms, overrides=overrides)
+    engine_set = load_engine_set(eng.engine, budget_bytes=eng.budget_bytes, safety_margin_ms=eng.safety_margin_ms, overrides=overrides,
+                                 backend_options={"spin": eng.spin_wait})
     for name in engine_set.placeholder_stages:
         log.warning("stage %s has placeholder weights: do not mine with this engine set", name)
     return engine_set.cascade, engine_set.close

@@ -45,6 +45,8 @@ class EngineConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     # Optional cascade config (TOML) whose per-stage exit thresholds and temperatures (e.g.
     # written by `streetcascade tune`) replace the engine set's compile-time values.
     cascade_config: str = ""
+    # ONNX Runtime threads spin between ops: faster on an idle CPU, much slower on a shared one.
+    spin_wait: bool = True
     # Threads running decode + cascade (each gets its own engine slot).
     inference_threads: int = 1
 

@@ -204,7 +204,8 @@ def _load_for_config(args):
     config = load_config(args.config) if args.config else None
     kwargs = {}
     if config is not None:
-        kwargs = dict(budget_bytes=config.runtime.budget_bytes, safety_margin_ms=config.runtime.safety_margin_ms, overrides=stage_overrides(config))
+        kwargs = dict(budget_bytes=config.runtime.budget_bytes, safety_margin_ms=config.runtime.safety_margin_ms,
+                      overrides=stage_overrides(config), backend_options={"spin": config.runtime.spin_wait})
     return config, load_engine_set(_engine_dir(args), **kwargs)
 
 

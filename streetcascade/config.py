@@ -114,6 +114,10 @@ class RuntimeConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     budget_bytes: int = 24 * 1024**3
     deadline_ms: float = 8000.0
     safety_margin_ms: float = 250.0
+    # ONNX Runtime worker threads spin between ops: ~6-15% lower latency on an idle CPU, but
+    # about 2x slower when other processes compete for the cores (docs/benchmarks.md). Set
+    # false on a shared CPU (several miners, other services).
+    spin_wait: bool = True
 
 
 class CascadeConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):

@@ -229,3 +229,11 @@ def test_garbage_manifest_is_engine_mismatch(engine_copy):
     (engine_copy / "manifest.json").write_text("{ this is not json")
     with pytest.raises(EngineMismatch, match="not valid JSON"):
         load_engine_set(engine_copy)
+
+
+@pytest.mark.parametrize("spin, want", [(True, "1"), (False, "0")])
+def test_spin_wait_reaches_the_session(tiny_engine_dir, spin, want):
+    with load_engine_set(tiny_engine_dir, backend_options={"spin": spin}) as es:
+        options = es.engines[0].session.get_session_options()
+        assert options.get_session_config_entry("session.intra_op.allow_spinning") == want
+        assert options.graph_optimization_level.name == "ORT_DISABLE_ALL"  # optimised offline already
