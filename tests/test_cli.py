@@ -95,3 +95,18 @@ def test_bench_tiny_prints_ratios(capsys):
 def test_parser_rejects_missing_source(capsys):
     with pytest.raises(SystemExit):
         build_parser().parse_args(["classify", "x.jpg"])
+
+
+def test_info_shows_accuracy_gate(engine_copy, capsys):
+    path = engine_copy / "manifest.json"
+    doc = json.loads(path.read_text())
+    doc["stages"][0]["graphs"][0]["accuracy_gate"] = {
+        "reference": "onnxruntime-fp32", "split": "validation", "n_images": 400, "n_calibration": 128, "method": "minmax",
+        "quantized_nodes": 72, "flip_rate": 0.0025, "max_abs_prob_error": 0.05, "mean_abs_prob_error": 0.004,
+        "accuracy_fp32": 0.9, "accuracy_quant": 0.9, "mcc_fp32": 0.8, "mcc_quant": 0.795, "auc_fp32": 0.95, "auc_quant": 0.95,
+        "max_flip_rate": 0.005, "max_mcc_drop": 0.01, "max_accuracy_drop": 0.01, "max_auc_drop": 0.01, "passed": True,
+        "kept_fp32": ["/model/layer.11/mlp/down_proj/MatMul"]}
+    path.write_text(json.dumps(doc))
+    assert main(["info", "--engines", str(engine_copy)]) == 0
+    out = capsys.readouterr().out
+    assert "flips 0.25% (limit 0.50%)" in out and "MCC 0.800 -> 0.795" in out and "down_proj" in out
