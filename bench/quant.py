@@ -36,7 +36,29 @@ def _variants():
         "static-conv": replace(final, quantize_patch_embed=True),
         "static-entropy": replace(final, method="entropy"),
         "static-pct": replace(final, method="percentile"),
+        "static-pct9999": replace(final, method="percentile", percentile=99.99),
+        "static-sym": replace(final, activation_symmetric=True),
+        # Layers put back to FP32 after calibration (same scales elsewhere): the 12 MLP
+        # down-projections (post-GELU, long-tailed inputs), or the N most harmful layers of the
+        # gate's sensitivity pass (`sensitivity_keep_fp32 = N`).
+        "static-downfp32": final,
+        "static-keep2": final,
+        "static-keep4": final,
+        "static-keep8": final,
     }
+
+
+def _fp32_nodes(name: str, raw: Path, harm) -> list[str]:
+    """Weighted nodes variant `name` leaves FP32 (see _variants)."""
+    from streetcascade.compile.quantize import _load, name_nodes, weighted_nodes
+
+    if name.endswith("downfp32"):
+        model = _load(raw)
+        name_nodes(model)
+        return [n.name for n in weighted_nodes(model) if n.role == "body" and ("down_proj" in n.name or "fc2" in n.name)]
+    if "-keep" in name:
+        return [h.name for h in harm()[: int(name.rsplit("keep", 1)[1])]]
+    return []
 
 
 def _classifier(key: str, layerscale: float):
@@ -65,7 +87,8 @@ def _data(workdir: Path, n_per_class: int, seed: int):
     return {split: load_challenges(open_samples(spec), split) for split in ("calibration", "validation", "test")}
 
 
-def run_quant_bench(models, runs=60, rounds=6, warmup=3, threads=0, n_per_class=150, variants=False, seed=0, layerscale=1.0) -> list[dict]:
+def run_quant_bench(models, runs=60, rounds=6, warmup=3, threads=0, n_per_class=150, variants=False, seed=0, layerscale=1.0,
+                    only=(), calib_samples=0, sensitivity_samples=64) -> list[dict]:
     import torch
 
     from streetcascade.calibration import metrics
@@ -96,17 +119,49 @@ def run_quant_bench(models, runs=60, rounds=6, warmup=3, threads=0, n_per_class=
             raw = workdir / f"{key}.raw.onnx"
             export_classifier(classifier, raw, 224)
             calib, val = data["calibration"].batch(224), data["validation"].batch(224)
-            paths = {"fp32": ort_target.build(raw, workdir / f"{key}.fp32.onnx", "fp32", threads),
-                     "int8-dynamic": ort_target.build(raw, workdir / f"{key}.dyn.onnx", "int8-dynamic", threads)}
-            recipes = _variants() if variants else {"int8-static": _variants()["int8-static"]}
-            for name, recipe in recipes.items():
-                paths[name] = build_static(raw, workdir / f"{key}.{name}.onnx", calib, recipe, threads).path
-            inputs, outputs = classifier_specs(224)
-            engines = {n: get_backend("onnxruntime").load(str(p), inputs, outputs, {"intra_op_threads": threads}) for n, p in paths.items()}
-            slots = {n: e.slot() for n, e in engines.items()}
+            engines, slots = {}, {}
 
             def logits(name, x, batch=8):
+                if name not in slots:
+                    engines[name] = get_backend("onnxruntime").load(str(paths[name]), inputs, outputs, {"intra_op_threads": threads})
+                    slots[name] = engines[name].slot()
                 return np.concatenate([slots[name].infer({"pixels": x[i : i + batch]})["logit"] for i in range(0, len(x), batch)]).astype(np.float64)
+
+            inputs, outputs = classifier_specs(224)
+            paths = {"fp32": ort_target.build(raw, workdir / f"{key}.fp32.onnx", "fp32", threads),
+                     "int8-dynamic": ort_target.build(raw, workdir / f"{key}.dyn.onnx", "int8-dynamic", threads)}
+            if calib_samples:
+                calib = calib[:calib_samples]
+            every = _variants()
+            unknown = [n for n in only if n not in every]
+            if unknown:
+                raise SystemExit(f"unknown variant(s) {unknown}; known: {', '.join(every)}")
+            names = list(only) or (list(every) if variants else ["int8-static"])
+            x_sens = val[:sensitivity_samples]
+            ranking: list = []
+
+            def harm():
+                # The gate's sensitivity pass (compile/static_int8.py): one layer quantized at a
+                # time, on a prefix of the validation split, ranked by flips then mean |dp|.
+                if not ranking:
+                    from streetcascade.calibration.gate import layer_sensitivity
+                    from streetcascade.compile.quantize import dequantize_nodes, quantize_static_qdq
+
+                    qdq = workdir / f"{key}.sens.qdq.onnx"
+                    first = quantize_static_qdq(raw, qdq, calib, every["int8-static"])
+                    p_ref = sigmoid(logits("fp32", x_sens))
+                    allq = set(first.quantized)
+                    ranking.extend(layer_sensitivity(first.quantized, lambda n: dequantize_nodes(qdq, raw, sorted(allq - {n})), x_sens, p_ref, 8, threads))
+                    print(f"# sensitivity ({len(x_sens)} validation images): " + ", ".join(f"{h.name} {h.flip_rate:.1%}/{h.mean_abs_prob_error:.4f}" for h in ranking[:8]), flush=True)
+                return ranking
+
+            for name in names:
+                kept = _fp32_nodes(name, raw, harm)
+                paths[name] = build_static(raw, workdir / f"{key}.{name}.onnx", calib, every[name], threads, kept).path
+            for n, p in paths.items():
+                if n not in slots:
+                    engines[n] = get_backend("onnxruntime").load(str(p), inputs, outputs, {"intra_op_threads": threads})
+                    slots[n] = engines[n].slot()
 
             x1 = val[:1]
             xt = torch.from_numpy(x1)
@@ -126,7 +181,9 @@ def run_quant_bench(models, runs=60, rounds=6, warmup=3, threads=0, n_per_class=
                 row = {"model": MODELS[key], "variant": name, "median_ms": med, "p90_ms": float(np.percentile(ms, 90)), "x_fp32": base / med}
                 if name.startswith("ort-"):
                     p = sigmoid(logits(name[4:], val))
-                    row.update(flips=float(np.mean(np.round(p) != np.round(p32))), max_dp=float(np.abs(p - p32).max()),
+                    flipped = np.round(p) != np.round(p32)
+                    row.update(n_flips=int(flipped.sum()), n_val=len(p), flips_heldout=int(flipped[len(x_sens):].sum()) if "-keep" in name else None,
+                               flips=float(np.mean(flipped)), max_dp=float(np.abs(p - p32).max()),
                                mean_dp=float(np.abs(p - p32).mean()), accuracy=metrics.accuracy(y, p), mcc=metrics.mcc(y, p))
                     ops = op_histogram(paths[name[4:]])
                     row["ops"] = {k: v for k, v in ops.items() if k in ("MatMul", "DynamicQuantizeMatMul", "MatMulIntegerToFloat", "QLinearMatMul",
@@ -134,7 +191,8 @@ def run_quant_bench(models, runs=60, rounds=6, warmup=3, threads=0, n_per_class=
                 rows.append(row)
                 extra = ""
                 if "flips" in row:
-                    extra = f"  flips {row['flips']:.2%}  max|dp| {row['max_dp']:.3g}  acc {row['accuracy']:.3f}  MCC {row['mcc']:.3f}  {row['ops']}"
+                    held = f" (after the {len(x_sens)} sensitivity images: {row['flips_heldout']}/{row['n_val'] - len(x_sens)})" if row["flips_heldout"] is not None else ""
+                    extra = f"  flips {row['n_flips']}/{row['n_val']} = {row['flips']:.2%}{held}  max|dp| {row['max_dp']:.3g}  acc {row['accuracy']:.3f}  MCC {row['mcc']:.3f}  {row['ops']}"
                 print(f"{name:<20} median {med:8.2f} ms  p90 {row['p90_ms']:8.2f}  {row['x_fp32']:5.2f}x fp32{extra}", flush=True)
             for s in slots.values():
                 s.close()
@@ -157,9 +215,13 @@ def main(argv=None) -> int:
     parser.add_argument("--threads", type=int, default=0)
     parser.add_argument("--per-class", type=int, default=150, help="synthetic images per class (split 20/40/40)")
     parser.add_argument("--variants", action="store_true", help="also time the static-INT8 variants of the investigation")
+    parser.add_argument("--only", default="", help="comma-separated static variants to time (see _variants), e.g. int8-static,static-keep4")
+    parser.add_argument("--calib-samples", type=int, default=0, help="calibrate on the first N calibration challenges (0 = all)")
+    parser.add_argument("--sensitivity-samples", type=int, default=64, help="validation prefix for the static-keepN variants' sensitivity pass")
     parser.add_argument("--layerscale", type=float, default=1.0, help="random backbone's layerscale (DINOv3 init: 1e-5; see _classifier)")
     a = parser.parse_args(argv)
-    run_quant_bench([m.strip() for m in a.models.split(",") if m.strip()], a.runs, a.rounds, a.warmup, a.threads, a.per_class, a.variants, layerscale=a.layerscale)
+    run_quant_bench([m.strip() for m in a.models.split(",") if m.strip()], a.runs, a.rounds, a.warmup, a.threads, a.per_class, a.variants, layerscale=a.layerscale,
+                    only=[v.strip() for v in a.only.split(",") if v.strip()], calib_samples=a.calib_samples, sensitivity_samples=a.sensitivity_samples)
     return 0
 
 

@@ -171,6 +171,10 @@ def quantize_static_qdq(raw: Path, dst: Path, images: np.ndarray, recipe: Static
     }
     if not recipe.quantize_outputs:
         extra["OpTypesToExcludeOutputQuantization"] = list(WEIGHTED_OP_TYPES)
+    # Not "CalibMaxIntermediateOutputs": in onnxruntime 1.32 MinMaxCalibrater.collect_data drops
+    # the collected outputs when the cap is reached instead of merging their ranges (measured:
+    # zero points off by up to 12 on 25 batches). Calibration memory therefore grows with the
+    # sample count: ~6 GiB for ViT-B/16 at 100 samples, out of 23 GiB at 224.
     if recipe.method == "percentile":
         extra["CalibPercentile"] = recipe.percentile
     act = QuantType.QUInt8 if recipe.activation_type == "uint8" else QuantType.QInt8
