@@ -68,14 +68,14 @@ def _classifier(key: str, layerscale: float):
     import torch
     from transformers import DINOv3ViTConfig, DINOv3ViTModel
 
-    from streetcascade.compile.models.base import IMAGENET_MEAN, IMAGENET_STD
+    from streetcascade.compile.models.base import Normalization
     from streetcascade.compile.models.dinov3 import COMMON, RANDOM_PRESETS, DinoV3Classifier
     from streetcascade.compile.models.head import random_head
 
     torch.manual_seed(0)
     config = DINOv3ViTConfig(**{**COMMON, "layerscale_value": layerscale}, **RANDOM_PRESETS[key], image_size=224)
     backbone = DINOv3ViTModel(config).eval()
-    return DinoV3Classifier(backbone, random_head(2 * config.hidden_size, 0), 224, IMAGENET_MEAN, IMAGENET_STD).eval()
+    return DinoV3Classifier(backbone, random_head(2 * config.hidden_size, 0), 224, Normalization()).eval()
 
 
 def _data(workdir: Path, n_per_class: int, seed: int):

@@ -37,10 +37,10 @@ def fit_head_command(config_path: str, stage_name: str, data: str, out: str, lab
     if not stages:
         raise ConfigError(f"{config_path}: no dinov3 stage{' named ' + repr(stage_name) if stage_name else ''} to fit a head for")
     stage = stages[0]
-    backbone, (mean, std), _, placeholder = DINOV3.load_backbone(stage, Path(config_path))
+    backbone, norm, _, placeholder = DINOV3.load_backbone(stage, Path(config_path))
     if placeholder:
         log.warning("fitting a head on a PLACEHOLDER (random) backbone: fine for testing, useless for mining")
-    classifier = DinoV3Classifier(backbone, random_head(feature_size(backbone), 0), stage.input_size, mean, std).eval()
+    classifier = DinoV3Classifier(backbone, random_head(feature_size(backbone), 0), stage.input_size, norm).eval()
     images, labels, skipped, bad = [], [], 0, []
     for sample in iter_image_folder(data, labels_csv=labels_csv, bad=bad):
         try:

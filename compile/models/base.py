@@ -26,6 +26,34 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 CHECKPOINT_PATTERNS = ("*.json", "*.safetensors", "*.bin", "*.txt", "*.model")
 
 
+@dataclass(frozen=True)
+class Normalization:
+    """How a checkpoint expects pixels: x * rescale, then (x - mean) / std, per channel."""
+
+    mean: tuple = IMAGENET_MEAN
+    std: tuple = IMAGENET_STD
+    rescale: float = 1.0 / 255.0
+
+
+def processor_normalization(directory: str | Path, default: Normalization = Normalization()) -> Normalization:
+    """Read the checkpoint's preprocessor_config.json (HF image processors); `default` when absent."""
+    import json
+
+    path = Path(directory) / "preprocessor_config.json"
+    if not path.exists():
+        return default
+    try:
+        cfg = json.loads(path.read_text())
+    except ValueError as exc:
+        raise CompileError(f"{path}: not valid JSON ({exc})") from None
+    if cfg.get("do_normalize", True):
+        mean, std = tuple(cfg.get("image_mean", default.mean)), tuple(cfg.get("image_std", default.std))
+    else:
+        mean, std = (0.0, 0.0, 0.0), (1.0, 1.0, 1.0)
+    rescale = float(cfg.get("rescale_factor", default.rescale)) if cfg.get("do_rescale", True) else 1.0
+    return Normalization(mean, std, rescale)
+
+
 @dataclass
 class ExportableModel:
     module: nn.Module  # uint8 [N, S, S, 3] -> float32 logit [N]
@@ -92,8 +120,9 @@ class UInt8Preprocess(nn.Module):
     """In-graph preprocessing: uint8 NHWC -> float NCHW, scaled and normalised, so the
     runtime only decodes and resizes."""
 
-    def __init__(self, mean, std, rescale: float = 1.0 / 255.0):
+    def __init__(self, norm: Normalization):
         super().__init__()
+        mean, std, rescale = norm.mean, norm.std, norm.rescale
         mean = torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1)
         std = torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1)
         # Fold rescale and normalisation into one multiply-add: x * scale + shift.
@@ -105,10 +134,10 @@ class UInt8Preprocess(nn.Module):
         return x * self.scale + self.shift
 
 
-def numpy_preprocess(images: np.ndarray, mean, std, rescale: float = 1.0 / 255.0) -> np.ndarray:
+def numpy_preprocess(images: np.ndarray, norm: Normalization) -> np.ndarray:
     """The reference path's preprocessing, written independently of `UInt8Preprocess`."""
-    x = images.astype(np.float32) * np.float32(rescale)
-    x = (x - np.asarray(mean, dtype=np.float32)) / np.asarray(std, dtype=np.float32)
+    x = images.astype(np.float32) * np.float32(norm.rescale)
+    x = (x - np.asarray(norm.mean, dtype=np.float32)) / np.asarray(norm.std, dtype=np.float32)
     return np.ascontiguousarray(x.transpose(0, 3, 1, 2))
 
 

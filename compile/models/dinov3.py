@@ -19,15 +19,15 @@ from streetcascade.config import StageConfig, resolve_relative
 from streetcascade.errors import CompileError
 
 from .base import (
-    IMAGENET_MEAN,
-    IMAGENET_STD,
     ExportableModel,
+    Normalization,
     UInt8Preprocess,
     fetch_hub_snapshot,
     hash_checkpoint,
     hash_text,
     load_or_fail,
     numpy_preprocess,
+    processor_normalization,
     resolve_source,
 )
 from .head import BinaryHead, load_head, random_head
@@ -77,9 +77,9 @@ def pooled_features(hidden: torch.Tensor, num_register_tokens: int) -> torch.Ten
 class DinoV3Classifier(nn.Module):
     """uint8 NHWC -> roadwork logit. For the ViT the rotary tables are baked for `image_size`."""
 
-    def __init__(self, backbone, head: BinaryHead, image_size: int, mean, std):
+    def __init__(self, backbone, head: BinaryHead, image_size: int, norm: Normalization):
         super().__init__()
-        self.preprocess = UInt8Preprocess(mean, std)
+        self.preprocess = UInt8Preprocess(norm)
         self.backbone = backbone
         self.head = head
         self.num_register_tokens = num_prefix_tokens(backbone)
@@ -108,11 +108,11 @@ class DinoV3Family:
     name = "dinov3"
 
     def load_backbone(self, stage: StageConfig, config_path: Path):
-        """Backbone + (mean, std) + source hash + placeholder flag."""
+        """Backbone + its pixel normalisation + source hash + placeholder flag."""
         source = resolve_source(stage.source, config_path)
         if source.kind == "random":
             backbone = random_backbone(source.value, stage.input_size, stage.seed)
-            return backbone, (IMAGENET_MEAN, IMAGENET_STD), hash_text(f"{stage.source}:{stage.seed}"), True
+            return backbone, Normalization(), hash_text(f"{stage.source}:{stage.seed}"), True
         directory = fetch_hub_snapshot(source.value) if source.kind == "hub" else source.value
         from transformers import AutoConfig, DINOv3ConvNextModel, DINOv3ViTModel
 
@@ -122,11 +122,10 @@ class DinoV3Family:
             raise CompileError(f"checkpoint {stage.source!r}: model_type {model_type!r}, family dinov3 needs one of {', '.join(MODEL_TYPES)}")
         cls = DINOv3ViTModel if model_type == "dinov3_vit" else DINOv3ConvNextModel
         backbone = load_or_fail("weights", stage.source, lambda: cls.from_pretrained(directory).eval())
-        mean, std = _processor_stats(directory)
-        return backbone, (mean, std), hash_checkpoint(directory), False
+        return backbone, processor_normalization(directory), hash_checkpoint(directory), False
 
     def load(self, stage: StageConfig, config_path: Path) -> ExportableModel:
-        backbone, (mean, std), source_hash, placeholder = self.load_backbone(stage, config_path)
+        backbone, norm, source_hash, placeholder = self.load_backbone(stage, config_path)
         features = feature_size(backbone)
         notes = []
         if stage.head:
@@ -139,29 +138,16 @@ class DinoV3Family:
             notes.append("random head: fit one with `streetcascade fit-head`")
         if placeholder:
             notes.append("PLACEHOLDER weights: this stage is not a roadwork detector")
-        module = DinoV3Classifier(backbone, head, stage.input_size, mean, std).eval()
+        module = DinoV3Classifier(backbone, head, stage.input_size, norm).eval()
 
         def reference(images: np.ndarray) -> np.ndarray:
             # The unmodified Hugging Face forward (dynamic rotary tables) + the head.
-            pixel_values = torch.from_numpy(numpy_preprocess(images, mean, std))
+            pixel_values = torch.from_numpy(numpy_preprocess(images, norm))
             with torch.no_grad():
                 hidden = backbone(pixel_values=pixel_values).last_hidden_state
                 return head(pooled_features(hidden, num_prefix_tokens(backbone))).numpy()
 
         return ExportableModel(module, reference, source_hash, placeholder, notes)
-
-
-def _processor_stats(directory: str) -> tuple[tuple, tuple]:
-    import json
-
-    path = Path(directory) / "preprocessor_config.json"
-    if not path.exists():
-        return IMAGENET_MEAN, IMAGENET_STD
-    try:
-        cfg = json.loads(path.read_text())
-    except ValueError as exc:
-        raise CompileError(f"{path}: not valid JSON ({exc})") from None
-    return tuple(cfg.get("image_mean", IMAGENET_MEAN)), tuple(cfg.get("image_std", IMAGENET_STD))
 
 
 FAMILY = DinoV3Family()

@@ -6,7 +6,6 @@ The subnet's base miner is a ViT-B/16 of this kind (2 labels).
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
@@ -17,9 +16,8 @@ from streetcascade.config import StageConfig
 from streetcascade.errors import CompileError
 
 from .base import (
-    IMAGENET_MEAN,
-    IMAGENET_STD,
     ExportableModel,
+    Normalization,
     UInt8Preprocess,
     fetch_hub_snapshot,
     hash_checkpoint,
@@ -27,6 +25,7 @@ from .base import (
     load_or_fail,
     logit_from_logits,
     numpy_preprocess,
+    processor_normalization,
     resolve_source,
 )
 
@@ -59,9 +58,9 @@ def positive_index(stage: StageConfig, id2label: dict, num_labels: int) -> int:
 
 
 class HfClassifier(nn.Module):
-    def __init__(self, model, positive: int, mean, std, rescale: float):
+    def __init__(self, model, positive: int, norm: Normalization):
         super().__init__()
-        self.preprocess = UInt8Preprocess(mean, std, rescale)
+        self.preprocess = UInt8Preprocess(norm)
         self.model = model
         self.positive = positive
 
@@ -77,7 +76,6 @@ class HfClassifierFamily:
         from transformers import AutoConfig, AutoModelForImageClassification, ViTConfig, ViTForImageClassification
 
         source = resolve_source(stage.source, config_path)
-        mean, std, rescale = IMAGENET_MEAN, IMAGENET_STD, 1.0 / 255.0
         if source.kind == "random":
             if source.value not in RANDOM_PRESETS:
                 raise CompileError(f"random:{source.value}: unknown preset; known: {', '.join(RANDOM_PRESETS)}")
@@ -86,25 +84,25 @@ class HfClassifierFamily:
                             id2label={0: "no_roadwork", 1: "roadwork"}, label2id={"no_roadwork": 0, "roadwork": 1})
             model = ViTForImageClassification(cfg).eval()
             source_hash, placeholder = hash_text(f"{stage.source}:{stage.seed}"), True
-            mean, std = (0.5, 0.5, 0.5), (0.5, 0.5, 0.5)
+            norm = Normalization(mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5))  # ViT's processor default
         else:
             directory = fetch_hub_snapshot(source.value) if source.kind == "hub" else source.value
             load_or_fail("config", stage.source, lambda: AutoConfig.from_pretrained(directory))
             model = load_or_fail("weights", stage.source, lambda: AutoModelForImageClassification.from_pretrained(directory).eval())
-            mean, std, rescale = _processor_stats(Path(directory), mean, std, rescale)
+            norm = processor_normalization(directory)
             source_hash, placeholder = hash_checkpoint(directory), False
         config = model.config
         image_size = getattr(config, "image_size", None)
         if isinstance(image_size, int) and image_size != stage.input_size and getattr(config, "model_type", "") == "vit":
             raise CompileError(f"stage {stage.name}: ViT checkpoint is trained at {image_size}px, input_size is {stage.input_size}")
         positive = positive_index(stage, config.id2label or {}, config.num_labels)
-        module = HfClassifier(model, positive, mean, std, rescale).eval()
+        module = HfClassifier(model, positive, norm).eval()
         notes = [f"positive label: {config.id2label.get(positive, positive) if config.id2label else positive} (index {positive})"]
         if placeholder:
             notes.append("PLACEHOLDER weights: this stage is not a roadwork detector")
 
         def reference(images: np.ndarray) -> np.ndarray:
-            pixel_values = torch.from_numpy(numpy_preprocess(images, mean, std, rescale))
+            pixel_values = torch.from_numpy(numpy_preprocess(images, norm))
             with torch.no_grad():
                 logits = model(pixel_values=pixel_values).logits.double()
             probs = torch.softmax(logits, dim=-1)[:, positive] if logits.shape[-1] > 1 else torch.sigmoid(logits[:, 0])
@@ -112,22 +110,6 @@ class HfClassifierFamily:
             return torch.log(probs / (1 - probs)).numpy()
 
         return ExportableModel(module, reference, source_hash, placeholder, notes)
-
-
-def _processor_stats(directory: Path, mean, std, rescale):
-    path = directory / "preprocessor_config.json"
-    if not path.exists():
-        return mean, std, rescale
-    try:
-        cfg = json.loads(path.read_text())
-    except ValueError as exc:
-        raise CompileError(f"{path}: not valid JSON ({exc})") from None
-    if cfg.get("do_normalize", True):
-        mean, std = tuple(cfg.get("image_mean", mean)), tuple(cfg.get("image_std", std))
-    else:
-        mean, std = (0.0, 0.0, 0.0), (1.0, 1.0, 1.0)
-    rescale = float(cfg.get("rescale_factor", rescale)) if cfg.get("do_rescale", True) else 1.0
-    return mean, std, rescale
 
 
 FAMILY = HfClassifierFamily()

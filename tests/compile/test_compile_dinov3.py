@@ -41,7 +41,7 @@ def test_engine_matches_pytorch_reference_on_samples(tiny_engine_dir, tiny_confi
     import torch
     from transformers import DINOv3ViTModel
 
-    from streetcascade.compile.models.base import numpy_preprocess
+    from streetcascade.compile.models.base import Normalization, numpy_preprocess
     from streetcascade.compile.models.dinov3 import pooled_features
     from streetcascade.compile.models.head import random_head
     from streetcascade.runtime.images import resize_to
@@ -51,7 +51,7 @@ def test_engine_matches_pytorch_reference_on_samples(tiny_engine_dir, tiny_confi
     head = random_head(2 * backbone.config.hidden_size, 0)
     images = np.stack([resize_to(decode_image(b), 224) for b in sample_bytes.values()])
     with torch.no_grad():
-        hidden = backbone(pixel_values=torch.from_numpy(numpy_preprocess(images, (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)))).last_hidden_state
+        hidden = backbone(pixel_values=torch.from_numpy(numpy_preprocess(images, Normalization((0.485, 0.456, 0.406), (0.229, 0.224, 0.225), 1 / 255)))).last_hidden_state
         want = torch.sigmoid(head(pooled_features(hidden, 4))).numpy()
     with load_engine_set(tiny_engine_dir) as es:
         got = es.cascade.stages[0].score(list(images))

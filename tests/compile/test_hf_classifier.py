@@ -95,3 +95,14 @@ def test_preprocessor_config_is_used(tmp_path, tiny_vit_dir):
     b = read_manifest(compile_vit(tmp_path / "b", other))
     assert b.stages[0].graphs[0].parity.max_abs_prob_error < 1e-4
     assert a.stages[0].source_sha256 != b.stages[0].source_sha256
+
+
+def test_processor_config_flags_and_garbage(tmp_path):
+    from streetcascade.compile.models.base import Normalization, processor_normalization
+
+    assert processor_normalization(tmp_path) == Normalization()  # no preprocessor_config.json
+    (tmp_path / "preprocessor_config.json").write_text(json.dumps({"do_normalize": False, "do_rescale": False}))
+    assert processor_normalization(tmp_path) == Normalization((0.0, 0.0, 0.0), (1.0, 1.0, 1.0), 1.0)
+    (tmp_path / "preprocessor_config.json").write_text("{oops")
+    with pytest.raises(CompileError, match="not valid JSON"):
+        processor_normalization(tmp_path)
