@@ -27,12 +27,12 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from streetcascade.errors import BadInput, ConfigError
+from streetcascade.runtime.images import IMAGE_SUFFIXES
 
 log = logging.getLogger(__name__)
 
 SPLITS = ("calibration", "validation", "test")
 DEFAULT_FRACTIONS = (0.2, 0.4, 0.4)
-IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"})
 # Folder layout: <root>/[real|synthetic/]{roadwork,no_roadwork}/<image>
 LABEL_DIRS = {"roadwork": 1, "no_roadwork": 0}
 SOURCE_DIRS = ("real", "synthetic")

@@ -25,6 +25,7 @@ import numpy as np
 
 from streetcascade.calibration.reward import simulate_reward
 from streetcascade.errors import BadInput
+from streetcascade.runtime.cascade import sigmoid  # noqa: F401  (also part of this module's API)
 
 DEFAULT_LO_GRID = tuple(np.round(np.arange(0.0, 0.5001, 0.025), 4))
 DEFAULT_HI_GRID = tuple(np.round(np.arange(0.5, 1.0001, 0.025), 4))
@@ -37,10 +38,6 @@ NEVER_ESCALATE = (1.0, 0.0)  # lo > hi: the band is empty, the stage answers eve
 def logit(probs: Sequence[float], eps: float = 1e-7) -> np.ndarray:
     p = np.clip(np.asarray(probs, dtype=np.float64), eps, 1.0 - eps)
     return np.log(p) - np.log1p(-p)
-
-
-def sigmoid(x: np.ndarray) -> np.ndarray:
-    return 0.5 * (1.0 + np.tanh(0.5 * np.asarray(x, dtype=np.float64)))  # overflow-free
 
 
 def apply_temperature(logits: Sequence[float], temperature: float) -> np.ndarray:

@@ -11,11 +11,10 @@ import numpy as np
 from streetcascade.errors import ParityError
 from streetcascade.manifest import Parity
 from streetcascade.runtime.cascade import sigmoid
-from streetcascade.runtime.images import decode_image, resize_to
+from streetcascade.runtime.images import IMAGE_SUFFIXES, decode_image, resize_to
 
 log = logging.getLogger(__name__)
 
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp"}
 # Default tolerance on probabilities, per precision (fp32 must match; int8 is an approximation).
 DEFAULT_TOLERANCE = {"fp32": 1e-4, "fp16": 1e-2, "int8-dynamic": 0.15, "int8-static": 0.15}
 

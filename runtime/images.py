@@ -19,6 +19,9 @@ from streetcascade.errors import BadInput, ImageTooLarge
 # PIL's own global bomb check raises/warns with its own types; we check explicitly instead.
 Image.MAX_IMAGE_PIXELS = None
 
+# What counts as an image file when walking a folder (CLI, parity images, datasets).
+IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"})
+
 
 class ImageLimits(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     max_bytes: int = 20 * 1024 * 1024

@@ -25,7 +25,6 @@ from streetcascade.errors import BadInput, ConfigError, StreetcascadeError
 
 log = logging.getLogger("streetcascade")
 
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"}
 
 
 def _engine_dir(args) -> Path:
@@ -57,6 +56,8 @@ def cmd_compile(args) -> int:
 
 
 def _iter_inputs(paths: list[str]):
+    from streetcascade.runtime.images import IMAGE_SUFFIXES
+
     for raw in paths:
         path = Path(raw)
         if path.is_dir():
