@@ -12,7 +12,7 @@ import torch
 
 from streetcascade.config import load_config
 from streetcascade.errors import BadInput, ConfigError
-from streetcascade.runtime.images import decode_image, resize_to
+from streetcascade.runtime.images import resize_to
 
 from .models.dinov3 import FAMILY as DINOV3, DinoV3Classifier, feature_size
 from .models.head import fit_logistic_head, random_head, save_head
@@ -30,7 +30,7 @@ def extract_features(classifier: DinoV3Classifier, images: list[np.ndarray], bat
 
 
 def fit_head_command(config_path: str, stage_name: str, data: str, out: str, labels_csv: str | None = None, batch: int = 16, l2: float = 1.0) -> dict:
-    from streetcascade.calibration.datasets import iter_image_folder
+    from streetcascade.calibration.datasets import iter_decoded, iter_image_folder
 
     config = load_config(config_path)
     stages = [s for s in config.stages if s.family == "dinov3" and (not stage_name or s.name == stage_name)]
@@ -41,19 +41,15 @@ def fit_head_command(config_path: str, stage_name: str, data: str, out: str, lab
     if placeholder:
         log.warning("fitting a head on a PLACEHOLDER (random) backbone: fine for testing, useless for mining")
     classifier = DinoV3Classifier(backbone, random_head(feature_size(backbone), 0), stage.input_size, norm).eval()
-    images, labels, skipped, bad = [], [], 0, []
-    for sample in iter_image_folder(data, labels_csv=labels_csv, bad=bad):
-        try:
-            images.append(resize_to(decode_image(sample.data), stage.input_size))
-            labels.append(sample.label)
-        except BadInput as exc:
-            skipped += 1
-            log.warning("skipping %s: %s", sample.origin, exc)
+    images, labels, bad = [], [], []  # bad: unreadable files and undecodable pixels, reported as skipped
+    for sample, rgb in iter_decoded(iter_image_folder(data, labels_csv=labels_csv, bad=bad), bad=bad):
+        images.append(resize_to(rgb, stage.input_size))
+        labels.append(sample.label)
     if not images:
         raise BadInput(f"{data}: no labelled images found (expected roadwork/ and no_roadwork/ subfolders or a labels CSV)")
     features = extract_features(classifier, images, batch)
     head, stats = fit_logistic_head(features, np.asarray(labels), l2=l2)
     save_head(head, out, {"backbone_source": stage.source, "n_images": str(stats["n"]), "train_accuracy": f"{stats['train_accuracy']:.4f}"})
-    stats["skipped"] = skipped + len(bad)
+    stats["skipped"] = len(bad)
     print(f"head written to {out}: {stats['n']} images ({stats['positives']} roadwork), train accuracy {stats['train_accuracy']:.3f}, {stats['skipped']} skipped")
     return stats
