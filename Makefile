@@ -12,7 +12,7 @@ $(STAMP): pyproject.toml constraints-cpu.txt
 	$(PY) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	# constraints-cpu.txt pins the CPU build of torch (other versions pull multi-GB CUDA wheels).
-	$(BIN)/python -m pip install --quiet -c constraints-cpu.txt -e '.[compile,miner,dev]'
+	$(BIN)/python -m pip install --quiet -c constraints-cpu.txt -e '.[cpu,compile,miner,dev]'
 	touch $(STAMP)
 
 setup: $(STAMP)
@@ -27,7 +27,7 @@ test: $(STAMP)
 	$(BIN)/python -m pytest; rc=$$?; if [ $$rc -eq 5 ]; then echo "pytest collected no tests"; rc=0; fi; exit $$rc
 
 bench: $(STAMP)
-	$(BIN)/streetcascade bench --models vits16,vitb16 --batch 1,8 --markdown
+	$(BIN)/python -m bench.stage1 --models vits16,vitb16 --batch 1,8 --markdown
 
 clean-engines:
 	find engines -mindepth 1 -maxdepth 1 ! -name README.md -exec rm -rf {} +

@@ -1,6 +1,6 @@
 """Server overhead, side by side: our miner vs a real bittensor 9.12.2 Axon, same instant model.
 
-    python -m streetcascade.bench.miner_server [--requests 8000] [--concurrency 32] [--skip-axon]
+    python -m bench.miner_server [--requests 8000] [--concurrency 32] [--skip-axon]
 
 Both servers run as subprocesses on 127.0.0.1 (ours via `streetcascade serve` with
 `engine = "fake"`, the cache off so every request decodes the JPEG and runs the model; the Axon
@@ -29,7 +29,7 @@ from pathlib import Path
 import msgspec
 import numpy as np
 
-from streetcascade.miner.client import RawConnection, build_request
+from .dendrite_client import RawConnection, build_request
 
 VALIDATOR_URI = "//Alice"
 MINER_URI = "//Bob"
@@ -88,7 +88,9 @@ hotkey_file = "{tmp / 'wallets' / 'bench' / 'hotkeys' / 'miner'}"
 
 [engine]
 engine = "fake"
-inference_threads = {threads}
+
+[runtime]
+slots = {threads}
 
 [chain]
 metagraph = "static"
@@ -183,7 +185,7 @@ def start_ours(tmp: Path, validator_ss58: str, threads: int) -> tuple[subprocess
 
 
 def start_axon(tmp: Path, validator_ss58: str) -> tuple[subprocess.Popen, int]:
-    from streetcascade.bench.btvenv import ensure_bt_venv
+    from .btvenv import ensure_bt_venv
 
     python = ensure_bt_venv("9.12.2")
     port = free_port()

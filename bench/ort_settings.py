@@ -7,7 +7,11 @@ in one run on the same exported graph and input (batch 1 by default):
   fusions     onnxruntime.transformers' ViT fusions (SkipLayerNorm, BiasGelu) before the optimiser
   arena       CPU memory arena + memory pattern on/off
 
-    python -m streetcascade.bench.ort_settings --model vits16 --runs 40
+    python -m bench.ort_settings --model vits16 --runs 40
+
+A study of ONNX Runtime's own session settings, so it builds its sessions itself (starting from
+the backend's options, then changing one setting at a time); the product creates sessions only
+in runtime/backends/onnxruntime.py.
 """
 
 from __future__ import annotations
@@ -31,26 +35,27 @@ def main(argv=None) -> int:
     import onnxruntime as ort
     from onnxruntime.transformers import optimizer
 
-    from streetcascade.compile.export import export_classifier
+    from streetcascade.compile.export import export_graph
     from streetcascade.compile.models import get_family
     from streetcascade.config import StageConfig
     from streetcascade.machine import physical_cores
-    from streetcascade.runtime.backends.onnxruntime import session_options
+    from streetcascade.runtime.backends.onnxruntime import OrtOptions, session_options
 
     from .stage1 import MODELS
 
     family, source, title = MODELS[a.model]
     with tempfile.TemporaryDirectory(prefix="sc-ortset-") as tmp:
         work = Path(tmp)
-        model = get_family(family).load(StageConfig(name="s", family=family, source=source), work / "x.toml")
-        raw = export_classifier(model.module, work / "raw.onnx", 224)
-        hidden = model.module.backbone.config.hidden_size if hasattr(model.module, "backbone") else model.module.model.config.hidden_size
-        heads = model.module.backbone.config.num_attention_heads if hasattr(model.module, "backbone") else model.module.model.config.num_attention_heads
+        graph = get_family(family).load(StageConfig(name="s", family=family, source=source), work / "x.toml").graphs[0]
+        raw = export_graph(graph, work / "raw.onnx")
+        module = graph.module
+        hidden = module.backbone.config.hidden_size if hasattr(module, "backbone") else module.model.config.hidden_size
+        heads = module.backbone.config.num_attention_heads if hasattr(module, "backbone") else module.model.config.num_attention_heads
         fused = optimizer.optimize_model(str(raw), model_type="vit", num_heads=heads, hidden_size=hidden, opt_level=0)
         fused.save_model_to_file(str(work / "fused.onnx"))
 
         def offline(src: Path, level, name: str) -> Path:
-            so = session_options(0, optimize=True)
+            so = session_options(OrtOptions(optimize=True))
             so.graph_optimization_level = level
             so.optimized_model_filepath = str(work / name)
             so.log_severity_level = 3
@@ -67,7 +72,7 @@ def main(argv=None) -> int:
         cores = physical_cores()
 
         def session(graph: str, threads: int = 0, spin: bool = True, arena: bool = True):
-            so = session_options(threads, spin=spin)
+            so = session_options(OrtOptions(intra_op_threads=threads, spin_wait=spin))
             so.enable_cpu_mem_arena = arena
             so.enable_mem_pattern = arena
             return ort.InferenceSession(str(graphs[graph]), so, providers=["CPUExecutionProvider"])

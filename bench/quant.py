@@ -5,8 +5,11 @@ the validation split of a synthetic labelled set under the validator mix.
 The DINOv3 backbones are random (real architectures); the head is fitted on synthetic scenes
 (cones/stripes vs plain roads) first, so logits are spread and decision flips mean something.
 
-    python -m streetcascade.bench.quant --models vits16,vitb16 --runs 60 --rounds 6
-    python -m streetcascade.bench.quant --models tiny --runs 6 --variants   # + the investigation's variants
+    python -m bench.quant --models vits16,vitb16 --runs 60 --rounds 6
+    python -m bench.quant --models tiny --runs 6 --variants   # + the investigation's variants
+
+Every static variant is built by `compile.quantize.build_static`, the builder `compile` runs for
+`precision = "int8-static"`; FP32 and dynamic INT8 by the onnxruntime target, like `compile`.
 """
 
 from __future__ import annotations
@@ -92,16 +95,22 @@ def run_quant_bench(models, runs=60, rounds=6, warmup=3, threads=0, n_per_class=
     import torch
 
     from streetcascade.calibration import metrics
-    from streetcascade.compile.export import classifier_specs, export_classifier
+    from streetcascade.compile.accuracy_gate import layer_sensitivity
+    from streetcascade.compile.export import export_graph
     from streetcascade.compile.fit_head import extract_features
+    from streetcascade.compile.models.base import ExportableGraph, GraphDecl
     from streetcascade.compile.models.head import fit_logistic_head
-    from streetcascade.compile.quantize import build_static, op_histogram
-    from streetcascade.compile.targets import onnxruntime as ort_target
+    from streetcascade.compile.quantize import build_static, dequantize_nodes, op_histogram, quantize_static_qdq
+    from streetcascade.compile.targets.onnxruntime import optimize_offline, quantize_dynamic_int8
     from streetcascade.machine import cpu_features, physical_cores
     from streetcascade.runtime.backends import get_backend
-    from streetcascade.runtime.cascade import sigmoid
+    from streetcascade.runtime.classifier import classifier_io, sigmoid
+    from streetcascade.settings import RuntimeConfig
 
     threads = threads or physical_cores()
+    runtime = RuntimeConfig(intra_op_threads=threads)
+    io = classifier_io(224, 8)
+    backend = get_backend("onnxruntime")
     torch.set_num_threads(threads)
     print(f"# INT8 benchmark: {threads} thread(s), batch 1, {runs} timed runs per variant in {rounds} interleaved rounds; "
           f"CPU features: {', '.join(cpu_features()) or '?'}", flush=True)
@@ -117,19 +126,21 @@ def run_quant_bench(models, runs=60, rounds=6, warmup=3, threads=0, n_per_class=
             head, stats = fit_logistic_head(extract_features(classifier, list(fit)), data["test"].labels, l2=1.0)
             classifier.head = head
             raw = workdir / f"{key}.raw.onnx"
-            export_classifier(classifier, raw, 224)
+            export_graph(ExportableGraph(GraphDecl("classifier", io), classifier, None), raw)
             calib, val = data["calibration"].batch(224), data["validation"].batch(224)
             engines, slots = {}, {}
 
-            def logits(name, x, batch=8):
+            def slot(name):
                 if name not in slots:
-                    engines[name] = get_backend("onnxruntime").load(str(paths[name]), inputs, outputs, {"intra_op_threads": threads})
+                    engines[name] = backend.load(str(paths[name]), io, backend.options_for(runtime, "cpu"))
                     slots[name] = engines[name].slot()
-                return np.concatenate([slots[name].infer({"pixels": x[i : i + batch]})["logit"] for i in range(0, len(x), batch)]).astype(np.float64)
+                return slots[name]
 
-            inputs, outputs = classifier_specs(224)
-            paths = {"fp32": ort_target.build(raw, workdir / f"{key}.fp32.onnx", "fp32", threads),
-                     "int8-dynamic": ort_target.build(raw, workdir / f"{key}.dyn.onnx", "int8-dynamic", threads)}
+            def logits(name, x):
+                return slot(name).logits(x)
+
+            paths = {"fp32": optimize_offline(raw, workdir / f"{key}.fp32.onnx", io, runtime),
+                     "int8-dynamic": optimize_offline(quantize_dynamic_int8(raw, workdir / f"{key}.raw.int8.onnx"), workdir / f"{key}.dyn.onnx", io, runtime)}
             if calib_samples:
                 calib = calib[:calib_samples]
             every = _variants()
@@ -144,24 +155,19 @@ def run_quant_bench(models, runs=60, rounds=6, warmup=3, threads=0, n_per_class=
                 # The gate's sensitivity pass (compile/static_int8.py): one layer quantized at a
                 # time, on a prefix of the validation split, ranked by flips then mean |dp|.
                 if not ranking:
-                    from streetcascade.calibration.gate import layer_sensitivity
-                    from streetcascade.compile.quantize import dequantize_nodes, quantize_static_qdq
-
                     qdq = workdir / f"{key}.sens.qdq.onnx"
                     first = quantize_static_qdq(raw, qdq, calib, every["int8-static"])
                     p_ref = sigmoid(logits("fp32", x_sens))
                     allq = set(first.quantized)
-                    ranking.extend(layer_sensitivity(first.quantized, lambda n: dequantize_nodes(qdq, raw, sorted(allq - {n})), x_sens, p_ref, 8, threads))
+                    ranking.extend(layer_sensitivity(first.quantized, lambda n: dequantize_nodes(qdq, raw, sorted(allq - {n})), x_sens, p_ref, io, workdir, runtime))
                     print(f"# sensitivity ({len(x_sens)} validation images): " + ", ".join(f"{h.name} {h.flip_rate:.1%}/{h.mean_abs_prob_error:.4f}" for h in ranking[:8]), flush=True)
                 return ranking
 
             for name in names:
                 kept = _fp32_nodes(name, raw, harm)
-                paths[name] = build_static(raw, workdir / f"{key}.{name}.onnx", calib, every[name], threads, kept).path
-            for n, p in paths.items():
-                if n not in slots:
-                    engines[n] = get_backend("onnxruntime").load(str(p), inputs, outputs, {"intra_op_threads": threads})
-                    slots[n] = engines[n].slot()
+                paths[name] = build_static(raw, workdir / f"{key}.{name}.onnx", calib, every[name], io, runtime, kept).path
+            for n in paths:
+                slot(n)
 
             x1 = val[:1]
             xt = torch.from_numpy(x1)

@@ -1,8 +1,11 @@
 """Stage-1 benchmark: PyTorch eager vs ONNX Runtime (FP32, dynamic INT8) on the same model,
 same inputs, same thread count, in one run. Prints median / p99 ms and ratios.
 
-    streetcascade bench --models vits16,vitb16 --batch 1,8
-    python -m streetcascade.bench.stage1 --models tiny --runs 10
+    python -m bench.stage1 --models vits16,vitb16 --batch 1,8      (from a checkout; `make bench`)
+    python -m bench.stage1 --models tiny --runs 10
+
+The ONNX Runtime engines are built by the same target code `streetcascade compile` runs
+(compile.targets.onnxruntime) and run through the runtime's backend.
 """
 
 from __future__ import annotations
@@ -24,31 +27,34 @@ MODELS = {
 }
 
 
-def _build(model_key: str, precision: str, workdir: Path, threads: int):
-    """Family module + built ORT engine for one model/precision."""
-    from streetcascade.compile.export import classifier_specs, export_classifier
+def _build(model_key: str, precision: str, workdir: Path, threads: int, max_batch: int):
+    """The family's torch module + the engine `streetcascade compile` would build for it."""
+    from streetcascade.compile.export import export_graph
     from streetcascade.compile.models import get_family
-    from streetcascade.compile.targets import onnxruntime as ort_target
-    from streetcascade.config import StageConfig
+    from streetcascade.compile.targets import BuildJob, get_target
+    from streetcascade.config import CascadeConfig, StageConfig
     from streetcascade.runtime.backends import get_backend
+    from streetcascade.settings import RuntimeConfig
 
     family, source, _ = MODELS[model_key]
-    stage = StageConfig(name=model_key, family=family, source=source)
-    model = get_family(family).load(stage, workdir / "bench.toml")
+    stage = StageConfig(name=model_key, family=family, source=source, precision=precision, max_batch=max_batch)
+    config_path = workdir / "bench.toml"
+    graph = get_family(family).load(stage, config_path).graphs[0]
     raw = workdir / f"{model_key}.raw.onnx"
     if not raw.exists():
-        export_classifier(model.module, raw, stage.input_size)
-    engine_path = ort_target.build(raw, workdir / f"{model_key}.{precision}.onnx", precision, threads)
-    inputs, outputs = classifier_specs(stage.input_size)
-    engine = get_backend("onnxruntime").load(str(engine_path), inputs, outputs, {"intra_op_threads": threads})
-    return model, engine
+        export_graph(graph, raw)
+    runtime = RuntimeConfig(intra_op_threads=threads)
+    target = get_target("onnxruntime")
+    built = target.build(BuildJob(stage, CascadeConfig(stages=[stage], runtime=runtime), config_path, graph.decl.io, raw, workdir / f"{model_key}.{precision}.onnx"))
+    backend = get_backend(target.backend)
+    return graph.module, backend.load(str(built.path), graph.decl.io, backend.options_for(runtime, "cpu"))
 
 
 def run_stage1_bench(models, batches, runs=30, warmup=5, threads=0, precisions=("fp32", "int8-dynamic"), markdown=False, seed=0) -> list[dict]:
     import torch
 
     from streetcascade.machine import cpu_features, physical_cores
-    from streetcascade.runtime.cascade import sigmoid
+    from streetcascade.runtime.classifier import sigmoid
 
     threads = threads or physical_cores()
     torch.set_num_threads(threads)
@@ -64,9 +70,9 @@ def run_stage1_bench(models, batches, runs=30, warmup=5, threads=0, precisions=(
             engines = {}
             module = None
             for precision in precisions:
-                module_p, engines[precision] = _build(key, precision, workdir, threads)
+                module_p, engines[precision] = _build(key, precision, workdir, threads, max(batches))
                 module = module or module_p
-            torch_module = module.module.eval()
+            torch_module = module.eval()
             for batch in batches:
                 x = rng.integers(0, 256, (batch, 224, 224, 3), dtype=np.uint8)
                 xt = torch.from_numpy(x)

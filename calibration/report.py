@@ -1,15 +1,12 @@
 """Write an `EvalReport` as JSON plus one self-contained HTML page.
 
 The page shows the reliability diagram, the reward-vs-threshold curve and the confusion matrix.
-Charts are PNGs (base64-embedded) when matplotlib is importable, else inline SVG drawn here,
-so the page needs no network and no extra dependency.
+Charts are inline SVG drawn here, so the page needs no network and no extra dependency.
 """
 
 from __future__ import annotations
 
-import base64
 import html
-import io
 import math
 import os
 from pathlib import Path
@@ -21,34 +18,21 @@ from streetcascade.calibration.evaluate import EvalReport
 _W, _H, _PAD = 360, 280, 44  # chart size and margin, px
 
 
-def write_report(report: EvalReport, out_dir: str | os.PathLike, *, title: str = "streetcascade evaluation", use_matplotlib: bool | None = None) -> tuple[Path, Path]:
+def write_report(report: EvalReport, out_dir: str | os.PathLike, *, title: str = "streetcascade evaluation") -> tuple[Path, Path]:
     """Write `report.json` and `report.html` into `out_dir`; returns their paths."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     json_path, html_path = out / "report.json", out / "report.html"
     json_path.write_bytes(msgspec.json.format(msgspec.json.encode(report), indent=2))
-    html_path.write_text(render_html(report, title=title, use_matplotlib=use_matplotlib), encoding="utf-8")
+    html_path.write_text(render_html(report, title=title), encoding="utf-8")
     return json_path, html_path
 
 
-def _have_matplotlib() -> bool:
-    try:
-        import matplotlib  # noqa: F401
-    except ImportError:
-        return False
-    return True
-
-
-def render_html(report: EvalReport, *, title: str, use_matplotlib: bool | None = None) -> str:
-    mpl = _have_matplotlib() if use_matplotlib is None else use_matplotlib
+def render_html(report: EvalReport, *, title: str) -> str:
     rel = report.reliability
-    centers = [(a + b) / 2 for a, b in zip(rel.edges[:-1], rel.edges[1:])]
     points = [(m, f) for m, f, c in zip(rel.mean_prob, rel.frac_positive, rel.count) if c > 0 and m is not None and not math.isnan(m)]
     curve = list(zip(report.reward_curve.thresholds, report.reward_curve.rewards))
-    if mpl:
-        charts = [_png_reliability(points, centers, rel.count), _png_curve(curve, report.reward_curve.best_threshold)]
-    else:
-        charts = [_svg_reliability(points), _svg_curve(curve, report.reward_curve.best_threshold)]
+    charts = [_svg_reliability(points), _svg_curve(curve, report.reward_curve.best_threshold)]
     charts.append(_confusion_table(report.confusion.as_matrix()))
     summary = {
         "challenges": report.n,
@@ -173,42 +157,3 @@ def _svg_curve(curve: list[tuple[float, float]], best: float) -> str:
     return _svg_frame("Expected reward vs decision threshold", "threshold t (answer 1 if p > t)", "steady-state reward", body)
 
 
-# ---------------------------------------------------------------------------------- matplotlib
-
-
-def _png_figure(draw, caption: str) -> str:
-    import matplotlib
-
-    matplotlib.use("Agg")  # headless; never opens a window
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(4, 3.2), dpi=100)
-    try:
-        draw(ax)
-        fig.tight_layout()
-        buffer = io.BytesIO()
-        fig.savefig(buffer, format="png")
-    finally:
-        plt.close(fig)
-    data = base64.b64encode(buffer.getvalue()).decode()
-    return f"<figure><figcaption>{html.escape(caption)}</figcaption><img alt='{html.escape(caption)}' src='data:image/png;base64,{data}'/></figure>"
-
-
-def _png_reliability(points, centers, counts) -> str:
-    def draw(ax):
-        ax.plot([0, 1], [0, 1], "--", color="#aaa")
-        if points:
-            ax.plot(*zip(*points), "o-", color="#1f77b4")
-        ax.set(xlim=(0, 1), ylim=(0, 1), xlabel="mean predicted probability", ylabel="observed fraction roadwork")
-
-    return _png_figure(draw, "Reliability diagram")
-
-
-def _png_curve(curve, best) -> str:
-    def draw(ax):
-        if curve:
-            ax.plot(*zip(*curve), "-", color="#d62728")
-            ax.axvline(best, linestyle=":", color="#2ca02c")
-        ax.set(xlim=(0, 1), ylim=(0, 1), xlabel="threshold t (answer 1 if p > t)", ylabel="steady-state reward")
-
-    return _png_figure(draw, "Expected reward vs decision threshold")

@@ -19,6 +19,7 @@ import numpy as np
 from streetcascade.calibration.challenges import iter_challenges
 from streetcascade.calibration.datasets import DEFAULT_FRACTIONS, SPLITS, BadFile, Sample, iter_image_folder, iter_parquet, iter_split
 from streetcascade.errors import BadInput, ConfigError
+from streetcascade.progress import QUIET, Progress
 from streetcascade.runtime.images import decode_image, resize_to
 
 log = logging.getLogger(__name__)
@@ -113,6 +114,7 @@ def load_challenges(
     challenge_seed: int = 0,
     limit: int | None = None,
     bad: list[BadFile] | None = None,
+    progress: Progress = QUIET,
 ) -> ChallengeSet:
     """Challenges of `split` ("calibration" | "validation" | "test" | "all"), at most `limit`."""
     if split != "all" and split not in SPLITS:
@@ -120,7 +122,8 @@ def load_challenges(
     if split != "all":
         samples = iter_split(samples, split, split_seed, fractions)
     out = ChallengeSet()
-    for challenge in iter_challenges(samples, challenge_seed, bad=bad):
+    what = f"{split} challenges (augment + JPEG like a validator)" + (f", up to {limit}" if limit else "")
+    for challenge in progress.track(iter_challenges(samples, challenge_seed, bad=bad), what, total=limit):
         try:
             rgb = decode_image(challenge.jpeg)
         except BadInput as exc:  # our own JPEG: should never happen, but never stop the stream

@@ -25,7 +25,7 @@ import numpy as np
 
 from streetcascade.calibration.reward import simulate_reward
 from streetcascade.errors import BadInput
-from streetcascade.runtime.cascade import sigmoid  # noqa: F401  (also part of this module's API)
+from streetcascade.runtime.classifier import sigmoid  # noqa: F401  (also part of this module's API)
 
 DEFAULT_LO_GRID = tuple(np.round(np.arange(0.0, 0.5001, 0.025), 4))
 DEFAULT_HI_GRID = tuple(np.round(np.arange(0.5, 1.0001, 0.025), 4))

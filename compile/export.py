@@ -1,5 +1,6 @@
-"""torch -> ONNX for stage-1 classifiers: uint8 NHWC in, one logit per image out, a
-dynamic batch axis, everything else fixed at export."""
+"""torch -> ONNX for one declared graph: names, dtypes, opset and dynamic axes all come from
+the family's `GraphDecl` (string dims are named dynamic axes); everything else is fixed at
+export. No If/Loop/Scan may remain: TensorRT and ORT's symbolic shape inference trip on them."""
 
 from __future__ import annotations
 
@@ -10,50 +11,50 @@ from pathlib import Path
 import torch
 
 from streetcascade.errors import CompileError
-from streetcascade.runtime.backends.base import TensorSpec
+from streetcascade.manifest import TensorSpec
+
+from .models.base import ExportableGraph
 
 log = logging.getLogger(__name__)
 
-INPUT_NAME = "pixels"
-OUTPUT_NAME = "logit"
-OPSET = 17  # LayerNormalization is a single FP32-friendly op from 17 on
+EXAMPLE_BATCH = 2  # not 1: a size-1 example lets the tracer specialise the batch axis away
 
 
-def classifier_specs(input_size: int) -> tuple[list[TensorSpec], list[TensorSpec]]:
-    return (
-        [TensorSpec(INPUT_NAME, ["batch", input_size, input_size, 3], "uint8")],
-        [TensorSpec(OUTPUT_NAME, ["batch"], "float32")],
-    )
+def _example(spec: TensorSpec) -> torch.Tensor:
+    shape = [EXAMPLE_BATCH if isinstance(d, str) else d for d in spec.shape]
+    return torch.zeros(shape, dtype=getattr(torch, spec.dtype))
 
 
-def export_classifier(module: torch.nn.Module, path: Path, input_size: int) -> Path:
+def _dynamic_axes(specs: list[TensorSpec]) -> dict[str, dict[int, str]]:
+    return {s.name: {i: d for i, d in enumerate(s.shape) if isinstance(d, str)} for s in specs if any(isinstance(d, str) for d in s.shape)}
+
+
+def export_graph(graph: ExportableGraph, path: Path) -> Path:
+    decl = graph.decl
     # The TorchScript exporter restores the wrapper's training flag on every submodule
     # afterwards: make sure that flag is eval, or the shared HF model ends up in training mode.
-    module.eval()
-    dummy = torch.zeros(2, input_size, input_size, 3, dtype=torch.uint8)
+    module = graph.module.eval()
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # TracerWarnings about python ints; shapes are fixed by design
             torch.onnx.export(
                 module,
-                (dummy,),
+                tuple(_example(s) for s in decl.io.inputs),
                 str(path),
                 dynamo=False,
-                opset_version=OPSET,
-                input_names=[INPUT_NAME],
-                output_names=[OUTPUT_NAME],
-                dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}},
+                opset_version=decl.opset,
+                input_names=[s.name for s in decl.io.inputs],
+                output_names=[s.name for s in decl.io.outputs],
+                dynamic_axes=_dynamic_axes(decl.io.inputs + decl.io.outputs),
                 do_constant_folding=True,
             )
     except Exception as exc:
-        raise CompileError(f"ONNX export failed: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}") from exc
+        raise CompileError(f"ONNX export of the {decl.role} graph failed: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}") from exc
     _check_no_control_flow(path)
     return path
 
 
 def _check_no_control_flow(path: Path) -> None:
-    """A fixed-resolution classifier must not contain If/Loop (e.g. an un-baked rotary tile):
-    TensorRT and ORT's symbolic shape inference both trip on them."""
     import onnx
 
     model = onnx.load(str(path), load_external_data=False)

@@ -12,6 +12,7 @@ import torch
 
 from streetcascade.config import load_config
 from streetcascade.errors import BadInput, ConfigError
+from streetcascade.progress import QUIET, Progress
 from streetcascade.runtime.images import resize_to
 
 from .models.dinov3 import FAMILY as DINOV3, DinoV3Classifier, feature_size
@@ -20,16 +21,18 @@ from .models.head import fit_logistic_head, random_head, save_head
 log = logging.getLogger(__name__)
 
 
-def extract_features(classifier: DinoV3Classifier, images: list[np.ndarray], batch: int = 16) -> np.ndarray:
+def extract_features(classifier: DinoV3Classifier, images: list[np.ndarray], batch: int = 16, progress: Progress = QUIET) -> np.ndarray:
     out = []
+    starts = range(0, len(images), batch)
     with torch.inference_mode():
-        for i in range(0, len(images), batch):
+        for i in progress.track(starts, f"backbone features of {len(images)} images (batches of {batch})"):
             x = torch.from_numpy(np.stack(images[i : i + batch]))
             out.append(classifier.features(x).double().numpy())
     return np.concatenate(out)
 
 
-def fit_head_command(config_path: str, stage_name: str, data: str, out: str, labels_csv: str | None = None, batch: int = 16, l2: float = 1.0) -> dict:
+def fit_head_command(config_path: str, stage_name: str, data: str, out: str, labels_csv: str | None = None, batch: int = 16, l2: float = 1.0,
+                     progress: Progress = QUIET) -> dict:
     from streetcascade.calibration.datasets import iter_decoded, iter_image_folder
 
     config = load_config(config_path)
@@ -37,17 +40,19 @@ def fit_head_command(config_path: str, stage_name: str, data: str, out: str, lab
     if not stages:
         raise ConfigError(f"{config_path}: no dinov3 stage{' named ' + repr(stage_name) if stage_name else ''} to fit a head for")
     stage = stages[0]
-    backbone, norm, _, placeholder = DINOV3.load_backbone(stage, Path(config_path))
-    if placeholder:
+    ckpt = DINOV3.open(stage, Path(config_path))
+    if ckpt.placeholder:
         log.warning("fitting a head on a PLACEHOLDER (random) backbone: fine for testing, useless for mining")
-    classifier = DinoV3Classifier(backbone, random_head(feature_size(backbone), 0), stage.input_size, norm).eval()
+    backbone = ckpt.model
+    classifier = DinoV3Classifier(backbone, random_head(feature_size(backbone), 0), stage.input_size, ckpt.norm).eval()
     images, labels, bad = [], [], []  # bad: unreadable files and undecodable pixels, reported as skipped
-    for sample, rgb in iter_decoded(iter_image_folder(data, labels_csv=labels_csv, bad=bad), bad=bad):
+    samples = iter_decoded(iter_image_folder(data, labels_csv=labels_csv, bad=bad), bad=bad)
+    for sample, rgb in progress.track(samples, f"reading {data}"):
         images.append(resize_to(rgb, stage.input_size))
         labels.append(sample.label)
     if not images:
         raise BadInput(f"{data}: no labelled images found (expected roadwork/ and no_roadwork/ subfolders or a labels CSV)")
-    features = extract_features(classifier, images, batch)
+    features = extract_features(classifier, images, batch, progress)
     head, stats = fit_logistic_head(features, np.asarray(labels), l2=l2)
     save_head(head, out, {"backbone_source": stage.source, "n_images": str(stats["n"]), "train_accuracy": f"{stats['train_accuracy']:.4f}"})
     stats["skipped"] = len(bad)

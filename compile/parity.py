@@ -1,5 +1,5 @@
 """The parity gate: the built engine (loaded through the runtime's own backend) against the
-PyTorch reference, on real-looking and random images. Over tolerance -> ParityError."""
+family's PyTorch reference, on real-looking and random images. Over tolerance -> ParityError."""
 
 from __future__ import annotations
 
@@ -10,13 +10,15 @@ import numpy as np
 
 from streetcascade.errors import ParityError
 from streetcascade.manifest import Parity
-from streetcascade.runtime.cascade import sigmoid
+from streetcascade.runtime.backends import Engine
+from streetcascade.runtime.classifier import sigmoid
 from streetcascade.runtime.images import IMAGE_SUFFIXES, decode_image, resize_to
 
 log = logging.getLogger(__name__)
 
 # Default tolerance on probabilities, per precision (fp32 must match; int8 is an approximation).
 DEFAULT_TOLERANCE = {"fp32": 1e-4, "fp16": 1e-2, "int8-dynamic": 0.15, "int8-static": 0.15}
+REFERENCE_BATCH = 16
 
 
 def parity_images(size: int, folder: Path | None, n_random: int = 8, seed: int = 0) -> tuple[np.ndarray, int]:
@@ -32,28 +34,19 @@ def parity_images(size: int, folder: Path | None, n_random: int = 8, seed: int =
     return np.stack(real + synthetic), len(real)
 
 
-def run_engine(engine, images: np.ndarray, max_batch: int, tolerance: float = 1e-4) -> np.ndarray:
-    slot = engine.slot()
-    name_in, name_out = engine.inputs[0].name, engine.outputs[0].name
-    out = []
-    for start in range(0, len(images), max_batch):
-        out.append(slot.infer({name_in: images[start : start + max_batch]})[name_out])
-    # Batch 1 too: the dynamic batch axis must give the same answers. (Not bit-identical
-    # under dynamic INT8: activation scales are computed per tensor, i.e. over the batch.)
-    single = slot.infer({name_in: images[:1]})[name_out]
-    slot.close()
-    logits = np.concatenate(out).astype(np.float64)
-    drift = float(np.abs(sigmoid(single.astype(np.float64)) - sigmoid(logits[:1])).max())
-    if drift > tolerance:
-        raise ParityError(f"batch-1 probability differs from the batched one by {drift:.3g} (tolerance {tolerance:g})")
-    return logits
-
-
-def check_parity(engine, reference, images: np.ndarray, tolerance: float, max_batch: int, label: str) -> Parity:
-    got = run_engine(engine, images, max_batch, tolerance)
-    want = np.concatenate([np.asarray(reference(images[i : i + 16]), dtype=np.float64) for i in range(0, len(images), 16)])
+def check_classifier_parity(engine: Engine, reference, images: np.ndarray, tolerance: float, label: str) -> Parity:
+    """Logits of the engine (batched at its max_batch, and image 0 alone) vs the reference."""
+    with engine.slot() as slot:
+        got = slot.logits(images)
+        # Batch 1 too: the dynamic batch axis must give the same answers. (Not bit-identical
+        # under dynamic INT8: activation scales are computed per tensor, i.e. over the batch.)
+        single = slot.logits(images[:1])
     if not np.all(np.isfinite(got)):
         raise ParityError(f"{label}: the engine produced non-finite logits")
+    drift = float(np.abs(sigmoid(single) - sigmoid(got[:1])).max())
+    if drift > tolerance:
+        raise ParityError(f"{label}: batch-1 probability differs from the batched one by {drift:.3g} (tolerance {tolerance:g})")
+    want = np.concatenate([np.asarray(reference(images[i : i + REFERENCE_BATCH]), dtype=np.float64).reshape(-1) for i in range(0, len(images), REFERENCE_BATCH)])
     p_got, p_want = sigmoid(got), sigmoid(want)
     parity = Parity(
         reference="pytorch-fp32-eager",

@@ -1,7 +1,12 @@
 """compile: cascade config -> engines/<target>/ (graphs + manifest.json).
 
+Per stage: the family declares its graphs and loads them; each graph is exported to ONNX,
+built by the target (compile/targets/), loaded back through the runtime's backend to measure
+its memory (`Engine.memory`, on the fresh engine) and to check it against the family's
+PyTorch reference (the parity gate). Nothing here knows a backend or a family by name.
+
 Built into a temporary folder next to the destination and swapped in only when every stage
-has passed its parity gate: a failed compile never destroys the engine set already there.
+has passed its gates: a failed compile never destroys the engine set already there.
 """
 
 from __future__ import annotations
@@ -14,130 +19,112 @@ import time
 from pathlib import Path
 
 from streetcascade.config import CascadeConfig, StageConfig, load_config, resolve_relative
-from streetcascade.errors import CompileError, ConfigError
-from streetcascade.machine import arch, cpu_features, default_target_name, rss_bytes, version_of
-from streetcascade.manifest import FORMAT_VERSION, GraphEntry, Manifest, StageEntry, TargetInfo, sha256_file, write_manifest
+from streetcascade.errors import CompileError
+from streetcascade.machine import version_of
+from streetcascade.manifest import FORMAT_VERSION, GraphEntry, Manifest, StageEntry, sha256_file, write_manifest
+from streetcascade.progress import Progress
 from streetcascade.runtime.backends import get_backend
 
 from . import parity as parity_gate
-from .export import classifier_specs, export_classifier
+from .export import export_graph
 from .models import get_family
-from .targets import onnxruntime as ort_target
+from .models.base import ExportableGraph
+from .targets import BuildJob, Target, get_target
 
 log = logging.getLogger(__name__)
 
 LIBRARIES = ("onnxruntime", "torch", "transformers", "onnx", "numpy")
-
-
-def target_info(config: CascadeConfig) -> TargetInfo:
-    t = config.target
-    if t.backend != ort_target.BACKEND:
-        raise ConfigError(f"target.backend {t.backend!r} cannot be compiled here yet (have: {ort_target.BACKEND})")
-    if t.device != "cpu":
-        raise ConfigError(f"target.device {t.device!r}: the onnxruntime target builds for cpu here")
-    return TargetInfo(name=t.name or default_target_name(t.device), backend=t.backend, device=t.device, arch=arch(), cpu_features=list(cpu_features()))
+# Intermediate files a build leaves in its work folder (kept with --keep-raw).
+INTERMEDIATES = ("*.raw.onnx", "*.int8.onnx", "*.qdq.onnx", "*.kept.onnx", "*.fp32-ref.onnx")
 
 
 def engine_dir_for(config_path: Path, config: CascadeConfig) -> Path:
-    return resolve_relative(config_path, config.engines_dir) / target_info(config).name
+    return resolve_relative(config_path, config.engines_dir) / get_target(config.target.backend).describe(config).name
 
 
-class Progress:
-    """Step reporting: a rich status line when rich is there and stderr is a terminal."""
+class _Stage:
+    """The context one stage's graphs are built in."""
 
-    def __init__(self, enabled: bool):
-        self._console = None
-        if enabled:
-            try:
-                from rich.console import Console
+    def __init__(self, stage: StageConfig, config_path: Path, config: CascadeConfig, target: Target, workdir: Path, progress: Progress):
+        self.stage, self.config_path, self.config, self.target, self.workdir, self.progress = stage, config_path, config, target, workdir, progress
 
-                self._console = Console(stderr=True)
-            except ImportError:
-                pass
+    def build_graph(self, graph: ExportableGraph) -> GraphEntry:
+        stage, decl, progress = self.stage, graph.decl, self.progress
+        raw = self.workdir / f"{stage.name}.{decl.role}.raw.onnx"
+        shapes = ", ".join(f"{s.name} {s.dtype}{s.shape}" for s in decl.io.inputs)
+        progress.step(f"{stage.name}: exporting the {decl.role} graph to ONNX (opset {decl.opset}; {shapes})")
+        export_graph(graph, raw)
+        out = self.workdir / f"{stage.name}.{decl.role}.{stage.precision}{self.target.suffix}"
+        built = self.target.build(BuildJob(stage, self.config, self.config_path, decl.io, raw, out, progress))
+        tolerance = stage.parity_tolerance or parity_gate.DEFAULT_TOLERANCE[stage.precision]
+        folder = resolve_relative(self.config_path, self.config.parity_images) if self.config.parity_images else None
+        images, n_real = parity_gate.parity_images(stage.input_size, folder, seed=stage.seed)
+        backend = get_backend(self.target.backend)
+        with backend.load(str(built.path), decl.io, backend.options_for(self.config.runtime, self.config.target.device)) as engine:
+            memory = engine.memory()  # first: it measures a fresh engine's peak at max_batch
+            progress.step(
+                f"{stage.name}: memory at batch {decl.io.max_batch}: weights {memory.weights_bytes / 2**20:.0f} MiB, "
+                f"activations {memory.activations_bytes / 2**20:.0f} MiB; parity vs PyTorch on {n_real} sample + "
+                f"{len(images) - n_real} synthetic images (tolerance {tolerance:g})"
+            )
+            parity = parity_gate.check_classifier_parity(engine, graph.reference, images, tolerance, f"{stage.name}/{decl.role}")
+        return GraphEntry(
+            role=decl.role,
+            file=built.path.name,
+            sha256=sha256_file(built.path),
+            size_bytes=built.path.stat().st_size,
+            precision=stage.precision,
+            io=decl.io,
+            parity=parity,
+            memory=memory,
+            accuracy_gate=built.accuracy_gate,
+        )
 
-    def step(self, message: str) -> None:
-        log.info(message)
-        if self._console is not None:
-            self._console.print(f"[bold cyan]>[/] {message}")
-
-
-def compile_stage(stage: StageConfig, config_path: Path, config: CascadeConfig, workdir: Path, progress: Progress) -> StageEntry:
-    family = get_family(stage.family)
-    progress.step(f"{stage.name}: loading {stage.family} from {stage.source}")
-    model = family.load(stage, config_path)
-    raw = workdir / f"{stage.name}.raw.onnx"
-    progress.step(f"{stage.name}: exporting to ONNX (opset 17, uint8 NHWC {stage.input_size}x{stage.input_size} input)")
-    export_classifier(model.module, raw, stage.input_size)
-    engine_file = f"{stage.name}.{stage.precision}.onnx"
-    inputs, outputs = classifier_specs(stage.input_size)
-    accuracy_gate = None
-    if stage.precision == "int8-static":
-        from .static_int8 import build_gated_static
-
-        accuracy_gate = build_gated_static(stage, config_path, config, raw, workdir / engine_file, inputs, outputs, progress.step)
-    else:
-        progress.step(f"{stage.name}: building {stage.precision} graph for onnxruntime (offline optimisation)")
-        ort_target.build(raw, workdir / engine_file, stage.precision, config.target.intra_op_threads)
-    tolerance = stage.parity_tolerance if stage.parity_tolerance > 0 else parity_gate.DEFAULT_TOLERANCE[stage.precision]
-    folder = resolve_relative(config_path, config.parity_images) if config.parity_images else None
-    images, n_real = parity_gate.parity_images(stage.input_size, folder, seed=stage.seed)
-    progress.step(f"{stage.name}: parity vs PyTorch on {n_real} sample + {len(images) - n_real} synthetic images (tolerance {tolerance:g})")
-    rss_before = rss_bytes()
-    engine = get_backend(ort_target.BACKEND).load(str(workdir / engine_file), inputs, outputs, {"intra_op_threads": config.target.intra_op_threads})
-    try:
-        parity = parity_gate.check_parity(engine, model.reference, images, tolerance, stage.max_batch, stage.name)
-        memory = max(0, rss_bytes() - rss_before)
-    finally:
-        engine.close()
-    graph = GraphEntry(
-        role="classifier",
-        file=engine_file,
-        sha256=sha256_file(workdir / engine_file),
-        size_bytes=(workdir / engine_file).stat().st_size,
-        precision=stage.precision,
-        inputs=inputs,
-        outputs=outputs,
-        parity=parity,
-        memory_bytes=max(memory, (workdir / engine_file).stat().st_size),
-        max_batch=stage.max_batch,
-        accuracy_gate=accuracy_gate,
-    )
-    return StageEntry(
-        name=stage.name,
-        family=stage.family,
-        source=stage.source,
-        source_sha256=model.source_sha256,
-        placeholder_weights=model.placeholder,
-        input_size=stage.input_size,
-        exit_low=stage.exit_low,
-        exit_high=stage.exit_high,
-        temperature=stage.temperature,
-        graphs=[graph],
-        notes=model.notes,
-    )
+    def build(self) -> StageEntry:
+        stage, family = self.stage, get_family(self.stage.family)
+        self.target.check_precision(stage)
+        self.progress.step(f"{stage.name}: loading {stage.family} from {stage.source}")
+        model = family.load(stage, self.config_path)
+        declared = [d.role for d in family.graphs(stage)]
+        if [g.decl.role for g in model.graphs] != declared:
+            raise CompileError(f"family {stage.family}: loaded graphs {[g.decl.role for g in model.graphs]} differ from the declared {declared}")
+        for graph in model.graphs:
+            if graph.decl.parity != "classifier":
+                raise CompileError(f"family {stage.family}: no parity check for {graph.decl.parity!r} graphs yet")
+        return StageEntry(
+            name=stage.name,
+            kind=family.kind,
+            family=stage.family,
+            source=stage.source,
+            source_sha256=model.source_sha256,
+            placeholder_weights=model.placeholder,
+            input_size=stage.input_size,
+            thresholds=stage.thresholds,
+            graphs=[self.build_graph(graph) for graph in model.graphs],
+            notes=model.notes + [f"{g.decl.role} input: {g.decl.preprocessing}" for g in model.graphs if g.decl.preprocessing],
+        )
 
 
 def compile_cascade(config_path: str | Path, out_dir: str | Path | None = None, progress: bool = True, keep_raw: bool = False) -> Path:
     t0 = time.perf_counter()
     config_path = Path(config_path)
     config = load_config(config_path)
-    target = target_info(config)
-    dest = Path(out_dir) if out_dir else engine_dir_for(config_path, config)
+    target = get_target(config.target.backend)
+    info = target.describe(config)
+    dest = Path(out_dir) if out_dir else resolve_relative(config_path, config.engines_dir) / info.name
     dest.parent.mkdir(parents=True, exist_ok=True)
     reporter = Progress(progress)
-    reporter.step(f"compiling {len(config.stages)} stage(s) for {target.name} into {dest}")
+    reporter.step(f"compiling {len(config.stages)} stage(s) for {info.name} into {dest}")
     workdir = Path(tempfile.mkdtemp(prefix=f".{dest.name}.building-", dir=dest.parent))
     try:
-        stages = [compile_stage(stage, config_path, config, workdir, reporter) for stage in config.stages]
+        stages = [_Stage(stage, config_path, config, target, workdir, reporter).build() for stage in config.stages]
         if not keep_raw:
-            for p in workdir.glob("*.raw.onnx"):
-                p.unlink()
-            for pattern in ("*.int8.onnx", "*.qdq.onnx", "*.kept.onnx", "*.fp32-ref.onnx"):
+            for pattern in INTERMEDIATES:
                 for p in workdir.glob(pattern):
                     p.unlink()
         manifest = Manifest(
             format_version=FORMAT_VERSION,
-            target=target,
+            target=info,
             stages=stages,
             library_versions={lib: v for lib in LIBRARIES if (v := version_of(lib))},
             built_at=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),

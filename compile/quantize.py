@@ -19,11 +19,13 @@ import logging
 from collections import Counter
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 
 from streetcascade.errors import BackendUnavailable, CompileError
+from streetcascade.manifest import GraphIO
+from streetcascade.settings import RuntimeConfig
 
 log = logging.getLogger(__name__)
 
@@ -335,18 +337,30 @@ def op_histogram(path: Path) -> dict[str, int]:
     return dict(Counter(n.op_type for n in _load(path).graph.node).most_common())
 
 
-def build_static(raw: Path, out_path: Path, images: np.ndarray, recipe: StaticRecipe, intra_op_threads: int = 0, fp32_nodes: Sequence[str] = ()) -> StaticResult:
-    """Quantize (QDQ), optionally put `fp32_nodes` back to FP32, optimise offline, fold biases."""
-    from .targets import onnxruntime as ort_target
+def build_static(
+    raw: Path,
+    out_path: Path,
+    images: np.ndarray,
+    recipe: StaticRecipe,
+    io: GraphIO,
+    runtime: RuntimeConfig = RuntimeConfig(),
+    keep_fp32: Sequence[str] | Callable[[StaticResult, Path], Sequence[str]] = (),
+) -> StaticResult:
+    """The one static-INT8 builder (compile's int8-static and the quantization bench both run it):
+    quantize (QDQ) calibrated on `images`; put the `keep_fp32` nodes back to FP32, given as a list
+    or as a function of the first quantization's result and QDQ file (the accuracy gate's
+    sensitivity pass); optimise offline; fold the biases."""
+    from .targets.onnxruntime import optimize_offline
 
     qdq = out_path.with_name(out_path.name.replace(".onnx", "") + ".qdq.onnx")
     result = quantize_static_qdq(raw, qdq, images, recipe)
+    kept = list(keep_fp32(result, qdq) if callable(keep_fp32) else keep_fp32)
     src = qdq
-    if fp32_nodes:
+    if kept:
         src = qdq.with_name(qdq.stem + ".kept.onnx")
-        dequantize_nodes(qdq, raw, fp32_nodes, src)
-        result = replace(result, quantized=[n for n in result.quantized if n not in set(fp32_nodes)], excluded=result.excluded + list(fp32_nodes))
-    ort_target.optimize_offline(src, out_path, intra_op_threads)
+        dequantize_nodes(qdq, raw, kept, src)
+        result = replace(result, quantized=[n for n in result.quantized if n not in set(kept)], excluded=result.excluded + kept)
+    optimize_offline(src, out_path, io, runtime)
     if recipe.fuse_bias:
         n = fuse_matmul_integer_bias(out_path)
         log.debug("folded %d bias Add(s) into MatMulIntegerToFloat", n)

@@ -49,21 +49,20 @@ def build_cascade(cfg: MinerConfig):
     """(cascade, closer) from [engine]: a real engine set, or the fake instant model."""
     eng = cfg.engine
     if eng.engine == "fake":
+        from streetcascade.runtime import Cascade, ClassifierStage
         from streetcascade.runtime.backends.fake import FakeEngine
-        from streetcascade.runtime.cascade import Cascade, ClassifierStage
 
         log.warning("engine = \"fake\": answering with a deterministic test model, NOT a detector")
-        cascade = Cascade([ClassifierStage("stage1", FakeEngine(224, eng.fake_latency_ms), 224, prior_ms=max(eng.fake_latency_ms, 0.1))])
-        return cascade, (lambda: None)
+        stage = ClassifierStage("stage1", FakeEngine(224, eng.fake_latency_ms), 224, prior_ms=max(eng.fake_latency_ms, 0.1))
+        return Cascade([stage], safety_margin_ms=cfg.runtime.safety_margin_ms), (lambda: None)
     from streetcascade.runtime.load import load_engine_set
 
-    overrides = None
+    thresholds = None
     if eng.cascade_config:
-        from streetcascade.config import load_config, stage_overrides
+        from streetcascade.config import load_config, stage_thresholds
 
-        overrides = stage_overrides(load_config(eng.cascade_config))
-    engine_set = load_engine_set(eng.engine, budget_bytes=eng.budget_bytes, safety_margin_ms=eng.safety_margin_ms, overrides=overrides,
-                                 backend_options={"spin": eng.spin_wait})
+        thresholds = stage_thresholds(load_config(eng.cascade_config))
+    engine_set = load_engine_set(eng.engine, cfg.runtime, thresholds)
     for name in engine_set.placeholder_stages:
         log.warning("stage %s has placeholder weights: do not mine with this engine set", name)
     return engine_set.cascade, engine_set.close
@@ -85,14 +84,7 @@ def build_view(cfg: MinerConfig):
 def build_server(cfg: MinerConfig, cascade, hotkeys: list[str]):
     from .server import AxonSpec, MinerServer, MinerState
 
-    state = MinerState(
-        cascade,
-        build_view(cfg),
-        cfg.policy,
-        cfg.limits,
-        inference_threads=cfg.engine.inference_threads,
-        safety_margin_ms=cfg.engine.safety_margin_ms,
-    )
+    state = MinerState(cascade, build_view(cfg), cfg.policy, cfg.limits, slots=cfg.runtime.slots)
     axons = [AxonSpec(hk, h.port) for hk, h in zip(hotkeys, cfg.hotkeys)]
     return MinerServer(
         state,

@@ -8,12 +8,13 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 import msgspec
 
 from streetcascade.errors import ConfigError
-from streetcascade.structs import decode_struct, load_toml
+from streetcascade.settings import RuntimeConfig
+from streetcascade.structs import load_toml
 
 
 class HotkeyConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
@@ -38,17 +39,15 @@ class EngineConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     # An engine-set directory (e.g. "engines/cpu-x86_64", relative to the config file) or "fake"
     # (an instant deterministic model for benchmarks and tests; never for mining).
     engine: str = "fake"
-    budget_bytes: int = 24 * 1024**3
-    # Kept free at the end of the deadline for encoding and the network.
-    safety_margin_ms: float = 300.0
-    fake_latency_ms: float = 0.0
+    fake_latency_ms: Annotated[float, msgspec.Meta(ge=0.0)] = 0.0
     # Optional cascade config (TOML) whose per-stage exit thresholds and temperatures (e.g.
-    # written by `streetcascade tune`) replace the engine set's compile-time values.
+    # written by `streetcascade tune`) replace the engine set's compile-time values. Only its
+    # thresholds are used: run-time settings come from this file's [runtime] table.
     cascade_config: str = ""
-    # ONNX Runtime threads spin between ops: faster on an idle CPU, much slower on a shared one.
-    spin_wait: bool = True
-    # Threads running decode + cascade (each gets its own engine slot).
-    inference_threads: int = 1
+
+
+# Keys that moved from [engine] to [runtime] (a RuntimeConfig, shared with the cascade config).
+MOVED_TO_RUNTIME = {"budget_bytes": "budget_bytes", "safety_margin_ms": "safety_margin_ms", "spin_wait": "spin_wait", "inference_threads": "slots"}
 
 
 class ChainConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
@@ -78,10 +77,10 @@ class PolicyConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     # Stake (metagraph.S units, TAO-equivalent) below which a caller is refused.
     min_stake: float = 1000.0
     # Token bucket per caller hotkey (validators send about one challenge per minute).
-    rate_per_s: float = 2.0
-    rate_burst: int = 20
+    rate_per_s: Annotated[float, msgspec.Meta(gt=0.0)] = 2.0
+    rate_burst: Annotated[int, msgspec.Meta(ge=1)] = 20
     # Requests waiting for an inference thread; beyond this the lowest stake is refused (503).
-    max_queue: int = 64
+    max_queue: Annotated[int, msgspec.Meta(ge=1)] = 64
 
 
 class LimitsConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
@@ -99,6 +98,8 @@ class LimitsConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
 
 class MinerConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     hotkeys: list[HotkeyConfig]
+    # Memory budget, safety margin, inference slots (threads), ONNX Runtime threads/spinning.
+    runtime: RuntimeConfig = RuntimeConfig()
     host: str = "0.0.0.0"
     metrics_host: str = "127.0.0.1"
     metrics_port: int = 9100  # 0 = no metrics/health server
@@ -125,12 +126,6 @@ class MinerConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
                 raise ValueError(f"hotkeys[{i}]: wallet_name and wallet_hotkey are both needed")
         if self.metrics_port and self.metrics_port in ports:
             raise ValueError(f"metrics_port {self.metrics_port} is also a hotkey port")
-        if self.engine.inference_threads < 1:
-            raise ValueError("engine.inference_threads must be >= 1")
-        if self.policy.rate_per_s <= 0 or self.policy.rate_burst < 1:
-            raise ValueError("policy.rate_per_s must be > 0 and policy.rate_burst >= 1")
-        if self.policy.max_queue < 1:
-            raise ValueError("policy.max_queue must be >= 1")
         if self.chain.metagraph == "static" and not self.chain.static_neurons:
             raise ValueError("chain.metagraph = 'static' needs [[chain.static_neurons]] entries")
 
@@ -140,21 +135,12 @@ def load_miner_config(path: str | Path) -> MinerConfig:
     path = Path(path)
     try:
         cfg = load_toml(path, MinerConfig)
-    except ConfigError:
+    except ConfigError as exc:
+        moved = [k for k in MOVED_TO_RUNTIME if f"unknown field `{k}` - at `$.engine`" in str(exc)]
+        if moved:
+            raise ConfigError(f"{exc}; [engine] {moved[0]} moved to [runtime] {MOVED_TO_RUNTIME[moved[0]]}") from None
         raise
-    except ValueError as exc:  # __post_init__ checks
-        raise ConfigError(f"{path}: {exc}") from None
     return resolve_paths(cfg, path.parent)
-
-
-def config_from_dict(raw: dict, source: str = "<dict>", base_dir: str | Path = ".") -> MinerConfig:
-    try:
-        cfg = decode_struct(raw, MinerConfig, source)
-    except ValueError as exc:
-        if isinstance(exc, ConfigError):
-            raise
-        raise ConfigError(f"{source}: {exc}") from None
-    return resolve_paths(cfg, Path(base_dir))
 
 
 def _resolve(base: Path, value: str) -> str:

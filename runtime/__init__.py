@@ -4,8 +4,10 @@ Imports only numpy, pillow, msgspec (and onnxruntime when that backend is used):
 torch, transformers or onnx.
 """
 
-from .cascade import Cascade, ClassifierStage, Decision, Stage
+from .cascade import Cascade, Decision
+from .classifier import ClassifierStage, sigmoid
 from .images import ImageLimits, decode_image, resize_to
 from .load import EngineSet, load_engine_set
+from .stages import Stage
 
-__all__ = ["Cascade", "ClassifierStage", "Decision", "Stage", "ImageLimits", "decode_image", "resize_to", "EngineSet", "load_engine_set"]
+__all__ = ["Cascade", "ClassifierStage", "Decision", "Stage", "ImageLimits", "decode_image", "resize_to", "EngineSet", "load_engine_set", "sigmoid"]

@@ -1,9 +1,8 @@
 """The cascade: stages in order, each either answers (its probability is outside its
 uncertainty band) or hands the image on; always within a deadline.
 
-A stage is anything with `name`, `expected_ms`, `score(images) -> probabilities` and
-`exits(p)`. Stage 1 is a `ClassifierStage` over one engine; OCR and VLM stages plug in
-behind the same interface later.
+Stages follow the interface in runtime/stages.py (stage 1 is a `ClassifierStage`); OCR and
+VLM stages plug in behind the same interface.
 """
 
 from __future__ import annotations
@@ -12,15 +11,15 @@ import logging
 import math
 import threading
 import time
-from typing import Protocol, Sequence
+from typing import Sequence
 
 import msgspec
 import numpy as np
 
-from streetcascade.errors import BadInput, DeadlineExceeded, InferenceError, StreetcascadeError
+from streetcascade.errors import BadInput, InferenceError, StreetcascadeError
+from streetcascade.settings import RuntimeConfig
 
-from .backends.base import Engine
-from .images import resize_to
+from .stages import Stage
 
 log = logging.getLogger(__name__)
 
@@ -37,90 +36,11 @@ class Decision(msgspec.Struct, frozen=True):
         return int(np.round(self.probability))
 
 
-class Stage(Protocol):
-    name: str
-
-    @property
-    def expected_ms(self) -> float: ...
-
-    def score(self, images: Sequence[np.ndarray]) -> np.ndarray: ...
-
-    def exits(self, probability: float) -> bool: ...
-
-
-def sigmoid(x: np.ndarray) -> np.ndarray:
-    return 0.5 * (1.0 + np.tanh(0.5 * np.asarray(x, dtype=np.float64)))  # overflow-free
-
-
-class LatencyTracker:
-    """Exponentially weighted mean of a stage's measured latency (starts from a prior)."""
-
-    def __init__(self, prior_ms: float, alpha: float = 0.2):
-        self.mean_ms = prior_ms
-        self.alpha = alpha
-
-    def add(self, ms: float) -> None:
-        self.mean_ms = (1 - self.alpha) * self.mean_ms + self.alpha * ms
-
-
-class ClassifierStage:
-    """One binary classifier engine: uint8 NHWC batch in, a roadwork logit per image out."""
-
-    def __init__(
-        self,
-        name: str,
-        engine: Engine,
-        input_size: int,
-        exit_low: float = 0.15,
-        exit_high: float = 0.85,
-        temperature: float = 1.0,
-        prior_ms: float = 50.0,
-        max_batch: int = 32,
-    ):
-        if not 0.0 <= exit_low <= exit_high <= 1.0:
-            raise BadInput(f"stage {name}: need 0 <= exit_low <= exit_high <= 1, got {exit_low}, {exit_high}")
-        if not temperature > 0:
-            raise BadInput(f"stage {name}: temperature must be > 0, got {temperature}")
-        self.name = name
-        self.engine = engine
-        self.input_size = input_size
-        self.exit_low = exit_low
-        self.exit_high = exit_high
-        self.temperature = temperature
-        self.max_batch = max_batch
-        self.input_name = engine.inputs[0].name
-        self.output_name = engine.outputs[0].name
-        self.latency = LatencyTracker(prior_ms)
-        # One slot per thread: slots hold reusable IO buffers and are not shared.
-        self._local = threading.local()
-
-    @property
-    def expected_ms(self) -> float:
-        return self.latency.mean_ms
-
-    def _slot(self):
-        slot = getattr(self._local, "slot", None)
-        if slot is None:
-            slot = self._local.slot = self.engine.slot()
-        return slot
-
-    def score(self, images: Sequence[np.ndarray]) -> np.ndarray:
-        out = np.empty(len(images), dtype=np.float64)
-        for start in range(0, len(images), self.max_batch):
-            chunk = images[start : start + self.max_batch]
-            batch = np.stack([resize_to(img, self.input_size) for img in chunk])
-            t0 = time.perf_counter()
-            logits = self._slot().infer({self.input_name: batch})[self.output_name]
-            self.latency.add((time.perf_counter() - t0) * 1000.0 / len(chunk))
-            out[start : start + len(chunk)] = sigmoid(np.asarray(logits, dtype=np.float64).reshape(-1) / self.temperature)
-        return out
-
-    def exits(self, probability: float) -> bool:
-        return probability < self.exit_low or probability > self.exit_high
-
-
 class Cascade:
-    def __init__(self, stages: Sequence[Stage], safety_margin_ms: float = 0.0):
+    """`safety_margin_ms` is kept free at the end of every deadline: a later stage runs only if
+    its expected time fits before deadline - margin. It is applied here and nowhere else."""
+
+    def __init__(self, stages: Sequence[Stage], safety_margin_ms: float = RuntimeConfig().safety_margin_ms):
         if not stages:
             raise BadInput("a cascade needs at least one stage")
         self.stages = list(stages)
@@ -205,5 +125,3 @@ class Cascade:
             log.warning("cascade took %.1f ms, over its deadline of %.1f ms", total_ms, deadline_ms)
         return decisions
 
-
-__all__ = ["Cascade", "ClassifierStage", "Decision", "Stage", "DeadlineExceeded", "sigmoid"]

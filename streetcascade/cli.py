@@ -2,8 +2,7 @@
 
   streetcascade compile  --config configs/default.toml      build engines/<target>/ (ONNX Runtime)
   streetcascade classify --config configs/default.toml samples/   decide images or folders
-  streetcascade info     --config configs/default.toml      show an engine set's manifest
-  streetcascade bench    --models vits16,vitb16             PyTorch eager vs ONNX Runtime, same run
+  streetcascade info     --config configs/default.toml      show an engine set's manifest and memory plan
   streetcascade fit-head --config ... --data FOLDER --out heads/x.safetensors
   streetcascade eval     --config configs/default.toml --data FOLDER --out reports/x   validator reward + report page
   streetcascade tune     --config configs/default.toml --data FOLDER   exit thresholds + temperatures -> config
@@ -31,16 +30,12 @@ def _engine_dir(args) -> Path:
     if getattr(args, "engines", None):
         return Path(args.engines)
     if getattr(args, "config", None):
-        from streetcascade.config import load_config
+        from streetcascade.compile.targets import get_target  # torch-free: the target registry only
+        from streetcascade.config import load_config, resolve_relative
         from streetcascade.manifest import MANIFEST_NAME
 
         config = load_config(args.config)
-        # Derive the target folder without importing the compile side (no torch needed).
-        from streetcascade.config import resolve_relative
-        from streetcascade.machine import default_target_name
-
-        base = resolve_relative(args.config, config.engines_dir)
-        path = base / (config.target.name or default_target_name(config.target.device))
+        path = resolve_relative(args.config, config.engines_dir) / get_target(config.target.backend).describe(config).name
         if not (path / MANIFEST_NAME).exists():
             raise ConfigError(f"no engine set at {path}; build it with `streetcascade compile --config {args.config}`")
         return path
@@ -73,7 +68,7 @@ def cmd_classify(args) -> int:
 
     config, engine_set = _load_for_config(args)
     deadline_ms = args.deadline_ms or (config.runtime.deadline_ms if config else None)
-    limits = ImageLimits(max_pixels=args.max_pixels)
+    limits = ImageLimits(max_pixels=args.max_pixels) if args.max_pixels else ImageLimits()
     placeholders = engine_set.placeholder_stages
     if placeholders:
         print(f"WARNING: stage(s) {', '.join(placeholders)} run PLACEHOLDER (random) weights: these probabilities are not roadwork detection", file=sys.stderr)
@@ -118,6 +113,7 @@ def cmd_classify(args) -> int:
 
 def cmd_info(args) -> int:
     from streetcascade.manifest import read_manifest
+    from streetcascade.runtime.plan import plan_memory
 
     engine_dir = _engine_dir(args)
     manifest = read_manifest(engine_dir)
@@ -132,10 +128,14 @@ def cmd_info(args) -> int:
     print(f"built       {manifest.built_at} in {manifest.build_seconds:.1f} s with " + ", ".join(f"{k} {v}" for k, v in manifest.library_versions.items()))
     for s in manifest.stages:
         flag = "  PLACEHOLDER WEIGHTS" if s.placeholder_weights else ""
-        print(f"stage       {s.name}: {s.family} from {s.source} (sha256 {s.source_sha256[:12]}), exits p<{s.exit_low} / p>{s.exit_high}{flag}")
+        t = s.thresholds
+        print(f"stage       {s.name} ({s.kind}): {s.family} from {s.source} (sha256 {s.source_sha256[:12]}), exits p<{t.exit_low} / p>{t.exit_high}, "
+              f"temperature {t.temperature:g}{flag}")
         for g in s.graphs:
-            p = g.parity
-            print(f"  graph     {g.file} {g.precision}, {g.size_bytes / 2**20:.1f} MiB on disk, ~{g.memory_bytes / 2**20:.0f} MiB resident, max batch {g.max_batch}")
+            p, m = g.parity, g.memory
+            print(f"  graph     {g.role}: {g.file} {g.precision}, {g.size_bytes / 2**20:.1f} MiB on disk, max batch {g.io.max_batch}")
+            print(f"  memory    weights {m.weights_bytes / 2**20:.0f} MiB + activations {m.activations_bytes / 2**20:.0f} MiB on {m.device}, "
+                  f"host buffers {m.host_buffers_bytes / 2**20:.2f} MiB per slot ({m.method})")
             print(f"  parity    max |dp| {p.max_abs_prob_error:.2e} (tolerance {p.tolerance:g}), max |dlogit| {p.max_abs_logit_error:.2e}, flips {p.decision_flips:.1%} over {p.n_images} images")
             if g.accuracy_gate is not None:
                 a = g.accuracy_gate
@@ -144,28 +144,16 @@ def cmd_info(args) -> int:
                       + (f", kept FP32: {', '.join(a.kept_fp32)}" if a.kept_fp32 else ""))
         for note in s.notes:
             print(f"  note      {note}")
-    return 0
-
-
-def cmd_bench(args) -> int:
-    from streetcascade.bench.stage1 import run_stage1_bench
-
-    run_stage1_bench(
-        models=[m.strip() for m in args.models.split(",") if m.strip()],
-        batches=[int(b) for b in args.batch.split(",")],
-        runs=args.runs,
-        warmup=args.warmup,
-        threads=args.threads,
-        precisions=[p.strip() for p in args.precision.split(",") if p.strip()],
-        markdown=args.markdown,
-    )
+    runtime = _config(args).runtime if getattr(args, "config", None) else None
+    plan = plan_memory(manifest, runtime) if runtime else plan_memory(manifest)
+    print(f"plan        {plan.describe()}" + ("" if plan.fits else "  DOES NOT FIT"))
     return 0
 
 
 def cmd_fit_head(args) -> int:
     from streetcascade.compile.fit_head import fit_head_command
 
-    fit_head_command(args.config, args.stage, args.data, args.out, labels_csv=args.labels_csv, batch=args.batch, l2=args.l2)
+    fit_head_command(args.config, args.stage, args.data, args.out, labels_csv=args.labels_csv, batch=args.batch, l2=args.l2, progress=_progress(args))
     return 0
 
 
@@ -193,7 +181,7 @@ def _challenges(args, split: str):
     if cal is not None:
         kwargs = {"split_seed": cal.split_seed, "fractions": cal.split_fractions}
     bad = []
-    challenges = load_challenges(open_samples(spec, bad=bad), split, challenge_seed=args.seed, limit=args.limit, bad=bad, **kwargs)
+    challenges = load_challenges(open_samples(spec, bad=bad), split, challenge_seed=args.seed, limit=args.limit, bad=bad, progress=_progress(args), **kwargs)
     if bad:
         print(f"{len(bad)} file(s) skipped (not images / unreadable); see the log (-v)", file=sys.stderr)
     if len(challenges) == 0:
@@ -201,18 +189,28 @@ def _challenges(args, split: str):
     return challenges
 
 
+def _config(args):
+    from streetcascade.config import load_config
+
+    return load_config(args.config)
+
+
+def _progress(args):
+    from streetcascade.progress import Progress
+
+    return Progress(enabled=not getattr(args, "quiet", False))
+
+
 def _load_for_config(args):
-    """The engine set of --engines or --config. With --config: its budget and safety margin,
-    and its exit thresholds and temperatures (e.g. written by `tune`) over the manifest's."""
-    from streetcascade.config import load_config, stage_overrides
+    """The engine set of --engines or --config. With --config: its [runtime] settings, and its
+    exit thresholds and temperatures (e.g. written by `tune`) over the manifest's."""
+    from streetcascade.config import stage_thresholds
     from streetcascade.runtime import load_engine_set
 
-    config = load_config(args.config) if args.config else None
-    kwargs = {}
-    if config is not None:
-        kwargs = dict(budget_bytes=config.runtime.budget_bytes, safety_margin_ms=config.runtime.safety_margin_ms,
-                      overrides=stage_overrides(config), backend_options={"spin": config.runtime.spin_wait})
-    return config, load_engine_set(_engine_dir(args), **kwargs)
+    config = _config(args) if args.config else None
+    if config is None:
+        return None, load_engine_set(_engine_dir(args))
+    return config, load_engine_set(_engine_dir(args), config.runtime, stage_thresholds(config))
 
 
 def cmd_eval(args) -> int:
@@ -225,7 +223,7 @@ def cmd_eval(args) -> int:
         print(f"WARNING: stage(s) {', '.join(engine_set.placeholder_stages)} run PLACEHOLDER (random) weights", file=sys.stderr)
     with engine_set:
         run = run_eval(engine_set, challenges, args.out, deadline_ms=deadline_ms, seed=args.seed, split=args.split,
-                       hard_case_limit=args.hard_cases, fiftyone_name=args.fiftyone or None)
+                       hard_case_limit=args.hard_cases, fiftyone_name=args.fiftyone or None, progress=_progress(args))
     print(format_eval(run, args.out))
     return 0
 
@@ -233,25 +231,27 @@ def cmd_eval(args) -> int:
 def cmd_tune(args) -> int:
     import math
 
-    from streetcascade.calibration.cascade_eval import run_tune, write_stage_overrides
+    from streetcascade.calibration.cascade_tune import run_tune
+    from streetcascade.config import write_stage_thresholds
 
     challenges = _challenges(args, args.split)
     _, engine_set = _load_for_config(args)
     budget = args.latency_budget_ms if args.latency_budget_ms is not None else math.inf
     with engine_set:
-        result = run_tune(engine_set, challenges, latency_budget_ms=budget, seed=args.seed, fit_temperatures=not args.no_temperature)
+        result = run_tune(engine_set, challenges, latency_budget_ms=budget, seed=args.seed, fit_temperatures=not args.no_temperature,
+                          progress=_progress(args))
     print(f"tuned on {len(challenges)} challenges ({args.split} split), latency budget {budget:g} ms per image")
     print(f"reward      {result.reward_before:.4f} -> {result.reward_after:.4f} (validator formula, steady state)"
           + ("  (current setting kept: nothing better found)" if result.kept_current else ""))
     print(f"latency     {result.latency_before_ms:.2f} -> {result.latency_after_ms:.2f} ms mean per image"
           + ("" if result.within_budget else "  OVER BUDGET: no setting fits; fastest chosen"))
-    for name, (low, high, temperature) in result.overrides.items():
-        print(f"stage       {name}: exit p<{low:g} / p>{high:g}, temperature {temperature:.4g}")
-    print("exits       " + "  ".join(f"{n}: {r:.1%}" for n, r in zip(result.overrides, result.exit_rates)))
+    for name, t in result.thresholds.items():
+        print(f"stage       {name}: exit p<{t.exit_low:g} / p>{t.exit_high:g}, temperature {t.temperature:.4g}")
+    print("exits       " + "  ".join(f"{n}: {r:.1%}" for n, r in zip(result.thresholds, result.exit_rates)))
     if args.dry_run:
         print("dry run: config not changed")
     else:
-        write_stage_overrides(args.config, result.overrides)
+        write_stage_thresholds(args.config, result.thresholds)
         print(f"written to {args.config}")
     return 0
 
@@ -270,6 +270,7 @@ def _data_args(p, default_split: str) -> None:
                    help=f"content-hash split to use (default {default_split})")
     p.add_argument("--limit", type=int, default=None, help="at most this many challenges")
     p.add_argument("--seed", type=int, default=0, help="challenge (augmentation) and reward-shuffle seed")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress lines or bars")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -292,7 +293,7 @@ def build_parser() -> argparse.ArgumentParser:
     src.add_argument("--engines", help="an engine-set folder (with manifest.json)")
     p.add_argument("--json", action="store_true", help="one JSON object per line instead of a table")
     p.add_argument("--deadline-ms", type=float, default=None, help="per-image deadline for the cascade")
-    p.add_argument("--max-pixels", type=int, default=100_000_000, help="refuse images with more pixels (default 1e8)")
+    p.add_argument("--max-pixels", type=int, default=None, help="refuse images with more pixels (default 64e6, 8000 x 8000)")
     p.set_defaults(func=cmd_classify)
 
     p = sub.add_parser("info", help="show an engine set's manifest")
@@ -302,16 +303,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print the manifest as JSON")
     p.set_defaults(func=cmd_info)
 
-    p = sub.add_parser("bench", help="PyTorch eager vs ONNX Runtime on the same model and inputs, in one run")
-    p.add_argument("--models", default="vits16,vitb16", help="comma list of: vits16, vitb16 (DINOv3 + head), vit-b16-cls (HF ViT classifier), tiny")
-    p.add_argument("--batch", default="1,8", help="comma list of batch sizes (default 1,8)")
-    p.add_argument("--precision", default="fp32,int8-dynamic", help="ORT variants to measure (fp32, int8-dynamic)")
-    p.add_argument("--runs", type=int, default=30, help="timed runs per measurement (default 30)")
-    p.add_argument("--warmup", type=int, default=5)
-    p.add_argument("--threads", type=int, default=0, help="threads for both torch and ORT (0 = one per core)")
-    p.add_argument("--markdown", action="store_true", help="print a markdown table (for docs/benchmarks.md)")
-    p.set_defaults(func=cmd_bench)
-
     p = sub.add_parser("fit-head", help="fit a DINOv3 stage's binary head (logistic regression) from a labelled image folder")
     p.add_argument("--config", required=True)
     p.add_argument("--stage", default="", help="stage name (default: the first dinov3 stage)")
@@ -320,6 +311,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="where to write the head (.safetensors)")
     p.add_argument("--batch", type=int, default=16)
     p.add_argument("--l2", type=float, default=1.0, help="L2 penalty of the logistic regression (default 1.0; lower fits harder)")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress lines or bars")
     p.set_defaults(func=cmd_fit_head)
 
     p = sub.add_parser("eval", help="run the compiled cascade on labelled data under the validator mix; print the validators' reward, write a report")

@@ -13,10 +13,13 @@ from pathlib import Path
 import msgspec
 
 from streetcascade.errors import ConfigError, EngineMismatch
+from streetcascade.settings import StageThresholds
 from streetcascade.structs import load_json, write_json
 
 MANIFEST_NAME = "manifest.json"
-FORMAT_VERSION = 1
+# 2: per-graph memory account (weights / activations / host buffers), nested io and thresholds,
+# stage kinds.
+FORMAT_VERSION = 2
 
 
 class TensorSpec(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
@@ -24,6 +27,30 @@ class TensorSpec(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     # ints for fixed axes, strings for named dynamic axes (e.g. "batch")
     shape: list[int | str]
     dtype: str  # numpy dtype name: "uint8", "float32", ...
+
+
+class GraphIO(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """A graph's inputs and outputs as the runtime feeds them, and the largest batch the engine
+    was built, checked and measured for (the "batch" axis runs 1..max_batch)."""
+
+    inputs: list[TensorSpec]
+    outputs: list[TensorSpec]
+    max_batch: int = 1
+
+
+class MemoryAccount(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """What one engine needs, as its backend measured it (`Engine.memory`) at max_batch.
+
+    `weights_bytes` and `activations_bytes` live on `device` (host RAM for "cpu");
+    `host_buffers_bytes` is host memory per slot (the IO buffers; pinned on a GPU). The runtime's
+    planner (runtime/plan.py) adds these up against the budget before loading anything.
+    """
+
+    device: str  # "cpu" | "cuda"
+    weights_bytes: int
+    activations_bytes: int  # workspace + intermediate tensors at max_batch
+    host_buffers_bytes: int  # per slot
+    method: str  # how the figures were obtained, e.g. "rss-delta" or "tensorrt-engine"
 
 
 class TargetInfo(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
@@ -84,31 +111,27 @@ class AccuracyGate(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
 
 
 class GraphEntry(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
-    role: str  # "classifier" for stage-1 graphs
+    role: str  # what the graph does in its stage: "classifier" for stage-1 graphs
     file: str  # relative to the engine-set folder
     sha256: str
     size_bytes: int
     precision: str
-    inputs: list[TensorSpec]
-    outputs: list[TensorSpec]
+    io: GraphIO
     parity: Parity
-    # Measured at compile time: resident memory added by loading + running at max_batch.
-    memory_bytes: int = 0
-    max_batch: int = 1
+    memory: MemoryAccount  # measured at compile time by the target's backend
     # Quantized graphs built with calibration data (int8-static): the accuracy gate's figures.
     accuracy_gate: AccuracyGate | None = None
 
 
 class StageEntry(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     name: str
+    kind: str  # how the runtime runs it (runtime.stages registry): "classifier"
     family: str
     source: str
     source_sha256: str  # hash over the checkpoint's weight/config files (+ head)
     placeholder_weights: bool  # True: random weights, NOT a detector
     input_size: int
-    exit_low: float
-    exit_high: float
-    temperature: float
+    thresholds: StageThresholds
     graphs: list[GraphEntry]
     notes: list[str] = []
 
@@ -135,13 +158,29 @@ def read_manifest(engine_dir: str | Path) -> Manifest:
     path = Path(engine_dir) / MANIFEST_NAME
     if not path.exists():
         raise EngineMismatch(f"{engine_dir}: no {MANIFEST_NAME}; is this an engine set? (build one with `streetcascade compile`)")
+    _check_format_version(path)
     try:
         manifest = load_json(path, Manifest)
     except ConfigError as exc:  # a damaged manifest is a damaged engine set
         raise EngineMismatch(str(exc)) from None
-    if manifest.format_version != FORMAT_VERSION:
-        raise EngineMismatch(f"{path}: format_version {manifest.format_version}, this streetcascade reads {FORMAT_VERSION}")
     return manifest
+
+
+def _check_format_version(path: Path) -> None:
+    """An older manifest fails the strict decode on its first changed field; say why instead."""
+
+    class Version(msgspec.Struct):
+        format_version: int = 0
+
+    try:
+        found = msgspec.json.decode(path.read_bytes(), type=Version).format_version
+    except (msgspec.DecodeError, msgspec.ValidationError):
+        return  # not even that: the full decode below names the problem
+    if found != FORMAT_VERSION:
+        raise EngineMismatch(
+            f"{path}: manifest format_version {found}, this streetcascade reads {FORMAT_VERSION}; "
+            "recompile with `streetcascade compile`"
+        )
 
 
 def write_manifest(engine_dir: str | Path, manifest: Manifest) -> Path:
@@ -150,16 +189,22 @@ def write_manifest(engine_dir: str | Path, manifest: Manifest) -> Path:
     return path
 
 
-def verify_files(engine_dir: str | Path, manifest: Manifest) -> None:
-    """Every graph file exists and has the recorded hash."""
+def iter_graphs(manifest: Manifest):
+    """(stage, graph) for every graph of the engine set, in stage order."""
     for stage in manifest.stages:
         for graph in stage.graphs:
-            path = Path(engine_dir) / graph.file
-            if not path.exists():
-                raise EngineMismatch(f"{path}: listed in the manifest (stage {stage.name}) but missing")
-            digest = sha256_file(path)
-            if digest != graph.sha256:
-                raise EngineMismatch(
-                    f"{path}: sha256 {digest[:16]}... differs from the manifest's {graph.sha256[:16]}...; "
-                    "the file was changed or replaced: rebuild with `streetcascade compile`"
-                )
+            yield stage, graph
+
+
+def verify_files(engine_dir: str | Path, manifest: Manifest) -> None:
+    """Every graph file exists and has the recorded hash."""
+    for stage, graph in iter_graphs(manifest):
+        path = Path(engine_dir) / graph.file
+        if not path.exists():
+            raise EngineMismatch(f"{path}: listed in the manifest (stage {stage.name}) but missing")
+        digest = sha256_file(path)
+        if digest != graph.sha256:
+            raise EngineMismatch(
+                f"{path}: sha256 {digest[:16]}... differs from the manifest's {graph.sha256[:16]}...; "
+                "the file was changed or replaced: rebuild with `streetcascade compile`"
+            )

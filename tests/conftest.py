@@ -4,15 +4,13 @@ session."""
 
 from __future__ import annotations
 
-import json
 import logging
 import shutil
 from pathlib import Path
 
-import numpy as np
 import pytest
 
-from support import SAMPLES, TINY_VIT, write_config  # noqa: F401
+from support import SAMPLES, write_config  # noqa: F401
 
 
 def has_cuda() -> bool:
@@ -45,30 +43,21 @@ def _restore_root_logging():
     root.setLevel(level)
 
 
+def tiny_checkpoint(tmp_path_factory, family: str, seed: int = 0) -> Path:
+    """The family's own tiny test checkpoint (its real config class, saved like a real one)."""
+    from streetcascade.compile.models import get_family
+
+    return get_family(family).write_test_checkpoint(tmp_path_factory.mktemp("ckpt") / family, seed)
+
+
 @pytest.fixture(scope="session")
 def tiny_dinov3_dir(tmp_path_factory) -> Path:
-    import torch
-    from transformers import DINOv3ViTConfig, DINOv3ViTModel
-
-    torch.manual_seed(0)
-    path = tmp_path_factory.mktemp("ckpt") / "dinov3-tiny"
-    config = DINOv3ViTConfig(**TINY_VIT, patch_size=16, num_register_tokens=4, layerscale_value=1e-5, image_size=224)
-    DINOv3ViTModel(config).save_pretrained(path)
-    (path / "preprocessor_config.json").write_text(json.dumps({"image_mean": [0.485, 0.456, 0.406], "image_std": [0.229, 0.224, 0.225]}))
-    return path
+    return tiny_checkpoint(tmp_path_factory, "dinov3", seed=0)
 
 
 @pytest.fixture(scope="session")
 def tiny_vit_dir(tmp_path_factory) -> Path:
-    import torch
-    from transformers import ViTConfig, ViTForImageClassification
-
-    torch.manual_seed(1)
-    path = tmp_path_factory.mktemp("ckpt") / "vit-tiny"
-    config = ViTConfig(**TINY_VIT, image_size=224, num_labels=2, id2label={0: "no_roadwork", 1: "roadwork"}, label2id={"no_roadwork": 0, "roadwork": 1})
-    ViTForImageClassification(config).save_pretrained(path)
-    (path / "preprocessor_config.json").write_text(json.dumps({"image_mean": [0.5, 0.5, 0.5], "image_std": [0.5, 0.5, 0.5], "rescale_factor": 1 / 255}))
-    return path
+    return tiny_checkpoint(tmp_path_factory, "hf-classifier", seed=1)
 
 
 @pytest.fixture(scope="session")

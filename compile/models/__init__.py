@@ -1,5 +1,5 @@
-"""Model family registry: a name maps to a module exposing `FAMILY`. Adding a family is
-adding a file and a line here."""
+"""Model family registry: a name maps to a module exposing `FAMILY` (a `base.ModelFamily`).
+Adding a family is adding a file and a line here."""
 
 from __future__ import annotations
 

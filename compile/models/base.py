@@ -1,17 +1,24 @@
-"""What a model family provides, and the pieces every family shares.
+"""What a model family declares and provides, and the pieces every family shares.
 
-A family turns a stage config into an `ExportableModel`: a torch module that takes the
-runtime's input (uint8 NHWC RGB, already resized) and returns one roadwork logit per image,
-plus an *independent* reference forward (numpy preprocessing + the unmodified Hugging Face
-forward) that the parity gate compares the exported graph against.
+Like optimum's exporter configs, a family *declares* its graphs (`graphs(stage)`: role, input
+and output names, dtypes and named dynamic axes, opset, what preprocessing the graph holds)
+without loading any weights, and `load` returns, per declared graph, a torch module with that
+contract plus an *independent* reference forward (numpy preprocessing + the unmodified Hugging
+Face forward) that the parity gate compares the built engine against. `write_test_checkpoint`
+saves a tiny random-initialised checkpoint from the family's real config class, so one
+meta-test (tests/compile/test_families.py) can build, export, check and load every family.
+
+The checkpoint-opening flow (random preset / local dir / hub id -> model, normalisation,
+source hash, placeholder flag) is `open_checkpoint`, shared by every family.
 """
 
 from __future__ import annotations
 
 import hashlib
+from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Protocol
+from typing import Any, Callable, ClassVar
 
 import numpy as np
 import torch
@@ -19,11 +26,27 @@ from torch import nn
 
 from streetcascade.config import StageConfig, resolve_relative
 from streetcascade.errors import CompileError
+from streetcascade.manifest import GraphIO
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 # Files that define a checkpoint's behaviour (hashed into the manifest).
 CHECKPOINT_PATTERNS = ("*.json", "*.safetensors", "*.bin", "*.txt", "*.model")
+OPSET = 17  # LayerNormalization is a single FP32-friendly op from 17 on
+
+
+@dataclass(frozen=True)
+class GraphDecl:
+    """One graph a family exports: its role in the stage, its IO contract (string dims are named
+    dynamic axes, e.g. "batch"), the opset, and how parity is checked for it."""
+
+    role: str
+    io: GraphIO
+    opset: int = OPSET
+    # How the parity gate compares it with the reference: "classifier" = probabilities of one
+    # logit per image on sample photos + synthetic images.
+    parity: str = "classifier"
+    preprocessing: str = ""  # what the graph does to its input before the model, for the manifest
 
 
 @dataclass(frozen=True)
@@ -33,6 +56,10 @@ class Normalization:
     mean: tuple = IMAGENET_MEAN
     std: tuple = IMAGENET_STD
     rescale: float = 1.0 / 255.0
+
+    def describe(self) -> str:
+        fmt = lambda v: ", ".join(f"{x:.4g}" for x in v)  # noqa: E731
+        return f"uint8 NHWC RGB -> x * {self.rescale:.4g}, (x - [{fmt(self.mean)}]) / [{fmt(self.std)}], NCHW float32 (in the graph)"
 
 
 def processor_normalization(directory: str | Path, default: Normalization = Normalization()) -> Normalization:
@@ -55,18 +82,29 @@ def processor_normalization(directory: str | Path, default: Normalization = Norm
 
 
 @dataclass
-class ExportableModel:
-    module: nn.Module  # uint8 [N, S, S, 3] -> float32 logit [N]
+class ExportableGraph:
+    decl: GraphDecl
+    module: nn.Module  # takes and returns what decl.io says
     reference: Callable[[np.ndarray], np.ndarray]  # same contract, independent path
+
+
+@dataclass
+class ExportableModel:
+    graphs: list[ExportableGraph]
     source_sha256: str
     placeholder: bool  # random weights: must never be passed off as a detector
     notes: list[str] = field(default_factory=list)
 
 
-class ModelFamily(Protocol):
-    name: str
+@dataclass
+class Checkpoint:
+    """An opened checkpoint: the model object, how it wants pixels, where it came from."""
 
-    def load(self, stage: StageConfig, config_path: Path) -> ExportableModel: ...
+    model: Any
+    norm: Normalization
+    source_sha256: str
+    placeholder: bool
+    directory: str | None  # None for random presets
 
 
 @dataclass(frozen=True)
@@ -116,6 +154,55 @@ def hash_text(text: str) -> str:
     return hashlib.sha256(text.encode()).hexdigest()
 
 
+def load_or_fail(what: str, source: str, loader: Callable):
+    try:
+        return loader()
+    except CompileError:
+        raise
+    except Exception as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        raise CompileError(f"checkpoint {source!r}: cannot load {what}: {type(exc).__name__}: {first}") from None
+
+
+def open_checkpoint(
+    stage: StageConfig,
+    config_path: Path,
+    random_model: Callable[[str], tuple[Any, Normalization]],
+    pretrained_model: Callable[[str], Any],
+) -> Checkpoint:
+    """The one way a family opens `stage.source`: `random:<preset>` builds placeholder weights
+    (seeded by the stage), a hub id is downloaded (compile time only), a directory is read;
+    errors become CompileError naming the source."""
+    source = resolve_source(stage.source, config_path)
+    if source.kind == "random":
+        torch.manual_seed(stage.seed)
+        model, norm = random_model(source.value)
+        return Checkpoint(model, norm, hash_text(f"{stage.source}:{stage.seed}"), True, None)
+    directory = fetch_hub_snapshot(source.value) if source.kind == "hub" else source.value
+    model = load_or_fail("weights", stage.source, lambda: pretrained_model(directory))
+    return Checkpoint(model, processor_normalization(directory), hash_checkpoint(directory), False, directory)
+
+
+class ModelFamily(ABC):
+    """A family: how to open its checkpoints, what graphs it exports, its reference forward."""
+
+    name: ClassVar[str]
+    kind: ClassVar[str]  # the runtime stage kind its engines run as (runtime/stages.py)
+
+    @abstractmethod
+    def graphs(self, stage: StageConfig) -> list[GraphDecl]:
+        """The graphs this family exports for `stage`, declared without loading weights."""
+
+    @abstractmethod
+    def load(self, stage: StageConfig, config_path: Path) -> ExportableModel:
+        """One ExportableGraph per declared graph, in the same order."""
+
+    @abstractmethod
+    def write_test_checkpoint(self, directory: Path, seed: int = 0) -> Path:
+        """Save a tiny random-initialised checkpoint (the family's real config class, test
+        sizes) the way a real one is laid out on disk; returns its directory."""
+
+
 class UInt8Preprocess(nn.Module):
     """In-graph preprocessing: uint8 NHWC -> float NCHW, scaled and normalised, so the
     runtime only decodes and resizes."""
@@ -150,11 +237,31 @@ def logit_from_logits(logits: torch.Tensor, positive: int) -> torch.Tensor:
     return logits[:, positive] - torch.logsumexp(others, dim=-1)
 
 
-def load_or_fail(what: str, source: str, loader: Callable):
-    try:
-        return loader()
-    except CompileError:
-        raise
-    except Exception as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-        raise CompileError(f"checkpoint {source!r}: cannot load {what}: {type(exc).__name__}: {first}") from None
+class ClassifierFamily(ModelFamily):
+    """A family whose stage is one classifier graph (uint8 NHWC RGB in, one roadwork logit out).
+    Subclasses say how to open the checkpoint and how to wrap it (`classifier`)."""
+
+    kind = "classifier"
+
+    def graphs(self, stage: StageConfig) -> list[GraphDecl]:
+        from streetcascade.runtime.classifier import classifier_io
+
+        return [GraphDecl(role="classifier", io=classifier_io(stage.input_size, stage.max_batch))]
+
+    @abstractmethod
+    def open(self, stage: StageConfig, config_path: Path) -> Checkpoint: ...
+
+    @abstractmethod
+    def classifier(self, ckpt: Checkpoint, stage: StageConfig, config_path: Path) -> tuple[nn.Module, Callable, list[str]]:
+        """(module, reference, notes) for an opened checkpoint. Parts of the stage that are not
+        in the checkpoint (a separate head file) update `ckpt.source_sha256` / `ckpt.placeholder`."""
+
+    def load(self, stage: StageConfig, config_path: Path) -> ExportableModel:
+        from dataclasses import replace
+
+        ckpt = self.open(stage, config_path)
+        module, reference, notes = self.classifier(ckpt, stage, config_path)
+        if ckpt.placeholder:
+            notes.append("PLACEHOLDER weights: this stage is not a roadwork detector")
+        decl = replace(self.graphs(stage)[0], preprocessing=ckpt.norm.describe())
+        return ExportableModel([ExportableGraph(decl, module.eval(), reference)], ckpt.source_sha256, ckpt.placeholder, notes)

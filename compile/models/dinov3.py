@@ -19,16 +19,17 @@ from streetcascade.config import StageConfig, resolve_relative
 from streetcascade.errors import CompileError
 
 from .base import (
-    ExportableModel,
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    Checkpoint,
+    ClassifierFamily,
     Normalization,
     UInt8Preprocess,
-    fetch_hub_snapshot,
     hash_checkpoint,
     hash_text,
     load_or_fail,
     numpy_preprocess,
-    processor_normalization,
-    resolve_source,
+    open_checkpoint,
 )
 from .head import BinaryHead, load_head, random_head
 
@@ -48,10 +49,9 @@ COMMON = dict(patch_size=16, num_register_tokens=4, layerscale_value=1e-5, rope_
 MODEL_TYPES = ("dinov3_vit", "dinov3_convnext")
 
 
-def random_backbone(preset: str, image_size: int, seed: int):
+def random_backbone(preset: str, image_size: int):
     from transformers import DINOv3ConvNextConfig, DINOv3ConvNextModel, DINOv3ViTConfig, DINOv3ViTModel
 
-    torch.manual_seed(seed)
     if preset in RANDOM_PRESETS:
         return DINOv3ViTModel(DINOv3ViTConfig(**COMMON, **RANDOM_PRESETS[preset], image_size=image_size)).eval()
     if preset in CONVNEXT_PRESETS:
@@ -104,41 +104,42 @@ class DinoV3Classifier(nn.Module):
         return self.head(self.features(pixels))
 
 
-class DinoV3Family:
+def pretrained_backbone(directory: str):
+    from transformers import AutoConfig, DINOv3ConvNextModel, DINOv3ViTModel
+
+    config = load_or_fail("config", directory, lambda: AutoConfig.from_pretrained(directory))
+    model_type = getattr(config, "model_type", "?")
+    if model_type not in MODEL_TYPES:
+        raise CompileError(f"checkpoint {directory!r}: model_type {model_type!r}, family dinov3 needs one of {', '.join(MODEL_TYPES)}")
+    cls = DINOv3ViTModel if model_type == "dinov3_vit" else DINOv3ConvNextModel
+    return cls.from_pretrained(directory).eval()
+
+
+class DinoV3Family(ClassifierFamily):
     name = "dinov3"
 
-    def load_backbone(self, stage: StageConfig, config_path: Path):
-        """Backbone + its pixel normalisation + source hash + placeholder flag."""
-        source = resolve_source(stage.source, config_path)
-        if source.kind == "random":
-            backbone = random_backbone(source.value, stage.input_size, stage.seed)
-            return backbone, Normalization(), hash_text(f"{stage.source}:{stage.seed}"), True
-        directory = fetch_hub_snapshot(source.value) if source.kind == "hub" else source.value
-        from transformers import AutoConfig, DINOv3ConvNextModel, DINOv3ViTModel
+    def open(self, stage: StageConfig, config_path: Path) -> Checkpoint:
+        """The backbone alone (what fit-head extracts features with)."""
+        return open_checkpoint(
+            stage,
+            config_path,
+            random_model=lambda preset: (random_backbone(preset, stage.input_size), Normalization()),
+            pretrained_model=pretrained_backbone,
+        )
 
-        config = load_or_fail("config", stage.source, lambda: AutoConfig.from_pretrained(directory))
-        model_type = getattr(config, "model_type", "?")
-        if model_type not in MODEL_TYPES:
-            raise CompileError(f"checkpoint {stage.source!r}: model_type {model_type!r}, family dinov3 needs one of {', '.join(MODEL_TYPES)}")
-        cls = DINOv3ViTModel if model_type == "dinov3_vit" else DINOv3ConvNextModel
-        backbone = load_or_fail("weights", stage.source, lambda: cls.from_pretrained(directory).eval())
-        return backbone, processor_normalization(directory), hash_checkpoint(directory), False
-
-    def load(self, stage: StageConfig, config_path: Path) -> ExportableModel:
-        backbone, norm, source_hash, placeholder = self.load_backbone(stage, config_path)
+    def classifier(self, ckpt: Checkpoint, stage: StageConfig, config_path: Path):
+        backbone, norm = ckpt.model, ckpt.norm
         features = feature_size(backbone)
         notes = []
         if stage.head:
             head_path = resolve_relative(config_path, stage.head)
             head = load_head(head_path, features)
-            source_hash = hash_text(source_hash + hash_checkpoint(head_path.parent, extra=[head_path]))
+            ckpt.source_sha256 = hash_text(ckpt.source_sha256 + hash_checkpoint(head_path.parent, extra=[head_path]))
         else:
             head = random_head(features, stage.seed)
-            placeholder = True
+            ckpt.placeholder = True
             notes.append("random head: fit one with `streetcascade fit-head`")
-        if placeholder:
-            notes.append("PLACEHOLDER weights: this stage is not a roadwork detector")
-        module = DinoV3Classifier(backbone, head, stage.input_size, norm).eval()
+        module = DinoV3Classifier(backbone, head, stage.input_size, norm)
 
         def reference(images: np.ndarray) -> np.ndarray:
             # The unmodified Hugging Face forward (dynamic rotary tables) + the head.
@@ -147,7 +148,18 @@ class DinoV3Family:
                 hidden = backbone(pixel_values=pixel_values).last_hidden_state
                 return head(pooled_features(hidden, num_prefix_tokens(backbone))).numpy()
 
-        return ExportableModel(module, reference, source_hash, placeholder, notes)
+        return module, reference, notes
+
+    def write_test_checkpoint(self, directory: Path, seed: int = 0) -> Path:
+        import json
+
+        from transformers import DINOv3ViTConfig, DINOv3ViTModel
+
+        torch.manual_seed(seed)
+        config = DINOv3ViTConfig(**COMMON, **RANDOM_PRESETS["tiny"], image_size=224)
+        DINOv3ViTModel(config).save_pretrained(directory)
+        (Path(directory) / "preprocessor_config.json").write_text(json.dumps({"image_mean": list(IMAGENET_MEAN), "image_std": list(IMAGENET_STD)}))
+        return Path(directory)
 
 
 FAMILY = DinoV3Family()

@@ -16,17 +16,14 @@ from streetcascade.config import StageConfig
 from streetcascade.errors import CompileError
 
 from .base import (
-    ExportableModel,
+    Checkpoint,
+    ClassifierFamily,
     Normalization,
     UInt8Preprocess,
-    fetch_hub_snapshot,
-    hash_checkpoint,
-    hash_text,
     load_or_fail,
     logit_from_logits,
     numpy_preprocess,
-    processor_normalization,
-    resolve_source,
+    open_checkpoint,
 )
 
 RANDOM_PRESETS = {
@@ -69,37 +66,47 @@ class HfClassifier(nn.Module):
         return logit_from_logits(logits, self.positive)
 
 
-class HfClassifierFamily:
+# ViT's image processor default (the random presets have no preprocessor_config.json).
+VIT_NORM = Normalization(mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5))
+LABELS = {0: "no_roadwork", 1: "roadwork"}
+
+
+def random_vit(preset: str, image_size: int):
+    from transformers import ViTConfig, ViTForImageClassification
+
+    if preset not in RANDOM_PRESETS:
+        raise CompileError(f"random:{preset}: unknown preset; known: {', '.join(RANDOM_PRESETS)}")
+    cfg = ViTConfig(**RANDOM_PRESETS[preset], image_size=image_size, num_labels=2, id2label=LABELS, label2id={v: k for k, v in LABELS.items()})
+    return ViTForImageClassification(cfg).eval()
+
+
+def pretrained_classifier(directory: str):
+    from transformers import AutoConfig, AutoModelForImageClassification
+
+    load_or_fail("config", directory, lambda: AutoConfig.from_pretrained(directory))
+    return AutoModelForImageClassification.from_pretrained(directory).eval()
+
+
+class HfClassifierFamily(ClassifierFamily):
     name = "hf-classifier"
 
-    def load(self, stage: StageConfig, config_path: Path) -> ExportableModel:
-        from transformers import AutoConfig, AutoModelForImageClassification, ViTConfig, ViTForImageClassification
+    def open(self, stage: StageConfig, config_path: Path) -> Checkpoint:
+        return open_checkpoint(
+            stage,
+            config_path,
+            random_model=lambda preset: (random_vit(preset, stage.input_size), VIT_NORM),
+            pretrained_model=pretrained_classifier,
+        )
 
-        source = resolve_source(stage.source, config_path)
-        if source.kind == "random":
-            if source.value not in RANDOM_PRESETS:
-                raise CompileError(f"random:{source.value}: unknown preset; known: {', '.join(RANDOM_PRESETS)}")
-            torch.manual_seed(stage.seed)
-            cfg = ViTConfig(**RANDOM_PRESETS[source.value], image_size=stage.input_size, num_labels=2,
-                            id2label={0: "no_roadwork", 1: "roadwork"}, label2id={"no_roadwork": 0, "roadwork": 1})
-            model = ViTForImageClassification(cfg).eval()
-            source_hash, placeholder = hash_text(f"{stage.source}:{stage.seed}"), True
-            norm = Normalization(mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5))  # ViT's processor default
-        else:
-            directory = fetch_hub_snapshot(source.value) if source.kind == "hub" else source.value
-            load_or_fail("config", stage.source, lambda: AutoConfig.from_pretrained(directory))
-            model = load_or_fail("weights", stage.source, lambda: AutoModelForImageClassification.from_pretrained(directory).eval())
-            norm = processor_normalization(directory)
-            source_hash, placeholder = hash_checkpoint(directory), False
+    def classifier(self, ckpt: Checkpoint, stage: StageConfig, config_path: Path):
+        model, norm = ckpt.model, ckpt.norm
         config = model.config
         image_size = getattr(config, "image_size", None)
         if isinstance(image_size, int) and image_size != stage.input_size and getattr(config, "model_type", "") == "vit":
             raise CompileError(f"stage {stage.name}: ViT checkpoint is trained at {image_size}px, input_size is {stage.input_size}")
         positive = positive_index(stage, config.id2label or {}, config.num_labels)
-        module = HfClassifier(model, positive, norm).eval()
+        module = HfClassifier(model, positive, norm)
         notes = [f"positive label: {config.id2label.get(positive, positive) if config.id2label else positive} (index {positive})"]
-        if placeholder:
-            notes.append("PLACEHOLDER weights: this stage is not a roadwork detector")
 
         def reference(images: np.ndarray) -> np.ndarray:
             pixel_values = torch.from_numpy(numpy_preprocess(images, norm))
@@ -109,7 +116,15 @@ class HfClassifierFamily:
             probs = probs.clamp(1e-300, 1 - 1e-16)
             return torch.log(probs / (1 - probs)).numpy()
 
-        return ExportableModel(module, reference, source_hash, placeholder, notes)
+        return module, reference, notes
+
+    def write_test_checkpoint(self, directory: Path, seed: int = 0) -> Path:
+        import json
+
+        torch.manual_seed(seed)
+        random_vit("tiny", 224).save_pretrained(directory)
+        (Path(directory) / "preprocessor_config.json").write_text(json.dumps({"image_mean": list(VIT_NORM.mean), "image_std": list(VIT_NORM.std), "rescale_factor": 1 / 255}))
+        return Path(directory)
 
 
 FAMILY = HfClassifierFamily()

@@ -1,17 +1,24 @@
 """ONNX Runtime target: quantize (optional) and optimise a graph offline, saving the result,
-so loading needs no optimiser pass."""
+so loading needs no optimiser pass. The optimisation is a load of the graph through the
+runtime's own backend with `save_optimized_to` set: one place creates ORT sessions."""
 
 from __future__ import annotations
 
 import logging
 from pathlib import Path
 
-from streetcascade.errors import CompileError
+from streetcascade.config import CascadeConfig
+from streetcascade.errors import CompileError, ConfigError, StreetcascadeError
+from streetcascade.machine import arch, cpu_features, default_target_name
+from streetcascade.manifest import GraphIO, TargetInfo
+from streetcascade.runtime.backends import get_backend
+from streetcascade.settings import RuntimeConfig
+
+from .base import BuildJob, BuiltGraph, Target
 
 log = logging.getLogger(__name__)
 
-BACKEND = "onnxruntime"
-PRECISIONS = ("fp32", "int8-dynamic")
+ONNXRUNTIME = "onnxruntime"
 
 
 def quantize_dynamic_int8(src: Path, dst: Path) -> Path:
@@ -36,31 +43,42 @@ def quantize_dynamic_int8(src: Path, dst: Path) -> Path:
     return dst
 
 
-def optimize_offline(src: Path, dst: Path, intra_op_threads: int = 0) -> Path:
-    """Run ORT's full graph optimiser once and save the optimised graph (fusions for
-    attention, GELU, LayerNorm, MatMul+Add; layout transforms for this CPU)."""
-    import onnxruntime as ort
-
-    from streetcascade.runtime.backends.onnxruntime import session_options
-
-    so = session_options(intra_op_threads, optimize=True)
-    so.optimized_model_filepath = str(dst)
-    # ORT warns that an ENABLE_ALL graph may hold hardware-specific (NCHWc) kernels: that is
-    # why the manifest records the CPU features and the loader checks them.
-    so.log_severity_level = 3
+def optimize_offline(src: Path, dst: Path, io: GraphIO, runtime: RuntimeConfig = RuntimeConfig()) -> Path:
+    """Run ORT's full graph optimiser once and save the optimised graph (fusions for attention,
+    GELU, LayerNorm, MatMul+Add; layout transforms for this CPU)."""
+    backend = get_backend(ONNXRUNTIME)
+    options = backend.Options(intra_op_threads=runtime.intra_op_threads, save_optimized_to=str(dst))
     try:
-        ort.InferenceSession(str(src), sess_options=so, providers=["CPUExecutionProvider"])
-    except Exception as exc:
-        raise CompileError(f"onnxruntime could not optimise {src.name}: {str(exc).splitlines()[0]}") from exc
+        backend.load(str(src), io, options).close()
+    except StreetcascadeError as exc:
+        raise CompileError(f"onnxruntime could not optimise {src.name}: {exc}") from None
     if not dst.exists():
         raise CompileError(f"onnxruntime did not write the optimised graph {dst}")
     return dst
 
 
-def build(raw_onnx: Path, out_path: Path, precision: str, intra_op_threads: int = 0) -> Path:
-    if precision not in PRECISIONS:
-        raise CompileError(f"precision {precision!r} is not available for the onnxruntime target here (have: {', '.join(PRECISIONS)})")
-    src = raw_onnx
-    if precision == "int8-dynamic":
-        src = quantize_dynamic_int8(raw_onnx, raw_onnx.with_suffix(".int8.onnx"))
-    return optimize_offline(src, out_path, intra_op_threads)
+class OnnxRuntimeTarget(Target):
+    backend = ONNXRUNTIME
+    precisions = ("fp32", "int8-dynamic", "int8-static")
+    suffix = ".onnx"
+
+    def describe(self, config: CascadeConfig) -> TargetInfo:
+        device = config.target.device
+        if device != "cpu":
+            raise ConfigError(f"target.device {device!r}: the onnxruntime target builds for cpu here")
+        return TargetInfo(name=config.target.name or default_target_name(device), backend=self.backend, device=device, arch=arch(), cpu_features=list(cpu_features()))
+
+    def build(self, job: BuildJob) -> BuiltGraph:
+        precision = job.stage.precision
+        if precision == "int8-static":
+            from ..static_int8 import build_gated_static
+
+            return BuiltGraph(job.out, build_gated_static(job))
+        job.progress.step(f"{job.stage.name}: building {precision} graph for onnxruntime (offline optimisation)")
+        src = job.raw
+        if precision == "int8-dynamic":
+            src = quantize_dynamic_int8(job.raw, job.raw.with_suffix(".int8.onnx"))
+        return BuiltGraph(optimize_offline(src, job.out, job.io, job.config.runtime))
+
+
+TARGET = OnnxRuntimeTarget()

@@ -1,35 +1,156 @@
-"""The backend interface: an Engine (loaded once, shared, immutable) hands out Slots
-(one per concurrent request / stream) that run inference.
+"""The backend interface. A backend loads an Engine (one graph: loaded once, shared,
+immutable) that hands out Slots (one per concurrent request / stream: its IO buffers).
 
-Two phases: `Backend.load` may be slow and fail loudly; `Slot.infer` is the hot path and
-must not allocate what it can reuse.
+Two phases: `Backend.load` may be slow and fail loudly; `Slot.infer` is the hot path and must
+not allocate what it can reuse. Everything a backend has in common lives here once: the
+context-manager plumbing, the input checks, the batched run over many images, the arch check.
+A new backend subclasses these three classes in one file of this folder and adds a line to the
+registry in `__init__.py` (plus its builder in compile/targets/); see docs/architecture.md.
 """
 
 from __future__ import annotations
 
-from typing import Protocol
+from abc import ABC, abstractmethod
+from pathlib import Path
+from typing import ClassVar
 
+import msgspec
 import numpy as np
 
-from streetcascade.manifest import TensorSpec  # noqa: F401  (re-exported: part of the backend interface)
+from streetcascade.errors import BadInput, EngineMismatch
+from streetcascade.machine import arch, version_of
+from streetcascade.manifest import GraphIO, Manifest, MemoryAccount, TensorSpec
+from streetcascade.settings import RuntimeConfig
+
+__all__ = ["Backend", "Closeable", "Engine", "GraphIO", "MemoryAccount", "Slot", "TensorSpec", "example_feeds", "host_bytes"]
 
 
-class Slot(Protocol):
-    def infer(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]: ...
+class Closeable:
+    """`with thing:` closes the thing; `close` must be safe to call twice."""
 
-    def close(self) -> None: ...
+    def close(self) -> None:
+        pass
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
 
 
-class Engine(Protocol):
-    inputs: list[TensorSpec]
-    outputs: list[TensorSpec]
+def concrete_shape(spec: TensorSpec, batch: int) -> list[int]:
+    """The spec's shape with the "batch" axis set; other named axes have no size to give."""
+    shape = []
+    for d in spec.shape:
+        if d == "batch":
+            shape.append(batch)
+        elif isinstance(d, str):
+            raise BadInput(f"tensor {spec.name!r}: axis {d!r} has no declared size")
+        else:
+            shape.append(d)
+    return shape
 
+
+def host_bytes(specs: list[TensorSpec], batch: int) -> int:
+    """Bytes of host buffers holding `specs` at `batch`."""
+    return sum(int(np.prod(concrete_shape(s, batch))) * np.dtype(s.dtype).itemsize for s in specs)
+
+
+def example_feeds(io: GraphIO, batch: int) -> dict[str, np.ndarray]:
+    """Zero-filled inputs at `batch` (warm-up, memory measurement)."""
+    return {s.name: np.zeros(concrete_shape(s, batch), dtype=s.dtype) for s in io.inputs}
+
+
+class Slot(Closeable, ABC):
+    """One request's worth of state over an engine. Not shared between threads."""
+
+    def __init__(self, engine: "Engine"):
+        self.engine = engine
+
+    @abstractmethod
+    def infer(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Run the graph once. Returns new arrays (never a buffer the slot reuses)."""
+
+    def check_feeds(self, feeds: dict[str, np.ndarray]) -> int:
+        """Names, dtypes and fixed axes as the engine declares them; returns the batch size."""
+        io = self.engine.io
+        batch = None
+        for spec in io.inputs:
+            if spec.name not in feeds:
+                raise BadInput(f"missing input {spec.name!r}")
+            x = feeds[spec.name]
+            if not isinstance(x, np.ndarray) or x.dtype != np.dtype(spec.dtype):
+                raise BadInput(f"input {spec.name!r}: dtype {getattr(x, 'dtype', type(x).__name__)}, the engine takes {spec.dtype}")
+            fixed = list(spec.shape[1:])
+            if x.ndim != len(spec.shape) or list(x.shape[1:]) != fixed:
+                raise BadInput(f"input {spec.name!r}: shape {list(x.shape)}, the engine takes [batch, {', '.join(map(str, fixed))}]")
+            if batch is not None and x.shape[0] != batch:
+                raise BadInput(f"input {spec.name!r}: batch {x.shape[0]}, other inputs have {batch}")
+            batch = x.shape[0]
+        if batch is None or not 1 <= batch <= io.max_batch:
+            raise BadInput(f"batch of {batch} images; the engine runs 1..{io.max_batch}")
+        return batch
+
+    def logits(self, images: np.ndarray) -> np.ndarray:
+        """A one-input, one-output graph over any number of images, in batches of at most the
+        engine's max_batch: the output flattened to float64, one value per image."""
+        io = self.engine.io
+        name_in, name_out = io.inputs[0].name, io.outputs[0].name
+        out = np.empty(len(images), dtype=np.float64)
+        for start in range(0, len(images), io.max_batch):
+            chunk = images[start : start + io.max_batch]
+            out[start : start + len(chunk)] = self.infer({name_in: chunk})[name_out].reshape(-1)
+        return out
+
+
+class Engine(Closeable, ABC):
+    """One loaded graph. Thread-safe to share; each thread works through its own `slot()`."""
+
+    def __init__(self, path: str, io: GraphIO):
+        self.path = path
+        self.io = io
+
+    @property
+    def inputs(self) -> list[TensorSpec]:
+        return self.io.inputs
+
+    @property
+    def outputs(self) -> list[TensorSpec]:
+        return self.io.outputs
+
+    @abstractmethod
     def slot(self) -> Slot: ...
 
-    def close(self) -> None: ...
+    @abstractmethod
+    def memory(self) -> MemoryAccount:
+        """What this engine needs at max_batch, measured or read from the library. Backends
+        that measure (a peak at max_batch) need a fresh engine: call it before any inference."""
 
 
-class Backend(Protocol):
-    name: str
+class Backend(ABC):
+    """Loads engines of one kind. `Options` is the backend's own settings Struct, derived from
+    the run-time settings by `options_for`."""
 
-    def load(self, path: str, inputs: list[TensorSpec], outputs: list[TensorSpec], options: dict) -> Engine: ...
+    name: ClassVar[str]
+    Options: ClassVar[type[msgspec.Struct]]
+    # The Python package whose major.minor must match between build and run, if any.
+    package: ClassVar[str | None] = None
+
+    @classmethod
+    @abstractmethod
+    def options_for(cls, runtime: RuntimeConfig, device: str) -> msgspec.Struct: ...
+
+    @abstractmethod
+    def load(self, path: str, io: GraphIO, options: msgspec.Struct) -> Engine: ...
+
+    def check_target(self, manifest: Manifest, engine_dir: str | Path) -> None:
+        """Refuse an engine set built for another machine or library version (EngineMismatch).
+        Backends extend this with what else their engines depend on (ISA, GPU SM, ...)."""
+        target = manifest.target
+        if target.arch != arch():
+            raise EngineMismatch(f"{engine_dir}: built for {target.arch}, this machine is {arch()}")
+        if self.package:
+            built = manifest.library_versions.get(self.package)
+            here = version_of(self.package)
+            if built and here and built.split(".")[:2] != here.split(".")[:2]:
+                raise EngineMismatch(f"{engine_dir}: built with {self.package} {built}, this machine has {here}; recompile")

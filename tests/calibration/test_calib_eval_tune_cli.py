@@ -91,33 +91,48 @@ def test_eval_bad_inputs(cascade, tmp_path, capsys):
 
 def test_classify_with_config_applies_tuned_thresholds(cascade, tmp_path, capsys):
     """A config whose stage-1 band is empty (never escalate) makes every image exit at stage 1."""
-    from streetcascade.calibration.cascade_eval import write_stage_overrides
     from support import SAMPLES
+
+    from streetcascade.config import write_stage_thresholds
+    from streetcascade.settings import StageThresholds
 
     cfg, _ = cascade
     copy = cfg.with_name("pinned.toml")
     copy.write_text(cfg.read_text())
-    write_stage_overrides(copy, {"stage1": (0.5, 0.5, 1.0)})
+    write_stage_thresholds(copy, {"stage1": StageThresholds(0.5, 0.5, 1.0)})
     assert main(["classify", "--config", str(copy), "--json", str(SAMPLES)]) == 0
     stages = {json.loads(line)["stage"] for line in capsys.readouterr().out.splitlines()}
     assert stages == {"stage1"}
-    write_stage_overrides(copy, {"stage1": (0.0, 1.0, 1.0)})  # everything escalates
+    write_stage_thresholds(copy, {"stage1": StageThresholds(0.0, 1.0, 1.0)})  # everything escalates
     assert main(["classify", "--config", str(copy), "--json", str(SAMPLES)]) == 0
     stages = {json.loads(line)["stage"] for line in capsys.readouterr().out.splitlines()}
     assert stages == {"stage2"}
 
 
-def test_write_stage_overrides_keeps_comments_and_refuses_unknown(tmp_path):
-    from streetcascade.calibration.cascade_eval import write_stage_overrides
+def test_write_stage_thresholds_keeps_comments_and_refuses_unknown(tmp_path):
+    from streetcascade.config import write_stage_thresholds
+    from streetcascade.settings import StageThresholds
 
     path = tmp_path / "c.toml"
     path.write_text('# keep me\n[[stages]]\nname = "s1"  # first\nfamily = "dinov3"\nsource = "random:tiny"\nexit_low = 0.15 # plan\n\n[runtime]\ndeadline_ms = 100.0\n')
-    write_stage_overrides(path, {"s1": (0.1, 0.9, 2.0)})
+    write_stage_thresholds(path, {"s1": StageThresholds(0.1, 0.9, 2.0)})
     text = path.read_text()
     assert "# keep me" in text and "# first" in text and "exit_low = 0.1 # plan" in text and "deadline_ms = 100.0" in text
     assert tomllib.loads(text)["stages"][0] == {"name": "s1", "family": "dinov3", "source": "random:tiny", "exit_low": 0.1, "exit_high": 0.9, "temperature": 2.0}
     with pytest.raises(ConfigError, match="no \\[\\[stages\\]\\] table"):
-        write_stage_overrides(path, {"other": (0.1, 0.9, 1.0)})
-    with pytest.raises(ConfigError):
-        write_stage_overrides(path, {"s1": (0.9, 0.1, 1.0)})  # invalid: low > high -> file unchanged
+        write_stage_thresholds(path, {"other": StageThresholds(0.1, 0.9, 1.0)})
+    invalid = StageThresholds(1.5, 2.0, 1.0)  # ranges are checked when a file is read, not in __init__
+    with pytest.raises(ConfigError, match=r"file left unchanged: Expected `float` <= 1.0 - at `\$.stages\[0\].exit_low`"):
+        write_stage_thresholds(path, {"s1": invalid})
     assert path.read_text() == text
+
+
+def test_write_stage_thresholds_edits_inline_stage_tables(tmp_path):
+    from streetcascade.config import load_config, write_stage_thresholds
+    from streetcascade.settings import StageThresholds
+
+    path = tmp_path / "c.toml"
+    path.write_text('stages = [ { name = "a", family = "dinov3", source = "random:tiny" }, ]  # one line\n')
+    write_stage_thresholds(path, {"a": StageThresholds(0.2, 0.7, 1.5)})
+    assert load_config(path).stages[0].thresholds == StageThresholds(0.2, 0.7, 1.5)
+    assert "# one line" in path.read_text()

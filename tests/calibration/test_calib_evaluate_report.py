@@ -9,7 +9,7 @@ from streetcascade.calibration.challenges import iter_challenges
 from streetcascade.calibration.datasets import iter_image_folder
 from streetcascade.calibration.evaluate import EvalReport, evaluate
 from streetcascade.calibration.hard_cases import export_hard_cases
-from streetcascade.calibration.report import render_html, write_report
+from streetcascade.calibration.report import write_report
 from streetcascade.errors import BadInput
 from streetcascade.runtime.images import decode_image
 
@@ -64,7 +64,7 @@ def test_evaluate_minimal_and_bad_input():
 def test_report_writes_json_and_self_contained_html(tmp_path):
     labels, probs, levels, sources, stages, latency = _fake_run(seed=1)
     report = evaluate(labels, probs, levels=levels, sources=sources, exit_stages=stages, latencies_ms=latency, n_shuffles=2)
-    json_path, html_path = write_report(report, tmp_path / "out", title="run <1>", use_matplotlib=False)
+    json_path, html_path = write_report(report, tmp_path / "out", title="run <1>")
     loaded = msgspec.json.decode(json_path.read_bytes(), type=EvalReport)
     assert loaded.n == report.n and loaded.confusion == report.confusion
     page = html_path.read_text()
@@ -72,12 +72,6 @@ def test_report_writes_json_and_self_contained_html(tmp_path):
     assert f"<td>{report.confusion.tp}</td>" in page and "run &lt;1&gt;" in page
     assert "http" not in page.replace("http://www.w3.org/2000/svg", "")  # nothing fetched from the network
     assert "Per augmentation level" in page and "stage1" in page
-
-
-def test_report_with_matplotlib_when_installed(tmp_path):
-    pytest.importorskip("matplotlib")
-    report = evaluate([1, 0, 1, 0], [0.9, 0.2, 0.7, 0.4], n_shuffles=1)
-    assert render_html(report, title="t", use_matplotlib=True).count("data:image/png;base64,") == 2
 
 
 def test_hard_cases_export(tmp_path, image_folder, scene, encode_image):
@@ -108,7 +102,7 @@ def test_end_to_end_folder_to_report(tmp_path, image_folder, orange_model):
     labels = [c.sample.label for c in challenges]
     report = evaluate(labels, probs, levels=[c.level for c in challenges], sources=[c.sample.source for c in challenges], n_shuffles=2)
     assert report.auc is not None and report.auc > 0.7  # orange pixels do find cones
-    _, html_path = write_report(report, tmp_path / "report", use_matplotlib=False)
+    _, html_path = write_report(report, tmp_path / "report")
     assert html_path.exists()
     export_hard_cases([c.sample for c in challenges], probs, tmp_path / "hard", images=[c.jpeg for c in challenges])
     assert (tmp_path / "hard" / "hard_cases.csv").exists()

@@ -9,7 +9,9 @@ import pytest
 
 from streetcascade.errors import BudgetExceeded, CompileError, EngineMismatch
 from streetcascade.manifest import read_manifest
-from streetcascade.runtime import decode_image, load_engine_set
+from streetcascade.runtime import decode_image, load_engine_set, sigmoid
+from streetcascade.runtime.images import resize_to
+from streetcascade.settings import RuntimeConfig
 
 
 def test_manifest_records_parity_target_and_hashes(tiny_engine_dir, tiny_dinov3_dir):
@@ -20,10 +22,14 @@ def test_manifest_records_parity_target_and_hashes(tiny_engine_dir, tiny_dinov3_
     assert len(stage.source_sha256) == 64 and len(graph.sha256) == 64
     assert graph.parity.max_abs_prob_error < 1e-4 and graph.parity.n_images >= 10
     assert graph.parity.decision_flips == 0.0
-    assert graph.inputs[0].dtype == "uint8" and graph.inputs[0].shape == ["batch", 224, 224, 3]
+    assert graph.io.inputs[0].dtype == "uint8" and graph.io.inputs[0].shape == ["batch", 224, 224, 3] and graph.io.max_batch == 4
     assert manifest.target.backend == "onnxruntime" and manifest.target.device == "cpu"
     assert {"onnxruntime", "torch", "transformers"} <= set(manifest.library_versions)
-    assert graph.memory_bytes > 0 and manifest.build_seconds > 0
+    assert manifest.build_seconds > 0 and stage.kind == "classifier" and graph.role == "classifier"
+    # The memory account, measured by the backend: weights at least the graph file (inline weights).
+    assert graph.memory.device == "cpu" and graph.memory.method == "rss-delta"
+    assert graph.memory.weights_bytes >= graph.size_bytes and graph.memory.host_buffers_bytes == 4 * 4
+    assert any("input: uint8 NHWC RGB" in n and "0.485" in n for n in stage.notes)  # the declared preprocessing
     # A head-less stage is a placeholder even on a real backbone: it must say so.
     assert stage.placeholder_weights and any("head" in n for n in stage.notes)
 
@@ -59,11 +65,16 @@ def test_engine_matches_pytorch_reference_on_samples(tiny_engine_dir, tiny_confi
 
 
 def test_load_and_classify(tiny_engine_dir, sample_bytes):
+    """A decision is the engine's own logit through the stage's temperature, for every sample."""
     with load_engine_set(tiny_engine_dir) as es:
-        assert es.load_seconds < 30  # generous: the real check is `bench`, not a test
-        for data in sample_bytes.values():
-            d = es.cascade.classify(decode_image(data))
-            assert 0.0 <= d.probability <= 1.0 and d.stage == "stage1"
+        stage = es.cascade.stages[0]
+        with es.engines[0].slot() as slot:
+            for data in sample_bytes.values():
+                rgb = decode_image(data)
+                d = es.cascade.classify(rgb)
+                logit = slot.infer({"pixels": resize_to(rgb, 224)[None]})["logit"][0]
+                assert d.stage == "stage1" and d.probability == pytest.approx(float(sigmoid(logit / stage.thresholds.temperature)), abs=1e-7)
+                assert d.label == int(d.probability > 0.5)
 
 
 def test_tampered_engine_file_is_refused(engine_copy):
@@ -120,9 +131,29 @@ def test_wrong_file_in_place_of_engine_is_refused(engine_copy):
         load_engine_set(engine_copy)
 
 
-def test_budget_that_cannot_fit_is_refused_before_loading(tiny_engine_dir):
-    with pytest.raises(BudgetExceeded, match="over the budget"):
-        load_engine_set(tiny_engine_dir, budget_bytes=1024)
+def test_budget_that_cannot_fit_is_refused_before_loading(tiny_engine_dir, monkeypatch):
+    from streetcascade.runtime.backends.onnxruntime import OnnxRuntimeBackend
+
+    def no_load(*args):  # pragma: no cover - reaching it is the failure
+        raise AssertionError("an engine was loaded before the budget check")
+
+    monkeypatch.setattr(OnnxRuntimeBackend, "load", no_load)
+    with pytest.raises(BudgetExceeded, match=r"does not fit: \d+ MiB needed for 1 slot\(s\), budget 0 MiB; stage1/classifier: weights"):
+        load_engine_set(tiny_engine_dir, RuntimeConfig(budget_bytes=1024))
+
+
+def test_budget_counts_host_buffers_per_slot(tiny_engine_dir):
+    from streetcascade.runtime.plan import plan_memory
+
+    manifest = read_manifest(tiny_engine_dir)
+    memory = manifest.stages[0].graphs[0].memory
+    one, four = plan_memory(manifest, RuntimeConfig(slots=1)), plan_memory(manifest, RuntimeConfig(slots=4))
+    assert one.total_bytes == memory.weights_bytes + memory.activations_bytes + memory.host_buffers_bytes
+    assert four.total_bytes - one.total_bytes == 3 * memory.host_buffers_bytes
+    exact = RuntimeConfig(budget_bytes=one.total_bytes)
+    load_engine_set(tiny_engine_dir, exact).close()  # fits exactly
+    with pytest.raises(BudgetExceeded, match="for 4 slot"):
+        load_engine_set(tiny_engine_dir, RuntimeConfig(budget_bytes=one.total_bytes, slots=4))
 
 
 def test_not_an_engine_dir(tmp_path):
@@ -231,9 +262,15 @@ def test_garbage_manifest_is_engine_mismatch(engine_copy):
         load_engine_set(engine_copy)
 
 
+def test_manifest_of_an_older_format_asks_for_a_recompile(engine_copy):
+    _edit_manifest(engine_copy, lambda d: d.update(format_version=1))
+    with pytest.raises(EngineMismatch, match="format_version 1, this streetcascade reads 2; recompile"):
+        load_engine_set(engine_copy)
+
+
 @pytest.mark.parametrize("spin, want", [(True, "1"), (False, "0")])
 def test_spin_wait_reaches_the_session(tiny_engine_dir, spin, want):
-    with load_engine_set(tiny_engine_dir, backend_options={"spin": spin}) as es:
+    with load_engine_set(tiny_engine_dir, RuntimeConfig(spin_wait=spin)) as es:
         options = es.engines[0].session.get_session_options()
         assert options.get_session_config_entry("session.intra_op.allow_spinning") == want
         assert options.graph_optimization_level.name == "ORT_DISABLE_ALL"  # optimised offline already

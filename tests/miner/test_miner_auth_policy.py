@@ -8,7 +8,7 @@ import pytest
 
 from streetcascade.errors import BadInput, ConfigError, Overloaded
 from streetcascade.miner.auth import ALLOWED_DELTA_NS, NonceStore, Verifier
-from streetcascade.miner.client import signed_headers
+from bench.dendrite_client import signed_headers
 from streetcascade.miner.config import load_miner_config
 from streetcascade.miner.errors import Blacklisted, NotVerified, RateLimited
 from streetcascade.miner.metagraph import FixedMetagraph, MetagraphView, Snapshot

@@ -13,7 +13,7 @@ import pytest
 from bittensor_wallet import Keypair, Wallet
 
 from streetcascade.miner.cli import add_subcommands
-from streetcascade.miner.client import signed_headers, synapse_body
+from bench.dendrite_client import signed_headers, synapse_body
 
 
 def free_port():
@@ -38,6 +38,7 @@ wallet_path = "{tmp_path / 'wallets'}"
 [engine]
 engine = "fake"
 fake_latency_ms = {latency_ms}
+[runtime]
 safety_margin_ms = 0
 [chain]
 metagraph = "static"

@@ -10,7 +10,7 @@ import uuid
 import numpy as np
 import pytest
 
-from streetcascade.miner.client import RawConnection, build_request
+from bench.dendrite_client import RawConnection, build_request
 from streetcascade.miner.config import LimitsConfig, PolicyConfig
 
 

@@ -6,8 +6,9 @@ import base64
 import httpx
 import pytest
 
-from streetcascade.miner.client import signed_headers, synapse_body
+from bench.dendrite_client import signed_headers, synapse_body
 from streetcascade.runtime import decode_image, load_engine_set
+from streetcascade.settings import StageThresholds
 
 
 def test_serves_compiled_engine_set(tiny_engine_dir, keys, server_factory, sample_bytes):
@@ -36,7 +37,7 @@ def test_serve_applies_tuned_thresholds_from_cascade_config(tiny_engine_dir, tin
     cascade, close = build_cascade(load_miner_config(miner_toml))
     try:
         stage = cascade.stages[0]
-        assert (stage.exit_low, stage.exit_high, stage.temperature) == (0.3, 0.7, 2.5)
+        assert stage.thresholds == StageThresholds(0.3, 0.7, 2.5)
     finally:
         close()
 
@@ -45,4 +46,32 @@ def test_config_naming_a_stage_the_engine_set_lacks(tiny_engine_dir):
     from streetcascade.errors import EngineMismatch
 
     with pytest.raises(EngineMismatch, match="stage2"):
-        load_engine_set(tiny_engine_dir, overrides={"stage2": (0.1, 0.9, 1.0)})
+        load_engine_set(tiny_engine_dir, thresholds={"stage2": StageThresholds(0.1, 0.9, 1.0)})
+
+
+def test_miner_config_runtime_table_reaches_the_engine_set(tiny_engine_dir, tmp_path):
+    """[runtime] in miner.toml: budget (refused before loading), spinning, margin; old [engine] keys say where they went."""
+    from streetcascade.errors import BudgetExceeded, ConfigError
+    from streetcascade.miner.cli import build_cascade
+    from streetcascade.miner.config import load_miner_config
+
+    head = '[[hotkeys]]\nport = 1\nhotkey_file = "k"\n[chain]\nmetagraph = "static"\n[[chain.static_neurons]]\nhotkey = "x"\n'
+    miner_toml = tmp_path / "miner.toml"
+    miner_toml.write_text(head + f'[engine]\nengine = "{tiny_engine_dir}"\n[runtime]\nsafety_margin_ms = 123.0\nspin_wait = false\nslots = 2\n')
+    cfg = load_miner_config(miner_toml)
+    cascade, close = build_cascade(cfg)
+    try:
+        assert cascade.safety_margin_ms == 123.0 and cfg.runtime.slots == 2
+        session = cascade.stages[0].engine.session
+        assert session.get_session_options().get_session_config_entry("session.intra_op.allow_spinning") == "0"
+    finally:
+        close()
+    miner_toml.write_text(head + f'[engine]\nengine = "{tiny_engine_dir}"\n[runtime]\nbudget_bytes = 1000\n')
+    with pytest.raises(BudgetExceeded, match="budget 0 MiB"):
+        build_cascade(load_miner_config(miner_toml))
+    miner_toml.write_text(head + '[engine]\nengine = "fake"\ninference_threads = 4\n')
+    with pytest.raises(ConfigError, match=r"\[engine\] inference_threads moved to \[runtime\] slots"):
+        load_miner_config(miner_toml)
+    miner_toml.write_text(head + '[runtime]\nslots = 0\n')
+    with pytest.raises(ConfigError, match=r"Expected `int` >= 1 - at `\$.runtime.slots`"):
+        load_miner_config(miner_toml)

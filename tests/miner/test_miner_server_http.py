@@ -12,10 +12,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from streetcascade.miner.client import signed_headers, synapse_body
+from bench.dendrite_client import signed_headers, synapse_body
 from streetcascade.miner.config import LimitsConfig, PolicyConfig
 from streetcascade.runtime.backends.fake import FakeEngine
-from streetcascade.runtime.cascade import ClassifierStage
+from streetcascade.runtime import ClassifierStage
+from streetcascade.settings import StageThresholds
 
 
 def post(client, port, keys, image_b64, *, who="validator", to="miner", route="ImageSynapse", body=None, headers=None, **kw):
@@ -160,7 +161,7 @@ def test_rate_limit_per_validator(server_factory, keys, image_b64):
 
 def test_fallback_when_later_stage_cannot_finish(server_factory, keys, jpeg):
     stages = [
-        ClassifierStage("stage1", FakeEngine(), 224, exit_low=0.0, exit_high=1.0),  # never exits
+        ClassifierStage("stage1", FakeEngine(), 224, StageThresholds(exit_low=0.0, exit_high=1.0)),  # never exits
         ClassifierStage("slow", FakeEngine(latency_ms=3000), 224, prior_ms=3000),
     ]
     srv = server_factory(stages=stages)

@@ -1,10 +1,15 @@
+import json
+
 import numpy as np
 import pytest
 
-from streetcascade.errors import BackendUnavailable, BadInput, ConfigError
+from streetcascade.errors import BackendUnavailable, BadInput, ConfigError, EngineMismatch, InferenceError
 from streetcascade.manifest import read_manifest
-from streetcascade.runtime.backends import backend_names, get_backend, register_backend
-from streetcascade.runtime.backends.onnxruntime import providers_for
+from streetcascade.runtime import backends
+from streetcascade.runtime.backends import backend_names, get_backend
+from streetcascade.runtime.backends.fake import ENGINE_KIND, FakeEngine
+from streetcascade.runtime.backends.onnxruntime import OrtOptions, providers_for
+from streetcascade.settings import RuntimeConfig
 
 
 def test_registry_names_and_unknown_backend():
@@ -13,8 +18,8 @@ def test_registry_names_and_unknown_backend():
         get_backend("tensorrtx")
 
 
-def test_backend_whose_library_is_missing_is_unavailable():
-    register_backend("missing-lib", "streetcascade.runtime.backends.no_such_module:Backend")
+def test_backend_whose_library_is_missing_is_unavailable(monkeypatch):
+    monkeypatch.setitem(backends._REGISTRY, "missing-lib", "streetcascade.runtime.backends.no_such_module:Backend")
     with pytest.raises(BackendUnavailable, match="cannot be imported"):
         get_backend("missing-lib")
 
@@ -30,20 +35,73 @@ def test_cuda_device_without_cuda_provider_is_unavailable():
         providers_for("tpu")
 
 
-def test_slot_checks_inputs_and_reuses_output_buffers(tiny_engine_dir):
-    graph = read_manifest(tiny_engine_dir).stages[0].graphs[0]
-    engine = get_backend("onnxruntime").load(str(tiny_engine_dir / graph.file), graph.inputs, graph.outputs, {})
-    with engine.slot() as slot:
+def test_options_come_from_the_runtime_settings():
+    backend = get_backend("onnxruntime")
+    options = backend.options_for(RuntimeConfig(intra_op_threads=3, spin_wait=False), "cpu")
+    assert options == OrtOptions(device="cpu", intra_op_threads=3, spin_wait=False)
+
+
+def _ort_engine(engine_dir):
+    graph = read_manifest(engine_dir).stages[0].graphs[0]
+    backend = get_backend("onnxruntime")
+    return backend.load(str(engine_dir / graph.file), graph.io, backend.options_for(RuntimeConfig(), "cpu"))
+
+
+def test_slot_checks_inputs_and_reuses_its_output_buffers(tiny_engine_dir):
+    with _ort_engine(tiny_engine_dir) as engine, engine.slot() as slot:
+        assert engine.io.max_batch == 4
+        buffer = slot.output_buffers["logit"]
+        assert buffer.shape == (4,)  # allocated once, at max_batch
         x = np.zeros((3, 224, 224, 3), np.uint8)
         first = slot.infer({"pixels": x})["logit"]
         assert first.shape == (3,) and first.dtype == np.float32
-        second = slot.infer({"pixels": x})["logit"]
-        assert second is not first and np.array_equal(first, second)  # callers get copies
-        assert slot.infer({"pixels": x[:1]})["logit"].shape == (1,)
+        second = slot.infer({"pixels": x[:1]})["logit"]
+        # The engine wrote into the same buffer both times (a leading view of it), and callers got copies.
+        assert slot.output_buffers["logit"] is buffer and buffer[0] == second[0]
+        assert not np.shares_memory(first, buffer) and not np.shares_memory(second, buffer)
+        assert second.shape == (1,) and np.allclose(first[:1], second, atol=1e-5)
         with pytest.raises(BadInput, match="dtype float32"):
             slot.infer({"pixels": x.astype(np.float32)})
         with pytest.raises(BadInput, match="shape"):
             slot.infer({"pixels": np.zeros((1, 200, 224, 3), np.uint8)})
         with pytest.raises(BadInput, match="missing input"):
             slot.infer({"image": x})
-    engine.close()
+        with pytest.raises(BadInput, match="1..4"):
+            slot.infer({"pixels": np.zeros((5, 224, 224, 3), np.uint8)})
+
+
+def test_slot_logits_runs_any_count_in_max_batch_chunks(tiny_engine_dir):
+    images = np.random.default_rng(0).integers(0, 256, (9, 224, 224, 3), dtype=np.uint8)
+    with _ort_engine(tiny_engine_dir) as engine, engine.slot() as slot:
+        got = slot.logits(images)  # 4 + 4 + 1
+        one_by_one = np.concatenate([slot.infer({"pixels": images[i : i + 1]})["logit"] for i in range(9)])
+    assert got.shape == (9,) and got.dtype == np.float64
+    np.testing.assert_allclose(got, one_by_one, atol=1e-6)
+
+
+def test_ort_memory_is_measured_on_a_fresh_engine_only(tiny_engine_dir):
+    graph = read_manifest(tiny_engine_dir).stages[0].graphs[0]
+    with _ort_engine(tiny_engine_dir) as engine:
+        memory = engine.memory()
+        assert memory.weights_bytes >= graph.size_bytes and memory.method == "rss-delta"
+        assert memory.host_buffers_bytes == 4 * 4  # one float32 logit per image at max_batch 4
+        assert engine.memory() == memory  # measured once
+    with _ort_engine(tiny_engine_dir) as engine:
+        with engine.slot() as slot:
+            slot.infer({"pixels": np.zeros((1, 224, 224, 3), np.uint8)})
+        with pytest.raises(InferenceError, match="before the engine's first run"):
+            engine.memory()
+
+
+def test_fake_backend_loads_its_engine_file_and_refuses_others(tmp_path):
+    io = FakeEngine().io
+    good = tmp_path / "e.json"
+    good.write_text(json.dumps({"kind": ENGINE_KIND, "latency_ms": 0.0}))
+    backend = get_backend("fake")
+    with backend.load(str(good), io, backend.options_for(RuntimeConfig(), "cpu")) as engine, engine.slot() as slot:
+        bright = np.full((2, 224, 224, 3), 250, np.uint8)
+        assert slot.logits(bright).tolist() == pytest.approx([(250 - 127.5) / 32] * 2)
+    for text in ("not json", json.dumps({"kind": "other"}), json.dumps({"kind": ENGINE_KIND, "surprise": 1})):
+        good.write_text(text)
+        with pytest.raises(EngineMismatch):
+            backend.load(str(good), io, backend.options_for(RuntimeConfig(), "cpu"))

@@ -5,8 +5,9 @@ import numpy as np
 import pytest
 
 from streetcascade.errors import BadInput, InferenceError
+from streetcascade.runtime import Cascade, ClassifierStage, sigmoid
 from streetcascade.runtime.backends.fake import FakeEngine
-from streetcascade.runtime.cascade import Cascade, ClassifierStage, sigmoid
+from streetcascade.settings import StageThresholds
 
 BRIGHT = np.full((224, 224, 3), 250, dtype=np.uint8)  # fake logit (250-127.5)/32 = 3.8 -> p 0.98
 DARK = np.full((224, 224, 3), 5, dtype=np.uint8)  # p 0.02
@@ -35,7 +36,7 @@ class ConstantStage:
 
 def stage1(**kw):
     return ClassifierStage("stage1", FakeEngine(**{k: v for k, v in kw.items() if k in ("latency_ms", "emit_nan", "fail_with")}), 224,
-                           **{k: v for k, v in kw.items() if k in ("exit_low", "exit_high", "temperature")})
+                           StageThresholds(**{k: v for k, v in kw.items() if k in ("exit_low", "exit_high", "temperature")}))
 
 
 def test_confident_images_exit_at_stage1():
@@ -91,21 +92,21 @@ def test_stage1_backend_failure_is_inference_error():
 
 
 def test_thresholds_and_temperature_from_arguments():
-    wide = Cascade([ClassifierStage("s", FakeEngine(), 224, exit_low=0.01, exit_high=0.99), ConstantStage("vlm", 0.5)])
+    wide = Cascade([ClassifierStage("s", FakeEngine(), 224, StageThresholds(exit_low=0.01, exit_high=0.99)), ConstantStage("vlm", 0.5)])
     assert wide.classify(BRIGHT).stage == "vlm"  # 0.98 is inside the band now
-    hot = ClassifierStage("s", FakeEngine(), 224, temperature=4.0)
+    hot = ClassifierStage("s", FakeEngine(), 224, StageThresholds(temperature=4.0))
     assert hot.score([BRIGHT])[0] == pytest.approx(float(sigmoid((250 - 127.5) / 32 / 4)))
 
 
-@pytest.mark.parametrize("low, high", [(0.9, 0.1), (-0.1, 0.5), (0.5, 1.5)])
-def test_bad_thresholds_are_rejected(low, high):
-    with pytest.raises(BadInput):
-        ClassifierStage("s", FakeEngine(), 224, exit_low=low, exit_high=high)
+@pytest.mark.parametrize("low, high, temperature", [(0.9, 0.1, 1.0), (-0.1, 0.5, 1.0), (0.5, 1.5, 1.0), (0.1, 0.9, 0.0)])
+def test_bad_thresholds_are_rejected(low, high, temperature):
+    with pytest.raises(BadInput, match="stage thresholds"):
+        StageThresholds.checked(low, high, temperature)
 
 
 def test_images_of_any_size_are_resized_and_batched():
-    engine = FakeEngine()
-    stage = ClassifierStage("s", engine, 224, max_batch=2)
+    engine = FakeEngine(max_batch=2)
+    stage = ClassifierStage("s", engine, 224)
     probs = stage.score([np.full((10, 30, 3), 250, np.uint8), np.full((500, 400, 3), 5, np.uint8), BRIGHT])
     assert probs.shape == (3,) and probs[0] > 0.9 and probs[1] < 0.1
     assert engine.calls == 2  # batches of 2 + 1

@@ -49,11 +49,24 @@ def test_too_many_compressed_bytes():
 
 
 def test_decompression_bomb_refused_before_decoding():
-    # 20000 x 20000 1-bit PNG: a few KB compressed, 400 M pixels decoded.
+    # 20000 x 20000 1-bit PNG: a few KB compressed, 400 M pixels decoded. Over PIL's own
+    # process-wide limit too, which fires first, at open: still our error class.
     data = encode(Image.new("1", (20000, 20000)), "PNG")
     assert len(data) < 200_000
-    with pytest.raises(ImageTooLarge, match="20000x20000"):
+    with pytest.raises(ImageTooLarge, match="400000000 pixels"):
         decode_image(data)
+    # Under PIL's limit, over ours: our check, from the header.
+    small_bomb = encode(Image.new("1", (9000, 9000)), "PNG")
+    with pytest.raises(ImageTooLarge, match="9000x9000 = 81000000 pixels, over the limit of 64000000"):
+        decode_image(small_bomb)
+
+
+def test_pil_global_limit_is_left_alone():
+    import PIL.Image
+
+    import streetcascade.runtime.images  # noqa: F401
+
+    assert PIL.Image.MAX_IMAGE_PIXELS == 89_478_485  # PIL's default: other code keeps its bomb guard
 
 
 def test_one_by_one_image_is_handled():
@@ -64,10 +77,10 @@ def test_one_by_one_image_is_handled():
 
 
 def test_huge_jpeg_decodes_at_reduced_scale_with_draft():
-    big = Image.new("L", (10000, 10000), 90)
+    big = Image.new("L", (8000, 8000), 90)  # the default pixel limit, exactly
     data = encode(big, "JPEG", quality=50)
     arr = decode_image(data, draft_size=224)
-    assert arr.shape[2] == 3 and max(arr.shape[:2]) <= 10000 // 8 + 1
+    assert arr.shape[2] == 3 and max(arr.shape[:2]) <= 8000 // 8 + 1
     assert abs(int(arr.mean()) - 90) <= 2
 
 

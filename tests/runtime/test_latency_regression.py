@@ -3,7 +3,7 @@ both measured in this run on the same engine and image (never absolute times).""
 
 import numpy as np
 
-from streetcascade.bench.timing import interleaved
+from bench.timing import interleaved
 from streetcascade.runtime import load_engine_set
 from streetcascade.runtime.images import resize_to
 

@@ -1,4 +1,5 @@
 """The accuracy gate for quantized engines, and the per-layer sensitivity pass behind it.
+(calibration/ supplies the data and the metrics; the gate belongs to compile, which it refuses.)
 
 `compare` runs the FP32 engine and the quantized engine (both through the runtime's backend)
 on the validation challenges (validator mix) and measures what changes: decision flips, the
@@ -13,13 +14,18 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Callable, Sequence
+from pathlib import Path
 
+import msgspec
 import numpy as np
 
 from streetcascade.calibration import metrics
 from streetcascade.errors import CompileError
-from streetcascade.manifest import AccuracyGate, LayerHarm
-from streetcascade.runtime.cascade import sigmoid
+from streetcascade.manifest import AccuracyGate, GraphIO, LayerHarm
+from streetcascade.progress import QUIET, Progress
+from streetcascade.runtime.backends import get_backend
+from streetcascade.runtime.classifier import sigmoid
+from streetcascade.settings import RuntimeConfig
 
 log = logging.getLogger(__name__)
 
@@ -32,14 +38,13 @@ class AccuracyGateFailed(CompileError):
         self.gate = gate
 
 
-def run_logits(engine, images: np.ndarray, max_batch: int) -> np.ndarray:
-    slot = engine.slot()
-    try:
-        name_in, name_out = engine.inputs[0].name, engine.outputs[0].name
-        out = [slot.infer({name_in: images[i : i + max_batch]})[name_out] for i in range(0, len(images), max_batch)]
-    finally:
-        slot.close()
-    return np.concatenate(out).astype(np.float64).reshape(-1)
+def engine_logits(path: Path, io: GraphIO, images: np.ndarray, runtime: RuntimeConfig = RuntimeConfig(), optimize: bool = False) -> np.ndarray:
+    """Logits of the ONNX Runtime graph at `path` over `images`, through the runtime's backend.
+    `optimize`: run ORT's optimiser at load (graphs that were not optimised offline)."""
+    backend = get_backend("onnxruntime")
+    options = msgspec.structs.replace(backend.options_for(runtime, "cpu"), optimize=optimize)
+    with backend.load(str(path), io, options) as engine, engine.slot() as slot:
+        return slot.logits(images)
 
 
 def _auc(labels: np.ndarray, probs: np.ndarray) -> float | None:
@@ -96,8 +101,6 @@ def compare(
 
 
 def _with(gate: AccuracyGate, **changes) -> AccuracyGate:
-    import msgspec
-
     return msgspec.structs.replace(gate, **changes)
 
 
@@ -138,27 +141,25 @@ def layer_sensitivity(
     build_only: Callable[[str], object],
     images: np.ndarray,
     fp32_probs: np.ndarray,
-    max_batch: int = 8,
-    intra_op_threads: int = 0,
-    progress: Callable[[str], None] | None = None,
+    io: GraphIO,
+    workdir: Path,
+    runtime: RuntimeConfig = RuntimeConfig(),
+    progress: Progress = QUIET,
 ) -> list[LayerHarm]:
     """Quantize one node at a time (`build_only(name)` -> ModelProto with only that node's Q/DQ)
     and rank nodes by the flips, then the mean probability error, they cause on `images`."""
-    import onnxruntime as ort
-
-    from streetcascade.runtime.backends.onnxruntime import session_options
+    import onnx
 
     harm = []
-    for k, name in enumerate(nodes):
-        model = build_only(name)
-        session = ort.InferenceSession(model.SerializeToString(), sess_options=session_options(intra_op_threads, optimize=True), providers=["CPUExecutionProvider"])
-        name_in, name_out = session.get_inputs()[0].name, session.get_outputs()[0].name
-        logits = np.concatenate([session.run([name_out], {name_in: images[i : i + max_batch]})[0] for i in range(0, len(images), max_batch)])
-        p = sigmoid(logits.astype(np.float64).reshape(-1))
-        dp = np.abs(p - fp32_probs)
-        harm.append(LayerHarm(name=name, flip_rate=float(np.mean(np.round(p) != np.round(fp32_probs))),
-                              mean_abs_prob_error=float(dp.mean()), max_abs_prob_error=float(dp.max())))
-        if progress is not None and (k + 1) % 10 == 0:
-            progress(f"sensitivity: {k + 1}/{len(nodes)} layers")
+    path = workdir / "sensitivity.onnx"
+    try:
+        for name in progress.track(nodes, f"sensitivity: each of {len(nodes)} quantized layers alone on {len(images)} images"):
+            onnx.save(build_only(name), str(path))
+            p = sigmoid(engine_logits(path, io, images, runtime, optimize=True))
+            dp = np.abs(p - fp32_probs)
+            harm.append(LayerHarm(name=name, flip_rate=float(np.mean(np.round(p) != np.round(fp32_probs))),
+                                  mean_abs_prob_error=float(dp.mean()), max_abs_prob_error=float(dp.max())))
+    finally:
+        path.unlink(missing_ok=True)
     harm.sort(key=lambda h: (-h.flip_rate, -h.mean_abs_prob_error))
     return harm

@@ -13,7 +13,7 @@ import uuid as uuid_mod
 
 import msgspec
 
-from .wire import EMPTY_BODY_HASH, signed_message
+from streetcascade.miner.wire import EMPTY_BODY_HASH, signed_message
 
 DENDRITE_VERSION = 91202  # bittensor 9.12.2's version_as_int
 

@@ -1,0 +1,105 @@
+"""`streetcascade tune`: temperatures and exit thresholds for a compiled cascade, fitted on
+labelled challenges (validator mix) for the validators' reward.
+
+Every stage scores every challenge once (logits), a temperature is fitted per stage, and
+`tune_exit_thresholds` picks exit bands maximising the simulated reward within a mean latency
+budget; the current setting is scored on the same shuffles and kept unless beaten, so re-running
+eval on the same data never gives a lower reward. `streetcascade.config.write_stage_thresholds`
+writes the result into the config, which `classify/eval/serve --config` apply.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from dataclasses import dataclass
+
+import numpy as np
+
+from streetcascade.calibration.cascade_eval import N_SHUFFLES
+from streetcascade.calibration.reward import simulate_reward
+from streetcascade.calibration.source import ChallengeSet
+from streetcascade.calibration.tune import StageScores, fit_temperature, mean_latency_ms, run_cascade, tune_exit_thresholds
+from streetcascade.errors import BadInput
+from streetcascade.progress import QUIET, Progress
+from streetcascade.runtime.classifier import sigmoid
+from streetcascade.settings import StageThresholds
+
+log = logging.getLogger(__name__)
+
+LATENCY_SAMPLES = 16  # batch-1 timings per stage
+
+
+@dataclass
+class TuneResult:
+    thresholds: dict[str, StageThresholds]  # per stage name, ready for write_stage_thresholds
+    reward_before: float
+    reward_after: float
+    latency_before_ms: float
+    latency_after_ms: float
+    exit_rates: list[float]
+    within_budget: bool
+    kept_current: bool
+
+
+def stage_logits(stage, images: list[np.ndarray]) -> tuple[np.ndarray, float]:
+    """Raw logits of one stage on every image (batched), and its batch-1 latency (ms, median
+    over the first LATENCY_SAMPLES images)."""
+    logits = stage.logits(images)
+    times = []
+    for img in images[:LATENCY_SAMPLES]:
+        t0 = time.perf_counter()
+        stage.logits([img])
+        times.append((time.perf_counter() - t0) * 1000.0)
+    return logits, float(np.median(times))
+
+
+def _bands_to_thresholds(band: tuple[float, float]) -> tuple[float, float]:
+    lo, hi = band
+    if lo > hi:  # "never escalate": an empty band; the runtime needs low <= high
+        return 0.5, 0.5
+    return float(lo), float(hi)
+
+
+def run_tune(engine_set, challenges: ChallengeSet, *, latency_budget_ms: float = math.inf, seed: int = 0, fit_temperatures: bool = True,
+             progress: Progress = QUIET) -> TuneResult:
+    if len(challenges) == 0:
+        raise BadInput("no challenges to tune on (empty split?)")
+    labels = challenges.labels
+    if np.unique(labels).size < 2:
+        raise BadInput("tuning needs both classes (roadwork and no_roadwork) in the data")
+    stages = engine_set.cascade.stages
+    logits, lat, temps = [], [], []
+    for stage in progress.track(stages, f"tune: every stage on {len(challenges)} challenges"):
+        z, ms = stage_logits(stage, challenges.images)
+        logits.append(z)
+        lat.append(ms)
+        temps.append(fit_temperature(z, labels) if fit_temperatures else stage.thresholds.temperature)
+        log.info("stage %s: %.2f ms per image, temperature %.3f", stage.name, ms, temps[-1])
+
+    def replay(temperatures, bands):
+        probs = [sigmoid(z / t) for z, t in zip(logits, temperatures)]
+        answers, exit_stage = run_cascade(probs, bands)
+        return simulate_reward(answers, labels, seed=seed, n_shuffles=N_SHUFFLES), mean_latency_ms(exit_stage, lat), exit_stage
+
+    current_t = [s.thresholds.temperature for s in stages]
+    current_bands = [(s.thresholds.exit_low, s.thresholds.exit_high) for s in stages[:-1]]
+    before, before_ms, _ = replay(current_t, current_bands)
+    scores = [StageScores(s.name, sigmoid(z / t), ms) for s, z, t, ms in zip(stages, logits, temps, lat)]
+    choice = tune_exit_thresholds(scores, labels, latency_budget_ms, seed=seed, n_shuffles=N_SHUFFLES)
+    after, after_ms, exit_stage = replay(temps, choice.bands)
+    current_fits = before_ms <= latency_budget_ms
+    kept = current_fits and (before.steady_mean_reward > after.steady_mean_reward or not choice.within_budget)
+    if kept:
+        temps_out, bands_out, after, after_ms = current_t, current_bands, before, before_ms
+        _, _, exit_stage = replay(current_t, current_bands)
+    else:
+        temps_out, bands_out = temps, [_bands_to_thresholds(b) for b in choice.bands]
+    thresholds = {}
+    for k, stage in enumerate(stages):
+        low, high = bands_out[k] if k < len(bands_out) else (stage.thresholds.exit_low, stage.thresholds.exit_high)
+        thresholds[stage.name] = StageThresholds(round(float(low), 6), round(float(high), 6), round(float(temps_out[k]), 6))
+    rates = np.bincount(exit_stage, minlength=len(stages)) / max(exit_stage.size, 1)
+    return TuneResult(thresholds, before.steady_mean_reward, after.steady_mean_reward, before_ms, after_ms,
+                      [float(r) for r in rates], after_ms <= latency_budget_ms, kept)

@@ -1,0 +1,57 @@
+"""What a compile target is: it describes this machine as a target (the manifest's
+`TargetInfo`) and turns an exported FP32 ONNX graph into an engine file for one runtime
+backend, at a precision it supports. The pipeline (compile/pipeline.py) then loads that file
+through the backend (`runtime.backends.get_backend(target.backend)`) to measure its memory and
+check its parity: a target never runs engines its own way.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import ClassVar
+
+from streetcascade.config import CascadeConfig, StageConfig
+from streetcascade.errors import CompileError
+from streetcascade.manifest import AccuracyGate, GraphIO, TargetInfo
+from streetcascade.progress import QUIET, Progress
+
+
+@dataclass
+class BuildJob:
+    """One graph of one stage to build."""
+
+    stage: StageConfig
+    config: CascadeConfig
+    config_path: Path
+    io: GraphIO
+    raw: Path  # the exported FP32 ONNX graph
+    out: Path  # the engine file to write
+    progress: Progress = field(default=QUIET)
+
+
+@dataclass
+class BuiltGraph:
+    path: Path
+    accuracy_gate: AccuracyGate | None = None  # quantized with calibration data: the gate's figures
+
+
+class Target(ABC):
+    backend: ClassVar[str]  # the runtime.backends registry name its engines load with
+    precisions: ClassVar[tuple[str, ...]]
+    suffix: ClassVar[str]  # engine file suffix, e.g. ".onnx"
+
+    @abstractmethod
+    def describe(self, config: CascadeConfig) -> TargetInfo:
+        """This machine as a target for `config` (refuses what it cannot build for here)."""
+
+    @abstractmethod
+    def build(self, job: BuildJob) -> BuiltGraph: ...
+
+    def check_precision(self, stage: StageConfig) -> None:
+        if stage.precision not in self.precisions:
+            raise CompileError(
+                f"stage {stage.name}: precision {stage.precision!r} is not available for the {self.backend} target "
+                f"(have: {', '.join(self.precisions)})"
+            )

@@ -1,0 +1,62 @@
+"""The stage interface and the stage-kind registry.
+
+A stage is anything with `name`, `expected_ms`, `score(images) -> probabilities` and
+`exits(p)`. The manifest names each stage's kind; `build_stage` looks the kind up here and
+hands it the stage's manifest entry, its loaded engines (by graph role) and its thresholds.
+Adding a stage kind (OCR, a VLM judge) is one file with a class that has `roles` and
+`from_manifest`, and one line in `STAGE_KINDS`.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Protocol, Sequence
+
+import numpy as np
+
+from streetcascade.errors import EngineMismatch
+from streetcascade.manifest import StageEntry
+from streetcascade.settings import StageThresholds
+
+from .backends.base import Engine
+
+STAGE_KINDS: dict[str, str] = {
+    "classifier": "streetcascade.runtime.classifier:ClassifierStage",
+}
+
+
+class Stage(Protocol):
+    name: str
+
+    @property
+    def expected_ms(self) -> float: ...
+
+    def score(self, images: Sequence[np.ndarray]) -> np.ndarray: ...
+
+    def exits(self, probability: float) -> bool: ...
+
+
+class LatencyTracker:
+    """Exponentially weighted mean of a stage's measured latency per image (starts from a prior)."""
+
+    def __init__(self, prior_ms: float, alpha: float = 0.2):
+        self.mean_ms = prior_ms
+        self.alpha = alpha
+
+    def add(self, ms: float) -> None:
+        self.mean_ms = (1 - self.alpha) * self.mean_ms + self.alpha * ms
+
+
+def stage_class(kind: str):
+    if kind not in STAGE_KINDS:
+        raise EngineMismatch(f"stage kind {kind!r} is not one this runtime can run (known: {', '.join(sorted(STAGE_KINDS))}); upgrade streetcascade")
+    module_name, _, class_name = STAGE_KINDS[kind].partition(":")
+    return getattr(importlib.import_module(module_name), class_name)
+
+
+def build_stage(entry: StageEntry, engines: dict[str, Engine], thresholds: StageThresholds) -> Stage:
+    cls = stage_class(entry.kind)
+    missing = sorted(set(cls.roles) - set(engines))
+    if missing:
+        raise EngineMismatch(f"stage {entry.name} ({entry.kind}) has no graph for role(s) {', '.join(missing)}")
+    return cls.from_manifest(entry, engines, thresholds)

@@ -1,0 +1,66 @@
+"""Run-time settings shared by every command that runs a cascade (classify, eval, tune, serve)
+and by the compiler's own engine runs (parity, calibration, the accuracy gate).
+
+The defaults live here and only here: the cascade config's `[runtime]` table and miner.toml's
+`[runtime]` table are both a `RuntimeConfig`; a stage's exit band and temperature are a
+`StageThresholds` wherever they travel (config, manifest, `tune`, the runtime). Ranges are
+checked by msgspec when a file is read, so an error names the field path.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import msgspec
+
+from streetcascade.errors import BadInput
+
+GIB = 1024**3
+
+Probability = Annotated[float, msgspec.Meta(ge=0.0, le=1.0)]
+
+
+class StageThresholds(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """A stage answers when p < exit_low ("no roadwork") or p > exit_high ("roadwork"); in
+    between, the image goes on to the next stage. p = sigmoid(logit / temperature)."""
+
+    exit_low: Probability = 0.15
+    exit_high: Probability = 0.85
+    temperature: Annotated[float, msgspec.Meta(gt=0.0, le=1000.0)] = 1.0
+
+    def __post_init__(self):
+        # msgspec turns a ValueError here into a ValidationError naming the field path.
+        if self.exit_low > self.exit_high:
+            raise ValueError(f"need exit_low <= exit_high, got {self.exit_low} > {self.exit_high}")
+
+    @classmethod
+    def checked(cls, exit_low: float = 0.15, exit_high: float = 0.85, temperature: float = 1.0) -> "StageThresholds":
+        """Construct with the range checks (msgspec runs them when decoding, not in __init__)."""
+        try:
+            return msgspec.convert({"exit_low": exit_low, "exit_high": exit_high, "temperature": temperature}, cls)
+        except msgspec.ValidationError as exc:
+            raise BadInput(f"stage thresholds: {exc}") from None
+
+    def exits(self, probability: float) -> bool:
+        return probability < self.exit_low or probability > self.exit_high
+
+
+class RuntimeConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    # Memory the engine set may use on its device (host RAM for CPU targets), checked against
+    # the manifest's measured figures before anything loads (runtime/plan.py).
+    budget_bytes: Annotated[int, msgspec.Meta(gt=0)] = 24 * GIB
+    # Per-image deadline for classify / eval. The miner uses each request's own timeout.
+    deadline_ms: Annotated[float, msgspec.Meta(gt=0.0)] = 8000.0
+    # Kept free at the end of every deadline (encoding the reply, the network, latency jitter):
+    # a later stage runs only if its expected time fits before deadline - margin. Applied once,
+    # by the cascade.
+    safety_margin_ms: Annotated[float, msgspec.Meta(ge=0.0)] = 300.0
+    # Requests run at once; each gets its own engine slot (IO buffers; a stream on a GPU).
+    # The miner runs this many inference threads.
+    slots: Annotated[int, msgspec.Meta(ge=1, le=64)] = 1
+    # ONNX Runtime intra-op threads per session; 0 = one per core.
+    intra_op_threads: Annotated[int, msgspec.Meta(ge=0, le=512)] = 0
+    # ONNX Runtime worker threads spin between ops: ~6-15% lower latency on an idle CPU, but
+    # about 2x slower when other processes compete for the cores (docs/benchmarks.md). Set
+    # false on a shared CPU (several miners, other services).
+    spin_wait: bool = True
