@@ -91,14 +91,6 @@ def augment(rgb: np.ndarray, level: int, rng: np.random.Generator, *, flip_p: fl
     return augment_with_params(rgb, level, rng, flip_p=flip_p)[0]
 
 
-def validator_mix(
-    rgb: np.ndarray, rng: np.random.Generator, *, flip_p: float = VALIDATOR_FLIP_P
-) -> tuple[np.ndarray, int]:
-    """Draw the level as the validator does (1/4 each) and apply it; returns (image, level)."""
-    level = draw_level(rng)
-    return augment(rgb, level, rng, flip_p=flip_p), level
-
-
 def draw_level(rng: np.random.Generator, probs: Sequence[float] = LEVEL_PROBS) -> int:
     # The validator compares one uniform draw against the cumulative probabilities.
     u = rng.random()

@@ -26,7 +26,6 @@ the miner's MCC for the next 100 challenges, as on the real subnet.
 from __future__ import annotations
 
 import math
-from collections import deque
 from collections.abc import Sequence
 
 import msgspec
@@ -84,33 +83,6 @@ def window_metrics(predictions: Sequence[float], labels: Sequence[int]) -> Windo
 def penalty(prediction: float) -> float:
     """`compute_penalty`: 0 outside [0, 1]. NaN compares false both ways, so it is not penalised."""
     return 0.0 if (prediction < 0.0 or prediction > 1.0) else 1.0
-
-
-class MinerHistory:
-    """One miner's history as a validator keeps it (per uid, reset on a hotkey change)."""
-
-    def __init__(self, hotkey: str = "") -> None:
-        self.hotkey = hotkey
-        self.predictions: deque[float] = deque(maxlen=HISTORY_LEN)
-        self.labels: deque[int] = deque(maxlen=HISTORY_LEN)
-
-    def metrics(self, window: int) -> WindowMetrics:
-        n = min(window, len(self.predictions))
-        preds = list(self.predictions)[len(self.predictions) - n :]
-        labs = list(self.labels)[len(self.labels) - n :]
-        return window_metrics(preds, labs)
-
-    def score(self, prediction: float, label: int, hotkey: str | None = None) -> float:
-        """Record one challenge and return the reward the validator gives for it."""
-        if hotkey is not None and hotkey != self.hotkey:
-            self.__init__(hotkey)
-        prediction = float(prediction)
-        self.predictions.append(prediction)
-        self.labels.append(int(label))
-        if prediction == NO_ANSWER:
-            return 0.0
-        value = 0.5 * self.metrics(MCC_WINDOW).mcc + 0.5 * self.metrics(ACC_WINDOW).accuracy
-        return (value * penalty(prediction)) ** REWARD_EXPONENT
 
 
 def reward_stream(predictions: Sequence[float], labels: Sequence[int]) -> np.ndarray:

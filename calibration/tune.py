@@ -8,9 +8,6 @@ stage s answers an image unless `lo_s <= p_s <= hi_s`, in which case the image g
 stage s + 1; the last stage always answers. A stage's latency is paid by every image that
 reaches it. `tune_exit_thresholds` picks the bands that maximise the simulated steady-state
 reward (see `reward.simulate_reward`) subject to a mean latency budget per image.
-
-When a later stage has not been run on the data, `escalated_from_accuracy` stands in for it:
-answers that are right with a given probability.
 """
 
 from __future__ import annotations
@@ -33,17 +30,6 @@ NEVER_ESCALATE = (1.0, 0.0)  # lo > hi: the band is empty, the stage answers eve
 
 
 # ---------------------------------------------------------------------------------- temperature
-
-
-def logit(probs: Sequence[float], eps: float = 1e-7) -> np.ndarray:
-    p = np.clip(np.asarray(probs, dtype=np.float64), eps, 1.0 - eps)
-    return np.log(p) - np.log1p(-p)
-
-
-def apply_temperature(logits: Sequence[float], temperature: float) -> np.ndarray:
-    if not temperature > 0:
-        raise BadInput(f"temperature must be > 0, got {temperature}")
-    return sigmoid(np.asarray(logits, dtype=np.float64) / temperature)
 
 
 def fit_temperature(logits: Sequence[float], labels: Sequence[int], bounds: tuple[float, float] = (0.05, 20.0)) -> float:
@@ -194,15 +180,6 @@ def tune_exit_thresholds(
                 if _better(choice, best):
                     best, bands = choice, trial
     return best
-
-
-def escalated_from_accuracy(labels: Sequence[int], accuracy: float, rng: np.random.Generator) -> np.ndarray:
-    """Stand-in answers for a stage known only by its accuracy: 1.0/0.0, right with P = accuracy."""
-    if not 0.0 <= accuracy <= 1.0:
-        raise BadInput(f"accuracy must be within [0, 1], got {accuracy}")
-    y = np.asarray(labels, dtype=np.float64)
-    right = rng.random(y.shape) < accuracy
-    return np.where(right, y, 1.0 - y)
 
 
 def reward_vs_threshold(

@@ -38,10 +38,6 @@ LIBRARIES = ("onnxruntime", "torch", "transformers", "onnx", "numpy")
 INTERMEDIATES = ("*.raw.onnx", "*.int8.onnx", "*.qdq.onnx", "*.kept.onnx", "*.fp32-ref.onnx")
 
 
-def engine_dir_for(config_path: Path, config: CascadeConfig) -> Path:
-    return resolve_relative(config_path, config.engines_dir) / get_target(config.target.backend).describe(config).name
-
-
 class _Stage:
     """The context one stage's graphs are built in."""
 

@@ -45,17 +45,13 @@ class MetagraphSource(Protocol):
 
 
 class FixedMetagraph:
-    """A fixed table: {hotkey: (stake, validator_permit)} or a list of Neurons."""
+    """A fixed list of Neurons (`[[chain.static_neurons]]`, tests, offline benchmarks)."""
 
     name = "static"
 
     def __init__(self, neurons: list[Neuron], netuid: int = 72):
         self.neurons = list(neurons)
         self.netuid = netuid
-
-    @classmethod
-    def from_table(cls, table: dict[str, tuple[float, bool]], netuid: int = 72) -> "FixedMetagraph":
-        return cls([Neuron(hk, uid, float(stake), bool(permit)) for uid, (hk, (stake, permit)) in enumerate(table.items())], netuid)
 
     def fetch(self) -> Snapshot:
         return Snapshot(self.netuid, list(self.neurons), time.time())

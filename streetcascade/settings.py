@@ -13,8 +13,6 @@ from typing import Annotated
 
 import msgspec
 
-from streetcascade.errors import BadInput
-
 GIB = 1024**3
 
 Probability = Annotated[float, msgspec.Meta(ge=0.0, le=1.0)]
@@ -32,14 +30,6 @@ class StageThresholds(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
         # msgspec turns a ValueError here into a ValidationError naming the field path.
         if self.exit_low > self.exit_high:
             raise ValueError(f"need exit_low <= exit_high, got {self.exit_low} > {self.exit_high}")
-
-    @classmethod
-    def checked(cls, exit_low: float = 0.15, exit_high: float = 0.85, temperature: float = 1.0) -> "StageThresholds":
-        """Construct with the range checks (msgspec runs them when decoding, not in __init__)."""
-        try:
-            return msgspec.convert({"exit_low": exit_low, "exit_high": exit_high, "temperature": temperature}, cls)
-        except msgspec.ValidationError as exc:
-            raise BadInput(f"stage thresholds: {exc}") from None
 
     def exits(self, probability: float) -> bool:
         return probability < self.exit_low or probability > self.exit_high

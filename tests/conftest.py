@@ -9,7 +9,6 @@ import shutil
 from pathlib import Path
 
 import pytest
-
 from support import SAMPLES, write_config  # noqa: F401
 
 

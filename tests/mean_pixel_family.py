@@ -8,10 +8,15 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torch import nn
-
-from streetcascade.compile.models.base import ExportableGraph, ExportableModel, GraphDecl, ModelFamily, hash_text
+from streetcascade.compile.models.base import (
+    ExportableGraph,
+    ExportableModel,
+    GraphDecl,
+    ModelFamily,
+    hash_text,
+)
 from streetcascade.runtime.classifier import classifier_io
+from torch import nn
 
 
 class MeanPixel(nn.Module):

@@ -29,3 +29,10 @@ def run_python(code: str, timeout: float = 120) -> subprocess.CompletedProcess:
 
 def rgb(h: int, w: int, value: int = 128) -> np.ndarray:
     return np.full((h, w, 3), value, dtype=np.uint8)
+
+
+def fixed_metagraph(table: dict[str, tuple[float, bool]], netuid: int = 72):
+    """hotkey -> (stake, validator permit), uids in table order."""
+    from streetcascade.miner.metagraph import FixedMetagraph, Neuron
+
+    return FixedMetagraph([Neuron(hk, uid, float(stake), bool(permit)) for uid, (hk, (stake, permit)) in enumerate(table.items())], netuid)

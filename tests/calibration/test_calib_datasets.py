@@ -6,7 +6,6 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-
 from streetcascade.calibration.datasets import (
     SPLITS,
     content_key,
@@ -17,6 +16,7 @@ from streetcascade.calibration.datasets import (
     parse_label,
     split_of,
 )
+
 from streetcascade.errors import BadInput, ConfigError
 
 

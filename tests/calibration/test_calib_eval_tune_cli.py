@@ -5,10 +5,10 @@ and the re-run reward is not lower."""
 from __future__ import annotations
 
 import json
-import tomllib
 from pathlib import Path
 
 import pytest
+import tomllib
 
 from streetcascade.cli import main
 from streetcascade.errors import BadInput, ConfigError
@@ -18,10 +18,14 @@ from streetcascade.errors import BadInput, ConfigError
 def cascade(tmp_path_factory):
     """(config path, data folder): stage 1 = tiny DINOv3 with a head fitted on the scenes, stage 2 = tiny ViT."""
     import torch
-    from transformers import DINOv3ViTConfig, DINOv3ViTModel, ViTConfig, ViTForImageClassification
-
     from streetcascade.calibration.synthetic import write_scene_folder
     from support import TINY_VIT, write_config
+    from transformers import (
+        DINOv3ViTConfig,
+        DINOv3ViTModel,
+        ViTConfig,
+        ViTForImageClassification,
+    )
 
     root = tmp_path_factory.mktemp("evaltune")
     data = write_scene_folder(root / "data", 40, seed=5, size=(160, 120), sources=True)

@@ -4,14 +4,14 @@ import json
 import msgspec
 import numpy as np
 import pytest
-
 from streetcascade.calibration.challenges import iter_challenges
 from streetcascade.calibration.datasets import iter_image_folder
 from streetcascade.calibration.evaluate import EvalReport, evaluate
 from streetcascade.calibration.hard_cases import export_hard_cases
 from streetcascade.calibration.report import write_report
-from streetcascade.errors import BadInput
 from streetcascade.runtime.images import decode_image
+
+from streetcascade.errors import BadInput
 
 
 def _fake_run(n=400, seed=0):

@@ -23,9 +23,8 @@ def scenes(tmp_path_factory) -> Path:
 def sensitive_dinov3(tmp_path_factory) -> Path:
     """A tiny DINOv3 whose residual branches matter (layerscale 1, not 1e-5), so INT8 moves its output."""
     import torch
-    from transformers import DINOv3ViTConfig, DINOv3ViTModel
-
     from support import TINY_VIT
+    from transformers import DINOv3ViTConfig, DINOv3ViTModel
 
     torch.manual_seed(0)
     path = tmp_path_factory.mktemp("ckpt") / "dinov3-tiny-ls1"
@@ -80,9 +79,9 @@ def test_missing_data_folder_fails_compile_cleanly(tmp_path):
 
 def test_static_int8_passes_gate_and_records_it(tmp_path, scenes, sensitive_dinov3):
     import onnx
+    from streetcascade.runtime import load_engine_set
 
     from streetcascade.manifest import read_manifest
-    from streetcascade.runtime import load_engine_set
 
     cal = {"data": str(scenes), "calibration_samples": 16, "validation_samples": 40, "max_flip_rate": 0.1,
            "max_mcc_drop": 0.2, "max_accuracy_drop": 0.2, "max_auc_drop": 0.2, "sensitivity_keep_fp32": 1, "sensitivity_samples": 16}
@@ -124,10 +123,15 @@ def test_impossible_limit_is_refused_naming_layers(tmp_path, scenes, sensitive_d
 def test_dequantize_nodes_restores_fp32_exactly(tmp_path, sensitive_dinov3):
     """Surgery: un-quantizing every node gives the FP32 graph's outputs."""
     import onnxruntime as ort
-
     from streetcascade.compile.export import export_graph
     from streetcascade.compile.models import get_family
-    from streetcascade.compile.quantize import StaticRecipe, dequantize_nodes, quantize_static_qdq, select_nodes
+    from streetcascade.compile.quantize import (
+        StaticRecipe,
+        dequantize_nodes,
+        quantize_static_qdq,
+        select_nodes,
+    )
+
     from streetcascade.config import StageConfig
 
     model = get_family("dinov3").load(StageConfig(name="s", family="dinov3", source=str(sensitive_dinov3)), tmp_path / "x.toml")

@@ -1,12 +1,52 @@
 """The validators' reward against hand-computed cases (natix/validator/reward.py + miner_performance_tracker.py)."""
 
 import math
+from collections import deque
 
 import numpy as np
 import pytest
+from streetcascade.calibration.reward import (
+    ACC_WINDOW,
+    HISTORY_LEN,
+    MCC_WINDOW,
+    NO_ANSWER,
+    REWARD_EXPONENT,
+    WindowMetrics,
+    penalty,
+    reward_stream,
+    simulate_reward,
+    window_metrics,
+)
 
-from streetcascade.calibration.reward import MinerHistory, reward_stream, simulate_reward, window_metrics
 from streetcascade.errors import BadInput
+
+
+class MinerHistory:
+    """The oracle: one miner's history kept step by step as a validator does (per uid, reset on
+    a hotkey change); `reward_stream` is the vectorised version tested against it."""
+
+    def __init__(self, hotkey: str = "") -> None:
+        self.hotkey = hotkey
+        self.predictions: deque[float] = deque(maxlen=HISTORY_LEN)
+        self.labels: deque[int] = deque(maxlen=HISTORY_LEN)
+
+    def metrics(self, window: int) -> WindowMetrics:
+        n = min(window, len(self.predictions))
+        preds = list(self.predictions)[len(self.predictions) - n :]
+        labs = list(self.labels)[len(self.labels) - n :]
+        return window_metrics(preds, labs)
+
+    def score(self, prediction: float, label: int, hotkey: str | None = None) -> float:
+        """Record one challenge and return the reward the validator gives for it."""
+        if hotkey is not None and hotkey != self.hotkey:
+            self.__init__(hotkey)
+        prediction = float(prediction)
+        self.predictions.append(prediction)
+        self.labels.append(int(label))
+        if prediction == NO_ANSWER:
+            return 0.0
+        value = 0.5 * self.metrics(MCC_WINDOW).mcc + 0.5 * self.metrics(ACC_WINDOW).accuracy
+        return (value * penalty(prediction)) ** REWARD_EXPONENT
 
 
 def _rewards(preds, labels):

@@ -6,11 +6,11 @@ import json
 import numpy as np
 import onnx
 import pytest
+from streetcascade.runtime import decode_image, load_engine_set, sigmoid
+from streetcascade.runtime.images import resize_to
 
 from streetcascade.errors import BudgetExceeded, CompileError, EngineMismatch
 from streetcascade.manifest import read_manifest
-from streetcascade.runtime import decode_image, load_engine_set, sigmoid
-from streetcascade.runtime.images import resize_to
 from streetcascade.settings import RuntimeConfig
 
 
@@ -45,12 +45,11 @@ def test_graph_has_no_control_flow_and_takes_uint8(tiny_engine_dir):
 def test_engine_matches_pytorch_reference_on_samples(tiny_engine_dir, tiny_config, sample_bytes):
     """Independent re-check of the gate: runtime output vs the HF model run by hand."""
     import torch
-    from transformers import DINOv3ViTModel
-
     from streetcascade.compile.models.base import Normalization, numpy_preprocess
     from streetcascade.compile.models.dinov3 import pooled_features
     from streetcascade.compile.models.head import random_head
     from streetcascade.runtime.images import resize_to
+    from transformers import DINOv3ViTModel
 
     manifest = read_manifest(tiny_engine_dir)
     backbone = DINOv3ViTModel.from_pretrained(manifest.stages[0].source).eval()
@@ -162,9 +161,8 @@ def test_not_an_engine_dir(tmp_path):
 
 
 def test_failed_compile_keeps_existing_engine_set(tmp_path, tiny_dinov3_dir):
-    from support import write_config
-
     from streetcascade.compile.pipeline import compile_cascade
+    from support import write_config
 
     engines = tmp_path / "engines"
     good = write_config(tmp_path / "good.toml", [{"name": "stage1", "family": "dinov3", "source": str(tiny_dinov3_dir)}], engines)
@@ -180,9 +178,8 @@ def test_failed_compile_keeps_existing_engine_set(tmp_path, tiny_dinov3_dir):
 
 
 def test_missing_checkpoint_dir(tmp_path):
-    from support import write_config
-
     from streetcascade.compile.pipeline import compile_cascade
+    from support import write_config
 
     cfg = write_config(tmp_path / "c.toml", [{"name": "stage1", "family": "dinov3", "source": "./no/such/dir"}], tmp_path / "e")
     with pytest.raises(CompileError, match="no such directory"):
@@ -192,9 +189,8 @@ def test_missing_checkpoint_dir(tmp_path):
 def test_corrupt_checkpoint_weights(tmp_path, tiny_dinov3_dir):
     import shutil
 
-    from support import write_config
-
     from streetcascade.compile.pipeline import compile_cascade
+    from support import write_config
 
     broken = tmp_path / "broken"
     shutil.copytree(tiny_dinov3_dir, broken)
@@ -206,9 +202,8 @@ def test_corrupt_checkpoint_weights(tmp_path, tiny_dinov3_dir):
 
 
 def test_wrong_model_type_for_family(tmp_path, tiny_vit_dir):
-    from support import write_config
-
     from streetcascade.compile.pipeline import compile_cascade
+    from support import write_config
 
     cfg = write_config(tmp_path / "c.toml", [{"name": "stage1", "family": "dinov3", "source": str(tiny_vit_dir)}], tmp_path / "e")
     with pytest.raises(CompileError, match="dinov3_vit, dinov3_convnext"):
@@ -216,9 +211,8 @@ def test_wrong_model_type_for_family(tmp_path, tiny_vit_dir):
 
 
 def test_hub_id_without_network_is_a_clear_error(tmp_path, monkeypatch):
-    from support import write_config
-
     from streetcascade.compile.pipeline import compile_cascade
+    from support import write_config
 
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     cfg = write_config(tmp_path / "c.toml", [{"name": "stage1", "family": "dinov3", "source": "facebook/dinov3-vits16-pretrain-lvd1689m"}], tmp_path / "e")
@@ -227,9 +221,8 @@ def test_hub_id_without_network_is_a_clear_error(tmp_path, monkeypatch):
 
 
 def test_int8_dynamic_engine_agrees_with_fp32(tmp_path, tiny_dinov3_dir):
-    from support import write_config
-
     from streetcascade.compile.pipeline import compile_cascade
+    from support import write_config
 
     cfg = write_config(tmp_path / "c.toml", [{"name": "stage1", "family": "dinov3", "source": str(tiny_dinov3_dir), "precision": "int8-dynamic"}], tmp_path / "e")
     dest = compile_cascade(cfg, progress=False)
@@ -243,10 +236,9 @@ def test_int8_dynamic_engine_agrees_with_fp32(tmp_path, tiny_dinov3_dir):
 def test_convnext_variant_from_checkpoint_dir(tmp_path):
     """DINOv3's ConvNeXt backbones load through the same family (no rotary tables)."""
     import torch
+    from streetcascade.compile.pipeline import compile_cascade
     from support import write_config
     from transformers import DINOv3ConvNextConfig, DINOv3ConvNextModel
-
-    from streetcascade.compile.pipeline import compile_cascade
 
     torch.manual_seed(0)
     ckpt = tmp_path / "convnext"

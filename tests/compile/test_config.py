@@ -1,3 +1,5 @@
+import re
+
 import pytest
 
 from streetcascade.config import load_config
@@ -48,6 +50,44 @@ def test_bad_precision_is_rejected(tmp_path):
 def test_inverted_thresholds(tmp_path):
     with pytest.raises(ConfigError, match="exit_low <= exit_high"):
         load_config(write(tmp_path, GOOD + "exit_low = 0.9\nexit_high = 0.1\n"))
+
+
+@pytest.mark.parametrize("line, path", [
+    ("exit_low = -0.1", "$.stages[0].exit_low"),
+    ("exit_high = 1.5", "$.stages[0].exit_high"),
+    ("temperature = 0.0", "$.stages[0].temperature"),
+    ("max_batch = 0", "$.stages[0].max_batch"),
+    ("input_size = 16", "$.stages[0].input_size"),
+])
+def test_out_of_range_stage_values_name_their_path(tmp_path, line, path):
+    with pytest.raises(ConfigError, match=re.escape(path)):
+        load_config(write(tmp_path, GOOD + line + "\n"))
+
+
+@pytest.mark.parametrize("table, path", [
+    ("[runtime]\nbudget_bytes = 0", "$.runtime.budget_bytes"),
+    ("[runtime]\nslots = 0", "$.runtime.slots"),
+    ("[runtime]\nsafety_margin_ms = -1.0", "$.runtime.safety_margin_ms"),
+    ("[runtime]\ndeadline_ms = 0.0", "$.runtime.deadline_ms"),
+    ("[runtime]\nbudget = 1", "$.runtime"),
+    ("[target]\nintra_op_threads = 2", "$.target"),  # moved to [runtime]
+])
+def test_runtime_table_is_checked(tmp_path, table, path):
+    with pytest.raises(ConfigError, match=re.escape(path)):
+        load_config(write(tmp_path, table + "\n" + GOOD))
+
+
+def test_runtime_defaults_live_in_one_struct(tmp_path):
+    import msgspec
+    from streetcascade.miner.config import MinerConfig
+
+    from streetcascade.settings import GIB, RuntimeConfig, StageThresholds
+
+    config = load_config(write(tmp_path, GOOD))
+    assert config.runtime == RuntimeConfig() and RuntimeConfig().budget_bytes == 24 * GIB
+    assert config.stages[0].thresholds == StageThresholds()
+    miner = msgspec.convert({"hotkeys": [{"port": 1, "hotkey_file": "k"}], "chain": {"metagraph": "static", "static_neurons": [{"hotkey": "x"}]}}, MinerConfig)
+    assert miner.runtime == config.runtime
 
 
 def test_duplicate_stage_names(tmp_path):

@@ -3,14 +3,14 @@ registry: the fake backend has exactly that shape, and a config with `backend = 
 through the unchanged pipeline, manifest, memory plan, loader and cascade."""
 
 import pytest
+from streetcascade.compile import models
+from streetcascade.compile.pipeline import compile_cascade
+from streetcascade.runtime import decode_image, load_engine_set, resize_to, sigmoid
 from support import SAMPLES, write_config
 
 from streetcascade.cli import main
-from streetcascade.compile import models
-from streetcascade.compile.pipeline import compile_cascade
 from streetcascade.errors import CompileError
 from streetcascade.manifest import read_manifest
-from streetcascade.runtime import decode_image, load_engine_set, resize_to, sigmoid
 
 
 @pytest.fixture

@@ -5,13 +5,13 @@ against its PyTorch reference, recorded in the manifest as declared, and loaded 
 import numpy as np
 import onnx
 import pytest
-from support import SAMPLES, write_config
-
 from streetcascade.compile.models import family_names, get_family
 from streetcascade.compile.pipeline import compile_cascade
+from streetcascade.runtime import decode_image, load_engine_set
+from support import SAMPLES, write_config
+
 from streetcascade.config import load_config
 from streetcascade.manifest import read_manifest
-from streetcascade.runtime import decode_image, load_engine_set
 
 
 @pytest.mark.parametrize("name", family_names())
@@ -36,10 +36,11 @@ def test_every_family_declares_exports_checks_and_loads(name, tmp_path):
 
 
 def test_loaded_graphs_must_match_the_declaration(tmp_path, monkeypatch):
-    from streetcascade.compile.models import dinov3
-    from streetcascade.errors import CompileError
-
     from dataclasses import replace
+
+    from streetcascade.compile.models import dinov3
+
+    from streetcascade.errors import CompileError
 
     declared = dinov3.DinoV3Family.graphs
     monkeypatch.setattr(dinov3.DinoV3Family, "graphs", lambda self, stage: [*declared(self, stage), replace(declared(self, stage)[0], role="extra")])

@@ -4,14 +4,14 @@ compiled cascade separates held-out images the way the head learned."""
 import numpy as np
 import pytest
 from PIL import Image, ImageDraw
+from streetcascade.compile.models.head import load_head
+from streetcascade.compile.pipeline import compile_cascade
+from streetcascade.runtime import decode_image, load_engine_set
 from support import write_config
 
 from streetcascade.cli import main
-from streetcascade.compile.models.head import load_head
-from streetcascade.compile.pipeline import compile_cascade
 from streetcascade.errors import CompileError
 from streetcascade.manifest import read_manifest
-from streetcascade.runtime import decode_image, load_engine_set
 
 
 def scene(rng, roadwork: bool) -> Image.Image:

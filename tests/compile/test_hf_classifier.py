@@ -3,13 +3,13 @@ import shutil
 
 import numpy as np
 import pytest
-from support import write_config
-
 from streetcascade.compile.pipeline import compile_cascade
-from streetcascade.errors import CompileError
-from streetcascade.manifest import read_manifest
 from streetcascade.runtime import decode_image, load_engine_set
 from streetcascade.runtime.images import resize_to
+from support import write_config
+
+from streetcascade.errors import CompileError
+from streetcascade.manifest import read_manifest
 
 
 def compile_vit(tmp_path, source, **stage):
@@ -56,9 +56,8 @@ def test_unknown_positive_label(tmp_path, tiny_vit_dir):
 
 def test_three_labels_need_a_positive_label(tmp_path, tiny_vit_dir):
     import torch
-    from transformers import ViTConfig, ViTForImageClassification
-
     from support import TINY_VIT
+    from transformers import ViTConfig, ViTForImageClassification
 
     path = tmp_path / "vit3"
     torch.manual_seed(3)

@@ -2,9 +2,9 @@
 (random weights from the published architectures), compiled through the real pipeline."""
 
 import pytest
+from streetcascade.compile.pipeline import compile_cascade
 from support import write_config
 
-from streetcascade.compile.pipeline import compile_cascade
 from streetcascade.manifest import read_manifest
 
 

@@ -5,13 +5,13 @@ import numpy as np
 import pytest
 from bittensor_wallet import Keypair
 from PIL import Image
-
 from streetcascade.miner.config import LimitsConfig, PolicyConfig
-from streetcascade.miner.metagraph import FixedMetagraph, MetagraphView
+from streetcascade.miner.metagraph import MetagraphView
 from streetcascade.miner.server import AxonSpec, MinerServer
 from streetcascade.miner.state import MinerState
 from streetcascade.runtime import Cascade, ClassifierStage
 from streetcascade.runtime.backends.fake import FakeEngine
+from support import fixed_metagraph
 
 
 @pytest.fixture(scope="session")
@@ -51,7 +51,7 @@ def image_b64():
 
 def make_server(keys, table, stages=None, policy=None, limits=None, hotkeys=("miner",), threads=1, safety_margin_ms=0.0, metrics_port=0):
     cascade = Cascade(stages or [ClassifierStage("stage1", FakeEngine(), 224)], safety_margin_ms=safety_margin_ms)
-    state = MinerState(cascade, MetagraphView(FixedMetagraph.from_table(table)), policy or PolicyConfig(), limits or LimitsConfig(), slots=threads)
+    state = MinerState(cascade, MetagraphView(fixed_metagraph(table)), policy or PolicyConfig(), limits or LimitsConfig(), slots=threads)
     axons = [AxonSpec(keys[h].ss58_address, 0) for h in hotkeys]
     return MinerServer(state, axons, host="127.0.0.1", metrics_port=metrics_port, graceful_shutdown_s=5).start_in_thread()
 

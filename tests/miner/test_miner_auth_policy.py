@@ -5,13 +5,14 @@ import time
 from pathlib import Path
 
 import pytest
+from support import fixed_metagraph
 
+from bench.dendrite_client import signed_headers
 from streetcascade.errors import BadInput, ConfigError, Overloaded
 from streetcascade.miner.auth import ALLOWED_DELTA_NS, NonceStore, Verifier
-from bench.dendrite_client import signed_headers
 from streetcascade.miner.config import load_miner_config
 from streetcascade.miner.errors import Blacklisted, NotVerified, RateLimited
-from streetcascade.miner.metagraph import FixedMetagraph, MetagraphView, Snapshot
+from streetcascade.miner.metagraph import MetagraphView
 from streetcascade.miner.policy import Blacklist, RateLimiter, Scheduler
 from streetcascade.miner.wire import EMPTY_BODY_HASH, body_hash, parse_headers, parse_signature
 
@@ -146,7 +147,7 @@ def test_nonce_store_prunes_old_and_bounds_size():
 
 
 def test_blacklist_reasons(keys, table):
-    view = MetagraphView(FixedMetagraph.from_table(table))
+    view = MetagraphView(fixed_metagraph(table))
     bl = Blacklist(view, min_stake=1000.0)
     with pytest.raises(Overloaded):  # not loaded yet: 503, not 500
         bl.check(keys["validator"].ss58_address)
@@ -169,7 +170,7 @@ def test_metagraph_keeps_last_good_copy_and_snapshot(tmp_path, keys, table):
         def fetch(self):
             if self.fail:
                 raise ConnectionError("chain unreachable")
-            return FixedMetagraph.from_table(table).fetch()
+            return fixed_metagraph(table).fetch()
 
     src = Flaky()
     snap = tmp_path / "mg.json"
@@ -281,3 +282,19 @@ def test_bad_configs_name_the_problem(tmp_path, text, match):
     p.write_text(text)
     with pytest.raises(ConfigError, match=match):
         load_miner_config(p)
+
+
+def test_job_whose_deadline_passed_in_the_queue_is_refused_with_503(table, jpeg):
+    """The caller stops waiting at the deadline: a job that starts after it is DeadlineExceeded
+    (503) without decoding; one that starts in time gets the full remaining time."""
+    from streetcascade.errors import DeadlineExceeded
+    from streetcascade.miner.state import MinerState
+    from streetcascade.runtime import Cascade, ClassifierStage
+    from streetcascade.runtime.backends.fake import FakeEngine
+
+    engine = FakeEngine()
+    state = MinerState(Cascade([ClassifierStage("stage1", engine, 224)]), MetagraphView(fixed_metagraph(table)))
+    with pytest.raises(DeadlineExceeded, match="before inference could start") as info:
+        state.job(jpeg(200), time.monotonic() - 0.001)
+    assert info.value.http_status == 503 and engine.calls == 0
+    assert state.job(jpeg(200), time.monotonic() + 5.0).stage == "stage1" and engine.calls == 1

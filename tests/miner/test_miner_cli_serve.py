@@ -9,10 +9,9 @@ import threading
 import time
 
 import httpx
-import pytest
-from bittensor_wallet import Keypair, Wallet
-
+from bittensor_wallet import Wallet
 from streetcascade.miner.cli import add_subcommands
+
 from bench.dendrite_client import signed_headers, synapse_body
 
 

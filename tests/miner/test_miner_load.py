@@ -9,9 +9,9 @@ import uuid
 
 import numpy as np
 import pytest
+from streetcascade.miner.config import LimitsConfig, PolicyConfig
 
 from bench.dendrite_client import RawConnection, build_request
-from streetcascade.miner.config import LimitsConfig, PolicyConfig
 
 
 async def load(port, keys, image_b64, connections: int, seconds: float):

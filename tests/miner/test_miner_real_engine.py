@@ -5,9 +5,9 @@ import base64
 
 import httpx
 import pytest
+from streetcascade.runtime import decode_image, load_engine_set
 
 from bench.dendrite_client import signed_headers, synapse_body
-from streetcascade.runtime import decode_image, load_engine_set
 from streetcascade.settings import StageThresholds
 
 
@@ -51,9 +51,10 @@ def test_config_naming_a_stage_the_engine_set_lacks(tiny_engine_dir):
 
 def test_miner_config_runtime_table_reaches_the_engine_set(tiny_engine_dir, tmp_path):
     """[runtime] in miner.toml: budget (refused before loading), spinning, margin; old [engine] keys say where they went."""
-    from streetcascade.errors import BudgetExceeded, ConfigError
     from streetcascade.miner.cli import build_cascade
     from streetcascade.miner.config import load_miner_config
+
+    from streetcascade.errors import BudgetExceeded, ConfigError
 
     head = '[[hotkeys]]\nport = 1\nhotkey_file = "k"\n[chain]\nmetagraph = "static"\n[[chain.static_neurons]]\nhotkey = "x"\n'
     miner_toml = tmp_path / "miner.toml"

@@ -7,15 +7,13 @@ import sys
 import time
 
 import httpx
-import msgspec
-import numpy as np
 import pytest
 from PIL import Image
+from streetcascade.miner.config import LimitsConfig, PolicyConfig
+from streetcascade.runtime import ClassifierStage
+from streetcascade.runtime.backends.fake import FakeEngine
 
 from bench.dendrite_client import signed_headers, synapse_body
-from streetcascade.miner.config import LimitsConfig, PolicyConfig
-from streetcascade.runtime.backends.fake import FakeEngine
-from streetcascade.runtime import ClassifierStage
 from streetcascade.settings import StageThresholds
 
 

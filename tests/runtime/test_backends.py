@@ -2,13 +2,19 @@ import json
 
 import numpy as np
 import pytest
-
-from streetcascade.errors import BackendUnavailable, BadInput, ConfigError, EngineMismatch, InferenceError
-from streetcascade.manifest import read_manifest
 from streetcascade.runtime import backends
 from streetcascade.runtime.backends import backend_names, get_backend
 from streetcascade.runtime.backends.fake import ENGINE_KIND, FakeEngine
 from streetcascade.runtime.backends.onnxruntime import OrtOptions, providers_for
+
+from streetcascade.errors import (
+    BackendUnavailable,
+    BadInput,
+    ConfigError,
+    EngineMismatch,
+    InferenceError,
+)
+from streetcascade.manifest import read_manifest
 from streetcascade.settings import RuntimeConfig
 
 

@@ -3,9 +3,9 @@ import io
 import numpy as np
 import pytest
 from PIL import Image
+from streetcascade.runtime.images import ImageLimits, decode_image, resize_to
 
 from streetcascade.errors import BadInput, ImageTooLarge
-from streetcascade.runtime.images import ImageLimits, decode_image, resize_to
 
 
 def encode(img: Image.Image, fmt: str, **kw) -> bytes:
@@ -63,7 +63,6 @@ def test_decompression_bomb_refused_before_decoding():
 
 def test_pil_global_limit_is_left_alone():
     import PIL.Image
-
     import streetcascade.runtime.images  # noqa: F401
 
     assert PIL.Image.MAX_IMAGE_PIXELS == 89_478_485  # PIL's default: other code keeps its bomb guard

@@ -2,10 +2,10 @@
 both measured in this run on the same engine and image (never absolute times)."""
 
 import numpy as np
-
-from bench.timing import interleaved
 from streetcascade.runtime import load_engine_set
 from streetcascade.runtime.images import resize_to
+
+from bench.timing import interleaved
 
 
 def test_cascade_overhead_stays_small(tiny_engine_dir, sample_bytes):
