@@ -33,6 +33,8 @@ from .targets import BuildJob, Target, get_target
 
 log = logging.getLogger(__name__)
 
+# Recorded in the manifest, with the target backend's own package (whose major.minor the
+# loader compares, `Backend.package`).
 LIBRARIES = ("onnxruntime", "torch", "transformers", "onnx", "numpy")
 # Intermediate files a build leaves in its work folder (kept with --keep-raw).
 INTERMEDIATES = ("*.raw.onnx", "*.int8.onnx", "*.qdq.onnx", "*.kept.onnx", "*.fp32-ref.onnx")
@@ -122,7 +124,7 @@ def compile_cascade(config_path: str | Path, out_dir: str | Path | None = None, 
             format_version=FORMAT_VERSION,
             target=info,
             stages=stages,
-            library_versions={lib: v for lib in LIBRARIES if (v := version_of(lib))},
+            library_versions={lib: v for lib in dict.fromkeys([*LIBRARIES, get_backend(target.backend).package]) if lib and (v := version_of(lib))},
             built_at=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
             build_seconds=round(time.perf_counter() - t0, 2),
             config_sha256=sha256_file(config_path),

@@ -167,7 +167,7 @@ def test_fallback_when_later_stage_cannot_finish(server_factory, keys, jpeg):
         t = time.perf_counter()
         resp = post(client, srv.ports[0], keys, b64(jpeg(200)), timeout=1.0)
         assert_ok(resp)
-        assert time.perf_counter() - t < 1.0
+        assert time.perf_counter() - t < 1.0  # within the request's own timeout: the 3 s stage was skipped
         metrics = client.get(f"http://127.0.0.1:{srv.ops_port}/metrics").text
         assert "streetcascade_fallbacks_total 1.0" in metrics
 
