@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import logging
 from collections import Counter
+from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable, Sequence
@@ -122,11 +123,21 @@ def select_nodes(model, recipe: StaticRecipe) -> tuple[list[str], list[str]]:
 
 
 class _HushPreprocessAdvice(logging.Filter):
-    """onnxruntime.quantization advises `quant_pre_process` on the root logger at every call;
-    its symbolic shape inference is not needed for these graphs (see docs/quantization.md)."""
-
     def filter(self, record: logging.LogRecord) -> bool:
         return "pre-processing" not in record.getMessage()
+
+
+@contextmanager
+def quiet_preprocess_advice():
+    """onnxruntime.quantization advises `quant_pre_process` on the root logger at every call
+    (static and dynamic); its symbolic shape inference is not needed for these graphs (see
+    docs/quantization.md)."""
+    root, hush = logging.getLogger(), _HushPreprocessAdvice()
+    root.addFilter(hush)
+    try:
+        yield
+    finally:
+        root.removeFilter(hush)
 
 
 class _ArrayReader:
@@ -180,30 +191,28 @@ def quantize_static_qdq(raw: Path, dst: Path, images: np.ndarray, recipe: Static
     if recipe.method == "percentile":
         extra["CalibPercentile"] = recipe.percentile
     act = QuantType.QUInt8 if recipe.activation_type == "uint8" else QuantType.QInt8
-    root, hush = logging.getLogger(), _HushPreprocessAdvice()
-    root.addFilter(hush)
     try:
-        quantize_static(
-            str(src),
-            str(dst),
-            # Histogram collectors (entropy, percentile) stack per-call arrays: equal batches only.
-            Reader(input_name, images, recipe.calibration_batch if recipe.method == "minmax" else 1),
-            quant_format=QuantFormat.QDQ,
-            activation_type=act,
-            weight_type=QuantType.QInt8,
-            per_channel=recipe.per_channel,
-            reduce_range=recipe.reduce_range,
-            op_types_to_quantize=list(WEIGHTED_OP_TYPES),
-            nodes_to_quantize=nodes,
-            calibrate_method=method,
-            extra_options=extra,
-        )
+        with quiet_preprocess_advice():
+            quantize_static(
+                str(src),
+                str(dst),
+                # Histogram collectors (entropy, percentile) stack per-call arrays: equal batches only.
+                Reader(input_name, images, recipe.calibration_batch if recipe.method == "minmax" else 1),
+                quant_format=QuantFormat.QDQ,
+                activation_type=act,
+                weight_type=QuantType.QInt8,
+                per_channel=recipe.per_channel,
+                reduce_range=recipe.reduce_range,
+                op_types_to_quantize=list(WEIGHTED_OP_TYPES),
+                nodes_to_quantize=nodes,
+                calibrate_method=method,
+                extra_options=extra,
+            )
     except CompileError:
         raise
     except Exception as exc:
         raise CompileError(f"static INT8 quantization of {raw.name} failed: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}") from exc
     finally:
-        root.removeFilter(hush)
         if src != raw:
             src.unlink(missing_ok=True)
     log.info("quantized %d node(s) of %s (%s calibration on %d images); FP32: %d weighted node(s)", len(nodes), raw.name, recipe.method, len(images), len(skipped))

@@ -29,15 +29,18 @@ def quantize_dynamic_int8(src: Path, dst: Path) -> Path:
     """
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
+    from ..quantize import quiet_preprocess_advice
+
     try:
-        quantize_dynamic(
-            str(src),
-            str(dst),
-            weight_type=QuantType.QInt8,
-            op_types_to_quantize=["MatMul", "Gemm"],
-            per_channel=False,
-            extra_options={"MatMulConstBOnly": True},
-        )
+        with quiet_preprocess_advice():
+            quantize_dynamic(
+                str(src),
+                str(dst),
+                weight_type=QuantType.QInt8,
+                op_types_to_quantize=["MatMul", "Gemm"],
+                per_channel=False,
+                extra_options={"MatMulConstBOnly": True},
+            )
     except Exception as exc:
         raise CompileError(f"dynamic INT8 quantization of {src.name} failed: {exc}") from exc
     return dst
