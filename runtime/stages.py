@@ -9,20 +9,20 @@ Adding a stage kind (OCR, a VLM judge) is one file with a class that has `roles`
 
 from __future__ import annotations
 
-import importlib
 from typing import Protocol, Sequence
 
 import numpy as np
 
 from streetcascade.errors import EngineMismatch
 from streetcascade.manifest import StageEntry
+from streetcascade.registry import Registry
 from streetcascade.settings import StageThresholds
 
 from .backends.base import Engine
 
-STAGE_KINDS: dict[str, str] = {
+STAGE_KINDS = Registry("stage kind (upgrade streetcascade to run it)", {
     "classifier": "streetcascade.runtime.classifier:ClassifierStage",
-}
+}, unknown=EngineMismatch, unavailable=None)
 
 
 class Stage(Protocol):
@@ -47,15 +47,8 @@ class LatencyTracker:
         self.mean_ms = (1 - self.alpha) * self.mean_ms + self.alpha * ms
 
 
-def stage_class(kind: str):
-    if kind not in STAGE_KINDS:
-        raise EngineMismatch(f"stage kind {kind!r} is not one this runtime can run (known: {', '.join(sorted(STAGE_KINDS))}); upgrade streetcascade")
-    module_name, _, class_name = STAGE_KINDS[kind].partition(":")
-    return getattr(importlib.import_module(module_name), class_name)
-
-
 def build_stage(entry: StageEntry, engines: dict[str, Engine], thresholds: StageThresholds) -> Stage:
-    cls = stage_class(entry.kind)
+    cls = STAGE_KINDS.get(entry.kind)
     missing = sorted(set(cls.roles) - set(engines))
     if missing:
         raise EngineMismatch(f"stage {entry.name} ({entry.kind}) has no graph for role(s) {', '.join(missing)}")

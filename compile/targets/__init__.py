@@ -1,31 +1,24 @@
-"""Compile-target registry: a backend name maps to the module whose `TARGET` builds engines
-for it. Adding a backend is one file here, one in runtime/backends/, and a line in each registry."""
+"""Compile-target registry: a backend name maps to the `TARGET` that builds engines for it.
+Adding a backend is one file here, one in runtime/backends/, and a line in each registry."""
 
 from __future__ import annotations
 
-import importlib
-
-from streetcascade.errors import BackendUnavailable, ConfigError
+from streetcascade.registry import Registry
 
 from .base import BuildJob, BuiltGraph, Target
 
-_TARGETS = {
-    "onnxruntime": "streetcascade.compile.targets.onnxruntime",
-    "fake": "streetcascade.compile.targets.fake",
-}
+TARGETS = Registry("compile target (target.backend)", {
+    "onnxruntime": "streetcascade.compile.targets.onnxruntime:TARGET",
+    "fake": "streetcascade.compile.targets.fake:TARGET",
+})
 
 
 def target_names() -> list[str]:
-    return sorted(_TARGETS)
+    return TARGETS.names()
 
 
 def get_target(name: str) -> Target:
-    if name not in _TARGETS:
-        raise ConfigError(f"target.backend {name!r} cannot be compiled for; known: {', '.join(target_names())}")
-    try:
-        return importlib.import_module(_TARGETS[name]).TARGET
-    except ImportError as exc:
-        raise BackendUnavailable(f"the {name} target cannot be imported here: {exc}") from exc
+    return TARGETS.get(name)
 
 
 __all__ = ["BuildJob", "BuiltGraph", "Target", "get_target", "target_names"]

@@ -266,3 +266,9 @@ def test_spin_wait_reaches_the_session(tiny_engine_dir, spin, want):
         options = es.engines[0].session.get_session_options()
         assert options.get_session_config_entry("session.intra_op.allow_spinning") == want
         assert options.graph_optimization_level.name == "ORT_DISABLE_ALL"  # optimised offline already
+
+
+def test_stage_kind_this_runtime_cannot_run_is_refused(engine_copy):
+    _edit_manifest(engine_copy, lambda d: d["stages"][0].update(kind="vlm-judge"))
+    with pytest.raises(EngineMismatch, match="unknown stage kind .*'vlm-judge'; known: classifier"):
+        load_engine_set(engine_copy)

@@ -15,7 +15,7 @@ from streetcascade.manifest import read_manifest
 
 @pytest.fixture
 def mean_pixel(monkeypatch):
-    monkeypatch.setitem(models._FAMILIES, "mean-pixel", "mean_pixel_family")
+    monkeypatch.setitem(models.FAMILIES.entries, "mean-pixel", "mean_pixel_family:FAMILY")
 
 
 def test_compile_and_run_on_the_fake_backend(tmp_path, mean_pixel, capsys):

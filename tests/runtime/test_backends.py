@@ -25,7 +25,7 @@ def test_registry_names_and_unknown_backend():
 
 
 def test_backend_whose_library_is_missing_is_unavailable(monkeypatch):
-    monkeypatch.setitem(backends._REGISTRY, "missing-lib", "streetcascade.runtime.backends.no_such_module:Backend")
+    monkeypatch.setitem(backends.BACKENDS.entries, "missing-lib", "streetcascade.runtime.backends.no_such_module:Backend")
     with pytest.raises(BackendUnavailable, match="cannot be imported"):
         get_backend("missing-lib")
 
