@@ -16,6 +16,7 @@ import logging
 import shutil
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 from streetcascade.config import CascadeConfig, StageConfig, load_config, resolve_relative
@@ -40,11 +41,16 @@ LIBRARIES = ("onnxruntime", "torch", "transformers", "onnx", "numpy")
 INTERMEDIATES = ("*.raw.onnx", "*.int8.onnx", "*.qdq.onnx", "*.kept.onnx", "*.fp32-ref.onnx")
 
 
+@dataclass
 class _Stage:
     """The context one stage's graphs are built in."""
 
-    def __init__(self, stage: StageConfig, config_path: Path, config: CascadeConfig, target: Target, workdir: Path, progress: Progress):
-        self.stage, self.config_path, self.config, self.target, self.workdir, self.progress = stage, config_path, config, target, workdir, progress
+    stage: StageConfig
+    config_path: Path
+    config: CascadeConfig
+    target: Target
+    workdir: Path
+    progress: Progress
 
     def build_graph(self, graph: ExportableGraph) -> GraphEntry:
         stage, decl, progress = self.stage, graph.decl, self.progress

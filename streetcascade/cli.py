@@ -114,6 +114,7 @@ def cmd_classify(args) -> int:
 def cmd_info(args) -> int:
     from streetcascade.manifest import read_manifest
     from streetcascade.runtime.plan import plan_memory
+    from streetcascade.settings import RuntimeConfig
 
     engine_dir = _engine_dir(args)
     manifest = read_manifest(engine_dir)
@@ -144,8 +145,7 @@ def cmd_info(args) -> int:
                       + (f", kept FP32: {', '.join(a.kept_fp32)}" if a.kept_fp32 else ""))
         for note in s.notes:
             print(f"  note      {note}")
-    runtime = _config(args).runtime if getattr(args, "config", None) else None
-    plan = plan_memory(manifest, runtime) if runtime else plan_memory(manifest)
+    plan = plan_memory(manifest, _config(args).runtime if args.config else RuntimeConfig())
     print(f"plan        {plan.describe()}" + ("" if plan.fits else "  DOES NOT FIT"))
     return 0
 
@@ -160,10 +160,8 @@ def cmd_fit_head(args) -> int:
 def _challenges(args, split: str):
     """Labelled data (--data/--parquet, else the config's [calibration] table) -> challenges."""
     from streetcascade.calibration.source import DataSpec, expand_parquet, load_challenges, open_samples
-    from streetcascade.config import load_config
 
-    config = load_config(args.config) if getattr(args, "config", None) else None
-    cal = config.calibration if config is not None else None
+    cal = _config(args).calibration
     if args.data or args.parquet:
         spec = DataSpec(
             folder=Path(args.data) if args.data else None,
