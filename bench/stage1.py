@@ -84,7 +84,7 @@ def run_stage1_bench(models, batches, runs=30, warmup=5, threads=0, precisions=(
 
                 fns = {"torch-eager": eager}
                 for p, slot in slots.items():
-                    fns[f"ort-{p}"] = (lambda s=slot, e=engines[p]: s.infer({e.inputs[0].name: x}))
+                    fns[f"ort-{p}"] = (lambda s=slot, e=engines[p]: s.infer({e.io.inputs[0].name: x}))
                 times = interleaved(fns, runs, warmup)
                 # Agreement with FP32 on this batch (and on the probability scale).
                 with torch.inference_mode():
@@ -95,7 +95,7 @@ def run_stage1_bench(models, batches, runs=30, warmup=5, threads=0, precisions=(
                     row = {"model": MODELS[key][2], "batch": batch, "variant": name, "median_ms": med, "p99_ms": p99,
                            "speedup_vs_eager": base_ms / med, "per_image_ms": med / batch}
                     if name.startswith("ort-"):
-                        out = slots[name[4:]].infer({engines[name[4:]].inputs[0].name: x})["logit"]
+                        out = slots[name[4:]].infer({engines[name[4:]].io.inputs[0].name: x})["logit"]
                         prob = sigmoid(out.astype(np.float64))
                         row["max_abs_prob_diff_vs_torch"] = float(np.abs(prob - ref).max())
                         row["same_decision"] = float(np.mean(np.round(prob) == np.round(ref)))

@@ -7,6 +7,8 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
+import msgspec
+
 from streetcascade.config import CascadeConfig
 from streetcascade.errors import CompileError, ConfigError, StreetcascadeError
 from streetcascade.machine import arch, cpu_features, default_target_name
@@ -50,7 +52,7 @@ def optimize_offline(src: Path, dst: Path, io: GraphIO, runtime: RuntimeConfig =
     """Run ORT's full graph optimiser once and save the optimised graph (fusions for attention,
     GELU, LayerNorm, MatMul+Add; layout transforms for this CPU)."""
     backend = get_backend(ONNXRUNTIME)
-    options = backend.Options(intra_op_threads=runtime.intra_op_threads, save_optimized_to=str(dst))
+    options = msgspec.structs.replace(backend.options_for(runtime, "cpu"), save_optimized_to=str(dst))
     try:
         backend.load(str(src), io, options).close()
     except StreetcascadeError as exc:

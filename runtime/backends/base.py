@@ -110,14 +110,6 @@ class Engine(Closeable, ABC):
         self.path = path
         self.io = io
 
-    @property
-    def inputs(self) -> list[TensorSpec]:
-        return self.io.inputs
-
-    @property
-    def outputs(self) -> list[TensorSpec]:
-        return self.io.outputs
-
     @abstractmethod
     def slot(self) -> Slot: ...
 

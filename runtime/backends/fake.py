@@ -17,9 +17,10 @@ import msgspec
 import numpy as np
 
 from streetcascade.errors import EngineMismatch
-from streetcascade.manifest import GraphIO, MemoryAccount, TensorSpec
+from streetcascade.manifest import GraphIO, MemoryAccount
 from streetcascade.settings import RuntimeConfig
 
+from ..classifier import classifier_io
 from .base import Backend, Engine, Slot, host_bytes
 
 ENGINE_KIND = "streetcascade-fake-engine"
@@ -34,10 +35,6 @@ class FakeEngineFile(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
 
 class FakeOptions(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     pass
-
-
-def classifier_io(input_size: int, max_batch: int) -> GraphIO:
-    return GraphIO([TensorSpec("pixels", ["batch", input_size, input_size, 3], "uint8")], [TensorSpec("logit", ["batch"], "float32")], max_batch)
 
 
 class FakeSlot(Slot):
