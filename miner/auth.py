@@ -90,7 +90,8 @@ class Verifier:
             raise NotVerified("computed_body_hash does not match the synapse's body hash")
         signature = parse_signature(h.dendrite_signature)
         now = self.clock_ns()
-        timeout_ns = min(int((h.timeout_s or 0.0) * 1e9), self.max_timeout_ns)
+        # Capped in seconds before converting: a huge (finite) timeout header cannot overflow.
+        timeout_ns = int(min(h.timeout_s or 0.0, self.max_timeout_ns / 1e9) * 1e9)
         oldest = now - ALLOWED_DELTA_NS - timeout_ns
         nonce = h.dendrite_nonce
         if nonce <= oldest:

@@ -20,6 +20,7 @@ from streetcascade.errors import BadInput, InferenceError, Overloaded, Streetcas
 from .auth import Verifier
 from .cache import Answer, image_key
 from .errors import Blacklisted, BodyTooLarge, UnknownSynapse
+from .lograte import RateLimitedLog
 from .policy import RateLimiter
 from .state import MinerState
 from .wire import (
@@ -54,6 +55,7 @@ class AxonApp:
         self.rate = RateLimiter(state.policy.rate_per_s, state.policy.rate_burst)
         self._counters: dict[tuple[str, int], object] = {}
         self._body_hashes = {name: body_hash(fields) for name, fields in SYNAPSES.items()}
+        self.rlog = RateLimitedLog(log)
 
     def _count(self, route: str, status: int):
         key = (route, status)
@@ -92,14 +94,16 @@ class AxonApp:
                 kind = _STATUS_KIND.get(status, "input" if status < 500 else "internal")
                 state.metrics.rejected.labels(kind).inc()
                 if status >= 500:
-                    log.warning("%s %s: %s", status, route_label, message)
+                    # 503s before authentication (metagraph not loaded) can come from anyone.
+                    self.rlog.warning(f"{status}:{type(exc).__name__}", "%s %s: %s", status, route_label, message)
                 else:
                     log.debug("%s %s: %s", status, route_label, message)
             except _ClientGone:
                 self._count(route_label, 499)
                 return
             except Exception as exc:  # never let a bug take the process down or leak a traceback
-                log.exception("internal error on %s", route_label)
+                # One traceback per kind of bug per minute, not one per request.
+                self.rlog.error(f"internal:{type(exc).__name__}", "internal error on %s", route_label, exc_info=True)
                 status, message = 500, f"Internal Server Error ({type(exc).__name__})"
                 state.metrics.rejected.labels("internal").inc()
             elapsed = time.perf_counter() - t0
@@ -183,7 +187,7 @@ class AxonApp:
                     state.metrics.stage_latency.labels(stage).observe(ms / 1000.0)
             if decision.fallback:
                 state.metrics.fallbacks.inc()
-                log.info("fallback: answered by %s (a later stage could not finish in time)", decision.stage)
+                self.rlog.log(logging.INFO, "fallback", "fallback: answered by %s (a later stage could not finish in time)", decision.stage)
             cache.put(key, answer)
             fut.set_result(answer)
             return answer

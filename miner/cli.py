@@ -93,6 +93,7 @@ def build_server(cfg: MinerConfig, cascade, hotkeys: list[str]):
         metrics_host=cfg.metrics_host,
         metrics_port=cfg.metrics_port or None,
         graceful_shutdown_s=cfg.graceful_shutdown_s,
+        edge=cfg.edge,
     )
 
 

@@ -13,6 +13,7 @@ from typing import Annotated, Literal
 import msgspec
 
 from streetcascade.errors import ConfigError
+from streetcascade.runtime.images import SAFE_IMAGE_FORMATS
 from streetcascade.settings import RuntimeConfig
 from streetcascade.structs import load_toml
 
@@ -94,6 +95,35 @@ class LimitsConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     # Never plan longer than this, whatever the caller's timeout, seconds.
     max_timeout_s: float = 30.0
     cache_entries: int = 4096
+    # Image formats opened at all (PIL format names). Validators send JPEG (natix/protocol.py
+    # saves every challenge with format="JPEG"); PNG and WebP are cheap, safe extras. Never
+    # add EPS/PostScript: PIL hands those to Ghostscript.
+    image_formats: tuple[str, ...] = ("JPEG", "PNG", "WEBP")
+
+    def __post_init__(self):
+        bad = [f for f in self.image_formats if f not in SAFE_IMAGE_FORMATS]
+        if bad or not self.image_formats:
+            raise ValueError(f"image_formats: {bad or 'empty'} not allowed; choose from {sorted(SAFE_IMAGE_FORMATS)}")
+
+
+class EdgeConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """Limits at the HTTP edge, enforced per connection before a request reaches authentication
+    (miner/edge.py). The defaults leave a validator's request (a ~2 KB head, a ~60 KB body sent
+    at once, one per minute) far inside every limit."""
+
+    # Bytes of a request head (request line + headers); bittensor's are ~1.5 KB. Over it: 431.
+    max_head_bytes: Annotated[int, msgspec.Meta(ge=1024, le=1 << 20)] = 16 * 1024
+    # A connection with no request in progress (from accept, or after a response) is closed.
+    idle_timeout_s: Annotated[float, msgspec.Meta(gt=0.0)] = 20.0
+    # From the first byte of a request to the end of its head; then to the end of its body: 408.
+    head_timeout_s: Annotated[float, msgspec.Meta(gt=0.0)] = 10.0
+    body_timeout_s: Annotated[float, msgspec.Meta(gt=0.0)] = 20.0
+    # Open connections per client IP (a validator needs a few); more are closed at accept.
+    max_connections_per_ip: Annotated[int, msgspec.Meta(ge=1)] = 32
+    # Open connections in all (0 = the open-files limit minus a reserve for everything else).
+    max_connections: Annotated[int, msgspec.Meta(ge=0)] = 0
+    # The soft open-files limit is raised to this at start (never above the hard limit); 0 = leave it.
+    nofile: Annotated[int, msgspec.Meta(ge=0)] = 65536
 
 
 class MinerConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
@@ -110,6 +140,7 @@ class MinerConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     chain: ChainConfig = ChainConfig()
     policy: PolicyConfig = PolicyConfig()
     limits: LimitsConfig = LimitsConfig()
+    edge: EdgeConfig = EdgeConfig()
 
     def __post_init__(self):
         if not self.hotkeys:

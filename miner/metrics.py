@@ -26,6 +26,13 @@ class MinerMetrics:
         self.fallbacks = Counter("streetcascade_fallbacks", "Answers from an earlier stage because a later one could not finish", registry=r)
         self.blacklisted = Counter("streetcascade_blacklisted", "Refused callers by reason", ["reason"], registry=r)
         self.rejected = Counter("streetcascade_rejected", "Refused requests by kind (auth, rate, overload, input)", ["kind"], registry=r)
+        self.connections = Gauge("streetcascade_connections", "Open client connections (all ports)", registry=r)
+        self.edge_closed = Counter(
+            "streetcascade_edge_closed",
+            "Connections refused or closed at the HTTP edge, by reason (timeouts, caps, oversized or invalid heads)",
+            ["reason"],
+            registry=r,
+        )
         self.in_flight = Gauge("streetcascade_in_flight", "Requests inside the server now", registry=r)
         self.queue = Gauge("streetcascade_queue", "Jobs waiting for an inference thread", registry=r)
         self.metagraph_age = Gauge("streetcascade_metagraph_age_seconds", "Age of the metagraph copy in use", registry=r)

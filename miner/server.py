@@ -6,6 +6,7 @@ and shuts down gracefully (in-flight requests finish). The request path is miner
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import signal
 import socket
@@ -19,18 +20,12 @@ from streetcascade.errors import ConfigError
 
 from .auth import Verifier
 from .axon_app import AxonApp
+from .config import EdgeConfig
+from .edge import ConnectionGuard, EdgeProtocol, connection_cap, raise_open_files_limit
 from .ops_app import OpsApp
 from .state import MinerState
 
 log = logging.getLogger(__name__)
-
-try:  # uvicorn's fast HTTP parser, when present (the miner extra installs it)
-    import httptools  # noqa: F401
-
-    _HTTP_IMPL = "httptools"
-except ImportError:  # pragma: no cover
-    _HTTP_IMPL = "h11"
-
 
 class _Server(uvicorn.Server):
     """uvicorn.Server without its own signal handling: MinerServer stops all servers together."""
@@ -72,6 +67,7 @@ class MinerServer:
         metrics_port: int | None = None,  # None = no ops server, 0 = any free port
         graceful_shutdown_s: float = 15.0,
         refresh_metagraph: bool = True,
+        edge: EdgeConfig = EdgeConfig(),
     ):
         self.state = state
         self.axons = axons
@@ -80,6 +76,8 @@ class MinerServer:
         self.metrics_port = metrics_port
         self.graceful_shutdown_s = graceful_shutdown_s
         self.refresh_metagraph = refresh_metagraph
+        self.edge = edge
+        self.guard: ConnectionGuard | None = None
         self.apps = [AxonApp(state, a.hotkey_ss58, a.verifier) for a in axons]
         self.ports: list[int] = []
         self.ops_port: int | None = None
@@ -89,15 +87,18 @@ class MinerServer:
         self._thread = None
         self.ready = threading.Event()
 
-    def _make(self, app, sock) -> _Server:
+    def _make(self, app, guard: ConnectionGuard) -> _Server:
         config = uvicorn.Config(
             app,
             lifespan="off",
-            http=_HTTP_IMPL,
+            # uvicorn's httptools protocol with our edge limits (miner/edge.py); one guard for
+            # all axon ports, so the per-IP and total caps hold for the whole process.
+            http=functools.partial(EdgeProtocol, guard=guard),
+            ws="none",
             loop="none",
             log_level="warning",
             access_log=False,
-            timeout_keep_alive=75,
+            timeout_keep_alive=self.edge.idle_timeout_s,
             timeout_graceful_shutdown=self.graceful_shutdown_s,
             limit_concurrency=None,
             server_header=False,
@@ -114,6 +115,15 @@ class MinerServer:
             await loop.run_in_executor(None, state.view.refresh_once)
             if not state.view.ready:
                 log.error("no metagraph yet (%s); serving 503 until a refresh succeeds", state.view.last_error)
+        soft, hard = raise_open_files_limit(self.edge.nofile)
+        self.guard = ConnectionGuard(self.edge, connection_cap(self.edge, soft), state.metrics)
+        log.info(
+            "open-files limit %d (hard %s): at most %d client connections, %d per IP",
+            soft,
+            "unlimited" if hard == -1 else hard,
+            self.guard.max_connections,
+            self.edge.max_connections_per_ip,
+        )
         sockets = [bind_socket(self.host, a.port) for a in self.axons]
         self.ports = [s.getsockname()[1] for s in sockets]
         pairs = list(zip(self.apps, sockets))
@@ -121,7 +131,10 @@ class MinerServer:
             ops_sock = bind_socket(self.metrics_host, self.metrics_port)
             self.ops_port = ops_sock.getsockname()[1]
             pairs.append((OpsApp(state), ops_sock))
-        self._servers = [self._make(app, sock) for app, sock in pairs]
+        # The private ops server gets its own small guard: an attack on the axons must not
+        # lock the operator out of /metrics and /health.
+        ops_guard = ConnectionGuard(self.edge, 64)
+        self._servers = [self._make(app, self.guard if i < len(self.axons) else ops_guard) for i, (app, _) in enumerate(pairs)]
         if install_signal_handlers:
             for sig in (signal.SIGINT, signal.SIGTERM):
                 try:

@@ -38,7 +38,7 @@ class MinerState:
         # One inference thread per slot: each thread runs the cascade through its own engine slots.
         self.scheduler = Scheduler(slots, policy.max_queue, on_reject=self._count_overload)
         self.cache = AnswerCache(limits.cache_entries)
-        self.image_limits = ImageLimits(max_bytes=limits.max_image_bytes, max_pixels=limits.max_pixels)
+        self.image_limits = ImageLimits(max_bytes=limits.max_image_bytes, max_pixels=limits.max_pixels, formats=limits.image_formats)
         first = cascade.stages[0]
         self.draft_size = getattr(first, "input_size", None)
         self.in_flight = 0

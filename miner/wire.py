@@ -67,6 +67,22 @@ _WANTED = {
     b"content-length",
 }
 _MAX_HEADER_VALUE = 256
+_MAX_U64 = 2**64 - 1
+# time.time_ns() until the year 2262; a nonce is a time in ns (9.x) or a small counter (older).
+_MAX_NONCE = 2**63 - 1
+# A day; the verifier and the scheduler cap it far lower, this only keeps the arithmetic finite.
+_MAX_TIMEOUT_S = 86400.0
+
+
+def _bounded_int(raw: bytes, name: str, upper: int) -> int:
+    """A decimal integer header in 0..upper, else BadInput (400)."""
+    text = raw.strip()
+    if not text.isdigit() or len(text) > 20:  # ASCII digits only: no sign, "_", spaces or exponents
+        raise BadInput(f"{name} is not a non-negative integer of at most 20 digits")
+    value = int(text)
+    if value > upper:
+        raise BadInput(f"{name} is out of range")
+    return value
 
 
 def parse_headers(raw: list[tuple[bytes, bytes]]) -> RequestHeaders:
@@ -88,16 +104,12 @@ def parse_headers(raw: list[tuple[bytes, bytes]]) -> RequestHeaders:
         raise BadInput("non-ASCII dendrite header") from None
     if not hotkey or not uuid:
         raise BadInput("empty bt_header_dendrite_hotkey or bt_header_dendrite_uuid")
-    try:
-        nonce = int(nonce_raw)
-    except ValueError:
-        raise BadInput("bt_header_dendrite_nonce is not an integer") from None
+    # Every number is bounded here, so no later arithmetic (nanoseconds, float division) can
+    # overflow on a stranger's value before the signature is even checked.
+    nonce = _bounded_int(nonce_raw, "bt_header_dendrite_nonce", _MAX_NONCE)
     version = None
     if b"bt_header_dendrite_version" in found:
-        try:
-            version = int(found[b"bt_header_dendrite_version"])
-        except ValueError:
-            raise BadInput("bt_header_dendrite_version is not an integer") from None
+        version = _bounded_int(found[b"bt_header_dendrite_version"], "bt_header_dendrite_version", _MAX_U64)
     timeout = None
     if b"timeout" in found:
         try:
@@ -106,12 +118,11 @@ def parse_headers(raw: list[tuple[bytes, bytes]]) -> RequestHeaders:
             timeout = None  # bittensor sends str(None) when unset
         if timeout is not None and not (math.isfinite(timeout) and timeout > 0):
             timeout = None
+        if timeout is not None:
+            timeout = min(timeout, _MAX_TIMEOUT_S)
     length = None
     if b"content-length" in found:
-        try:
-            length = int(found[b"content-length"])
-        except ValueError:
-            raise BadInput("content-length is not an integer") from None
+        length = _bounded_int(found[b"content-length"], "content-length", _MAX_U64)
     return RequestHeaders(
         dendrite_hotkey=hotkey,
         dendrite_nonce=nonce,
@@ -152,6 +163,8 @@ def decode_body(data: bytes) -> SynapseBody:
         raise BadBody(f"bad synapse body: {exc}") from None
     except msgspec.DecodeError as exc:
         raise BadInput(f"body is not JSON: {exc}") from None
+    except RecursionError:  # msgspec's guard against deep nesting (a synapse is 3 levels deep)
+        raise BadInput("body JSON is nested too deeply") from None
     if not body.image:
         raise BadBody("synapse has no image")
     return body

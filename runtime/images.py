@@ -18,6 +18,10 @@ from streetcascade.errors import BadInput, ImageTooLarge
 
 # What counts as an image file when walking a folder (CLI, parity images, datasets).
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"})
+# The PIL formats we ever let PIL try (the same set as IMAGE_SUFFIXES). Everything else stays
+# unopened: above all EPS/PostScript, which PIL hands to Ghostscript, and the many rarely used
+# parsers nobody needs for street photos.
+SAFE_IMAGE_FORMATS = frozenset({"JPEG", "PNG", "WEBP", "BMP", "GIF", "TIFF"})
 
 
 class ImageLimits(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
@@ -29,6 +33,8 @@ class ImageLimits(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     # 8000 x 8000 fits; the miner uses a much smaller limit (validators send 224 x 224).
     max_pixels: int = 64_000_000
     min_side: int = 1
+    # PIL format names tried when opening; anything else is "not an image" (miner: JPEG, PNG, WEBP).
+    formats: tuple[str, ...] = tuple(sorted(SAFE_IMAGE_FORMATS))
 
 
 DEFAULT_LIMITS = ImageLimits()
@@ -48,8 +54,11 @@ def decode_image(data: bytes, limits: ImageLimits = DEFAULT_LIMITS, draft_size: 
         raise ImageTooLarge(f"image is {len(data)} bytes, over the limit of {limits.max_bytes}")
     try:
         with warnings.catch_warnings():
+            # PIL warns about odd files (corrupt EXIF, truncated chunks): from untrusted bytes
+            # that is noise a sender could print per request. Only its bomb warning matters.
+            warnings.simplefilter("ignore")
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            img = Image.open(io.BytesIO(data))
+            img = Image.open(io.BytesIO(data), formats=limits.formats)
             width, height = img.size  # header only: no pixels decoded yet
             if width * height > limits.max_pixels:
                 raise ImageTooLarge(
@@ -63,12 +72,20 @@ def decode_image(data: bytes, limits: ImageLimits = DEFAULT_LIMITS, draft_size: 
     except (ImageTooLarge, BadInput):
         raise
     except UnidentifiedImageError:
-        raise BadInput("not an image (no known image format recognised)") from None
+        raise BadInput(f"not an image in an accepted format ({', '.join(limits.formats)})") from None
     except (Image.DecompressionBombWarning, Image.DecompressionBombError) as exc:  # PIL's own limit, hit at open
         raise ImageTooLarge(f"image over the pixel limit: {exc}") from None
-    except (OSError, SyntaxError, ValueError) as exc:
-        raise BadInput(f"corrupt or truncated image: {exc}") from None
-    return _to_rgb_uint8(img)
+    except MemoryError:
+        raise ImageTooLarge("image needs more memory to decode than is available") from None
+    except Exception as exc:
+        # Untrusted bytes: PIL's parsers raise OSError, SyntaxError and ValueError for corrupt
+        # files, but also RuntimeError, NotImplementedError, struct.error, IndexError,
+        # AttributeError ... Any of them means the same thing here.
+        raise BadInput(f"corrupt or truncated image ({type(exc).__name__}: {str(exc)[:120]})") from None
+    try:
+        return _to_rgb_uint8(img)
+    except Exception as exc:  # a mode conversion of a malformed file (e.g. a bad palette)
+        raise BadInput(f"image cannot be converted to RGB ({type(exc).__name__}: {str(exc)[:120]})") from None
 
 
 def _to_rgb_uint8(img: Image.Image) -> np.ndarray:

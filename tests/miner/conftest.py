@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 from bittensor_wallet import Keypair
 from PIL import Image
-from streetcascade.miner.config import LimitsConfig, PolicyConfig
+from streetcascade.miner.config import EdgeConfig, LimitsConfig, PolicyConfig
 from streetcascade.miner.metagraph import MetagraphView
 from streetcascade.miner.server import AxonSpec, MinerServer
 from streetcascade.miner.state import MinerState
@@ -49,11 +49,11 @@ def image_b64():
     return base64.b64encode(jpeg_bytes()).decode()
 
 
-def make_server(keys, table, stages=None, policy=None, limits=None, hotkeys=("miner",), threads=1, safety_margin_ms=0.0, metrics_port=0):
+def make_server(keys, table, stages=None, policy=None, limits=None, hotkeys=("miner",), threads=1, safety_margin_ms=0.0, metrics_port=0, edge=None):
     cascade = Cascade(stages or [ClassifierStage("stage1", FakeEngine(), 224)], safety_margin_ms=safety_margin_ms)
     state = MinerState(cascade, MetagraphView(fixed_metagraph(table)), policy or PolicyConfig(), limits or LimitsConfig(), slots=threads)
     axons = [AxonSpec(keys[h].ss58_address, 0) for h in hotkeys]
-    return MinerServer(state, axons, host="127.0.0.1", metrics_port=metrics_port, graceful_shutdown_s=5).start_in_thread()
+    return MinerServer(state, axons, host="127.0.0.1", metrics_port=metrics_port, graceful_shutdown_s=5, edge=edge or EdgeConfig()).start_in_thread()
 
 
 @pytest.fixture

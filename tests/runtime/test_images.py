@@ -3,7 +3,7 @@ import io
 import numpy as np
 import pytest
 from PIL import Image
-from streetcascade.runtime.images import ImageLimits, decode_image, resize_to
+from streetcascade.runtime.images import SAFE_IMAGE_FORMATS, ImageLimits, decode_image, resize_to
 
 from streetcascade.errors import BadInput, ImageTooLarge
 
@@ -118,3 +118,57 @@ def test_resize_rejects_wrong_arrays():
         resize_to(np.zeros((4, 4), dtype=np.uint8), 224)
     with pytest.raises(BadInput):
         resize_to(np.zeros((4, 4, 3), dtype=np.float32), 224)
+
+
+@pytest.mark.parametrize("fmt", sorted(SAFE_IMAGE_FORMATS))
+def test_corrupt_files_in_every_format_are_bad_input(fmt):
+    """Seeded byte mutations of a valid file: every outcome is an array or one of our errors,
+    whatever PIL's parser raises inside (RuntimeError, struct.error, IndexError ...)."""
+    rng = np.random.default_rng(sum(map(ord, fmt)))
+    img = Image.fromarray(rng.integers(0, 255, (48, 64, 3), dtype=np.uint8))
+    if fmt == "GIF":
+        img = img.convert("P")
+    buf = io.BytesIO()
+    img.save(buf, fmt)
+    good = np.frombuffer(buf.getvalue(), np.uint8)
+    refused = 0
+    for _ in range(300):
+        data = good.copy()
+        idx = rng.integers(0, len(data), int(rng.integers(1, 12)))
+        data[idx] = rng.integers(0, 256, len(idx), dtype=np.uint8)
+        if rng.random() < 0.3:
+            data = data[: int(rng.integers(8, len(data)))]
+        try:
+            out = decode_image(data.tobytes())
+            assert out.dtype == np.uint8 and out.ndim == 3 and out.shape[2] == 3
+        except BadInput:
+            refused += 1
+    assert refused > 0
+
+
+def test_a_parser_raising_anything_is_bad_input(monkeypatch):
+    from PIL import JpegImagePlugin
+
+    def broken(self, *a, **k):
+        raise NotImplementedError("this JPEG variant")
+
+    monkeypatch.setattr(JpegImagePlugin.JpegImageFile, "load", broken)
+    buf = io.BytesIO()
+    Image.new("RGB", (8, 8)).save(buf, "JPEG")
+    with pytest.raises(BadInput, match="NotImplementedError"):
+        decode_image(buf.getvalue())
+
+
+def test_formats_outside_the_allowlist_are_never_opened():
+    buf = io.BytesIO()
+    Image.new("RGB", (8, 8)).save(buf, "TIFF")
+    assert decode_image(buf.getvalue()).shape == (8, 8, 3)  # allowed by default (CLI, datasets)
+    with pytest.raises(BadInput, match="accepted format"):
+        decode_image(buf.getvalue(), ImageLimits(formats=("JPEG", "PNG", "WEBP")))
+    eps = b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 10 10\nshowpage\n"
+    with pytest.raises(BadInput, match="accepted format"):
+        decode_image(eps)
+    ico = io.BytesIO()
+    Image.new("RGB", (16, 16)).save(ico, "ICO")  # a format PIL opens but validators never send
+    with pytest.raises(BadInput, match="accepted format"):
+        decode_image(ico.getvalue())
