@@ -3,18 +3,52 @@
 Pinned generation: bittensor 9.12.x (the validators' SDK; `async-substrate-interface==1.6.4`
 next to it). The SDK is imported lazily inside these functions: the miner imports and serves
 without it when the metagraph is static.
+
+No subtensor node can be installed from the package registries we can reach, so these calls
+have never run against a chain in our tests. What we rely on is written down in SDK_CONTRACT
+and SDK_FIELDS below, and tests/miner/test_miner_sdk_contract.py checks every entry against a
+real bittensor 9.12.2 (names, keywords, return annotations, fields), while
+tests/miner/test_miner_chain.py runs this module against a stand-in with those signatures.
 """
 
 from __future__ import annotations
 
+import argparse
 import logging
 import time
+from dataclasses import dataclass
 
-from streetcascade.errors import BackendUnavailable
+from streetcascade.errors import BackendUnavailable, StreetcascadeError
 
 from .metagraph import Neuron, Snapshot
 
 log = logging.getLogger(__name__)
+
+# Dotted name -> (keywords we pass, return annotation as the SDK writes it, or None).
+SDK_CONTRACT: dict[str, tuple[tuple[str, ...], str | None]] = {
+    "bittensor.Config": (("parser", "args"), None),
+    "bittensor.Subtensor": (("network", "config"), None),
+    "bittensor.Subtensor.add_args": (("parser",), None),
+    "bittensor.Subtensor.metagraph": (("netuid", "lite"), "Metagraph"),
+    "bittensor.Subtensor.get_neuron_for_pubkey_and_subnet": (("hotkey_ss58", "netuid"), "Optional[NeuronInfo]"),
+    "bittensor.Subtensor.close": ((), None),
+    "bittensor.Wallet": (("name", "hotkey", "path"), None),
+    "bittensor.core.extrinsics.serving.serve_extrinsic": (("subtensor", "wallet", "ip", "port", "protocol", "netuid"), "bool"),
+    "bittensor.utils.networking.get_external_ip": ((), "str"),
+}
+# Attributes we read from what those calls return.
+SDK_FIELDS: dict[str, tuple[str, ...]] = {
+    "bittensor.Metagraph": ("S", "hotkeys", "uids", "validator_permit", "block"),
+    "bittensor.core.chain_data.NeuronInfo": ("uid", "hotkey", "is_null", "axon_info", "validator_permit"),
+    "bittensor.core.chain_data.AxonInfo": ("ip", "port"),
+}
+AXON_PROTOCOL = 4  # what the 9.x Axon announces (axon.info().protocol)
+
+
+class ChainError(StreetcascadeError):
+    """The chain answered something we cannot use."""
+
+    exit_code = 14
 
 
 def _sdk():
@@ -30,8 +64,13 @@ def _sdk():
 
 def _subtensor(network: str, chain_endpoint: str):
     bt = _sdk()
-    # 9.x: bt.subtensor / bt.Subtensor(network=...); an endpoint URL is accepted as `network`.
-    return bt.Subtensor(network=chain_endpoint or network)
+    # With config=None the 9.x SDK parses sys.argv, and its own `--config` option would load
+    # our `--config miner.toml` as a YAML file (and fail). Give it explicit arguments instead.
+    parser = argparse.ArgumentParser(add_help=False)
+    bt.Subtensor.add_args(parser)
+    config = bt.Config(parser, args=["--no_version_checking"])
+    # An endpoint URL is accepted as `network` (9.x: "local" for localhost, else "unknown").
+    return bt.Subtensor(network=chain_endpoint or network, config=config)
 
 
 class ChainMetagraph:
@@ -53,22 +92,71 @@ class ChainMetagraph:
         except Exception:
             self._subtensor = None  # reconnect next time
             raise
+        hotkeys = list(mg.hotkeys)
         stakes = [float(s) for s in mg.S]
         permits = [bool(p) for p in mg.validator_permit]
         uids = [int(u) for u in mg.uids]
-        neurons = [Neuron(hk, uid, st, vp) for hk, uid, st, vp in zip(mg.hotkeys, uids, stakes, permits)]
+        # 9.12 logs a failed stake query at debug level and leaves S empty: zipping that would
+        # silently produce a metagraph with no validators, so refuse it (the last good one stays).
+        if not (len(hotkeys) == len(stakes) == len(permits) == len(uids)):
+            raise ChainError(
+                f"metagraph of netuid {self.netuid} is inconsistent: {len(hotkeys)} hotkeys, {len(stakes)} stakes, "
+                f"{len(permits)} permits, {len(uids)} uids"
+            )
+        neurons = [Neuron(hk, uid, st, vp) for hk, uid, st, vp in zip(hotkeys, uids, stakes, permits)]
         block = int(getattr(mg, "block", -1))
         return Snapshot(self.netuid, neurons, time.time(), block)
 
 
-def serve_axon(wallet_name: str, wallet_hotkey: str, wallet_path: str, netuid: int, network: str,
-               chain_endpoint: str, external_ip: str, external_port: int) -> bool:
-    """Announce (ip, port) for the wallet's hotkey on chain (the 9.x `subtensor.serve_axon`).
+@dataclass(frozen=True)
+class OnChainNeuron:
+    uid: int
+    hotkey: str
+    axon_ip: str  # "0.0.0.0" when nothing is served
+    axon_port: int
+    validator_permit: bool
 
-    The Axon object is only the SDK's carrier for (wallet, ip, port): it is never started."""
-    bt = _sdk()
-    wallet = bt.Wallet(name=wallet_name, hotkey=wallet_hotkey, path=wallet_path)
+
+def neuron_on_chain(hotkey_ss58: str, netuid: int, network: str, chain_endpoint: str) -> OnChainNeuron | None:
+    """The hotkey's neuron on `netuid` (uid, served axon), or None if it is not registered there."""
     subtensor = _subtensor(network, chain_endpoint)
-    axon = bt.Axon(wallet=wallet, port=external_port, external_ip=external_ip or None, external_port=external_port)
-    log.info("serving %s:%d for hotkey %s on netuid %d", axon.external_ip, external_port, wallet.hotkey.ss58_address, netuid)
-    return bool(subtensor.serve_axon(netuid=netuid, axon=axon))
+    try:
+        n = subtensor.get_neuron_for_pubkey_and_subnet(hotkey_ss58=hotkey_ss58, netuid=netuid)
+    finally:
+        subtensor.close()
+    # 9.12 returns a "null neuron" (is_null=True), never None, for an unregistered hotkey.
+    if n is None or n.is_null:
+        return None
+    axon = n.axon_info
+    return OnChainNeuron(
+        uid=int(n.uid),
+        hotkey=str(n.hotkey),
+        axon_ip=str(axon.ip) if axon is not None else "0.0.0.0",
+        axon_port=int(axon.port) if axon is not None else 0,
+        validator_permit=bool(n.validator_permit),
+    )
+
+
+def external_ip() -> str:
+    """This machine's public IP as the SDK detects it (asks public IP-echo services)."""
+    return str(_sdk().utils.networking.get_external_ip())
+
+
+def serve_axon(wallet_name: str, wallet_hotkey: str, wallet_path: str, netuid: int, network: str,
+               chain_endpoint: str, external_ip_: str, external_port: int) -> bool:
+    """Announce (ip, port) for the wallet's hotkey on chain (the 9.x serve_axon extrinsic).
+
+    Calls the SDK's `serve_extrinsic` directly rather than building an `Axon` (which would parse
+    our argv, build a FastAPI app and look up the IP on the internet even when it is given).
+    The SDK skips the extrinsic when the chain already holds the same (ip, port)."""
+    bt = _sdk()
+    from bittensor.core.extrinsics.serving import serve_extrinsic  # noqa: PLC0415
+
+    wallet = bt.Wallet(name=wallet_name, hotkey=wallet_hotkey, path=wallet_path)
+    ip = external_ip_ or external_ip()
+    subtensor = _subtensor(network, chain_endpoint)
+    try:
+        log.info("serving %s:%d for hotkey %s on netuid %d", ip, external_port, wallet.hotkey.ss58_address, netuid)
+        return bool(serve_extrinsic(subtensor=subtensor, wallet=wallet, ip=ip, port=external_port, protocol=AXON_PROTOCOL, netuid=netuid))
+    finally:
+        subtensor.close()

@@ -1,9 +1,14 @@
-"""`streetcascade serve` and `streetcascade register`.
+"""The operator's commands.
 
-    streetcascade serve --config miner.toml      # all hotkeys in miner.toml, one loaded cascade
-    streetcascade register --config miner.toml   # announce each hotkey's IP:port on chain
+    streetcascade serve --config miner.toml            # all hotkeys in miner.toml, one loaded cascade
+    streetcascade register --config miner.toml         # announce each hotkey's IP:port on chain
+    streetcascade model-card --config miner.toml       # model_card.json for the Hugging Face repo
+    streetcascade natix-register --config miner.toml   # NATIX's registration (--dry-run prints it)
+    streetcascade doctor --config miner.toml           # every check, each with a fix
 
-`add_subcommands(subparsers)` adds both to the main argparse CLI; each sets `func(args) -> int`.
+Each also takes `--env-file miner.env` (the reference miner's names) and `--network finney|test`.
+
+`add_subcommands(subparsers)` adds them to the main argparse CLI; each sets `func(args) -> int`.
 """
 
 from __future__ import annotations
@@ -14,9 +19,10 @@ import logging
 import sys
 import time
 
-from streetcascade.errors import StreetcascadeError
+from streetcascade.errors import ConfigError, StreetcascadeError
 
 from .config import MinerConfig, load_miner_config
+from .presets import NETWORKS
 
 log = logging.getLogger("streetcascade.miner")
 
@@ -42,7 +48,10 @@ def setup_logging(level: str = "INFO", as_json: bool = False) -> None:
     handler.setFormatter(JsonFormatter() if as_json else logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     root = logging.getLogger()
     root.handlers[:] = [handler]
-    root.setLevel(level.upper())
+    try:
+        root.setLevel(level.upper())
+    except ValueError:
+        raise ConfigError(f"log_level {level!r}: use DEBUG, INFO, WARNING or ERROR") from None
 
 
 def build_cascade(cfg: MinerConfig):
@@ -97,15 +106,51 @@ def build_server(cfg: MinerConfig, cascade, hotkeys: list[str]):
     )
 
 
-def cmd_serve(args: argparse.Namespace) -> int:
+def add_config_args(p: argparse.ArgumentParser, engine: bool = True) -> None:
+    p.add_argument("--config", default=None, help="miner.toml (see configs/miner.example.toml)")
+    p.add_argument("--env-file", default=None, help="the reference miner's miner.env (NETUID, WALLET_NAME, MINER_AXON_PORT, ...), applied over --config")
+    p.add_argument("--network", choices=sorted(NETWORKS), default=None, help="preset: finney = netuid 72, test = netuid 323 (over both files)")
+    if engine:
+        p.add_argument("--engine", default=None, help="engine-set folder (overrides [engine] engine)")
+    p.add_argument("--log-level", default="", help="override log_level (DEBUG, INFO, WARNING)")
+
+
+def config_from_args(args: argparse.Namespace) -> MinerConfig:
+    if args.config is None and args.env_file is None:
+        raise ConfigError("give --config miner.toml, --env-file miner.env, or both")
+    return load_miner_config(args.config, args.env_file, args.network, getattr(args, "engine", None))
+
+
+def _run(args: argparse.Namespace, body) -> int:
+    """Load the config, set up logging, run `body(cfg)`; our errors become one line + exit code."""
     try:
-        cfg = load_miner_config(args.config)
-        setup_logging(args.log_level or cfg.log_level, args.log_json or cfg.log_json)
+        setup_logging(args.log_level or "WARNING", getattr(args, "log_json", False))
+        cfg = config_from_args(args)
+        if not args.log_level:
+            setup_logging(cfg.log_level, getattr(args, "log_json", False) or cfg.log_json)
+        return body(cfg)
+    except StreetcascadeError as exc:
+        log.error("%s", exc)
+        print(f"error: {exc}", file=sys.stderr)
+        return exc.exit_code
+
+
+def _hotkey_entry(cfg: MinerConfig, port: int):
+    if not port:
+        return cfg.hotkeys[0]
+    for h in cfg.hotkeys:
+        if h.port == port:
+            return h
+    raise ConfigError(f"no [[hotkeys]] entry on port {port}; ports: {[h.port for h in cfg.hotkeys]}")
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    def body(cfg: MinerConfig) -> int:
         from .keys import load_hotkey
 
         hotkeys = [load_hotkey(h).ss58_address for h in cfg.hotkeys]
         for hk, h in zip(hotkeys, cfg.hotkeys):
-            log.info("hotkey %s -> port %d", hk, h.port)
+            log.info("hotkey %s -> port %d (netuid %d on %s)", hk, h.port, cfg.chain.netuid, cfg.chain.chain_endpoint or cfg.chain.network)
         t0 = time.perf_counter()
         cascade, close = build_cascade(cfg)
         log.info("cascade ready in %.2f s: stages %s", time.perf_counter() - t0, [s.name for s in cascade.stages])
@@ -122,22 +167,92 @@ def cmd_serve(args: argparse.Namespace) -> int:
         finally:
             close()
         return 0
-    except StreetcascadeError as exc:
-        log.error("%s", exc)
-        print(f"error: {exc}", file=sys.stderr)
-        return exc.exit_code
+
+    return _run(args, body)
 
 
 def cmd_register(args: argparse.Namespace) -> int:
-    try:
-        cfg = load_miner_config(args.config)
-        setup_logging(args.log_level or cfg.log_level)
+    def body(cfg: MinerConfig) -> int:
         from .register import register_all
 
         return register_all(cfg, dry_run=args.dry_run, only_port=args.port)
-    except StreetcascadeError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return exc.exit_code
+
+    return _run(args, body)
+
+
+def cmd_model_card(args: argparse.Namespace) -> int:
+    def body(cfg: MinerConfig) -> int:
+        from .keys import load_hotkey
+        from .model_card import build_card, check_card, describe_engine_set, read_card, write_card
+
+        hotkey = load_hotkey(_hotkey_entry(cfg, args.port)).ss58_address
+        if args.validate:
+            problems = check_card(read_card(args.validate), hotkey)
+            for p in problems:
+                print(f"invalid: {p}")
+            print(f"{args.validate}: {'valid' if not problems else f'{len(problems)} problem(s)'} for hotkey {hotkey}")
+            return 1 if problems else 0
+        name, description, architecture, placeholder = describe_engine_set(cfg.engine.engine)
+        if placeholder:
+            log.warning("the engine set has placeholder (random) weights: this card describes a model that cannot mine")
+        card = build_card(
+            args.name or cfg.natix.model_name or name,
+            args.description or cfg.natix.description or description,
+            args.version or cfg.natix.model_version,
+            hotkey,
+            architecture=architecture,
+        )
+        write_card(args.out, card)
+        print(f"wrote {args.out} for hotkey {hotkey}; upload it to the root of your Hugging Face model repo"
+              + (f" ({cfg.natix.model_repo})" if cfg.natix.model_repo else ""))
+        return 0
+
+    return _run(args, body)
+
+
+def cmd_natix_register(args: argparse.Namespace) -> int:
+    def body(cfg: MinerConfig) -> int:
+        from . import natix
+        from .keys import load_hotkey
+
+        entry = _hotkey_entry(cfg, args.port)
+        keypair = load_hotkey(entry)
+        repo = args.model_repo or cfg.natix.model_repo
+        if not repo:
+            raise ConfigError("no model repo: pass --model-repo user/model or set [natix] model_repo (MODEL_URL)")
+        url = args.url or cfg.natix.registration_url
+        uid = args.uid
+        if uid is None:
+            from .chain import neuron_on_chain
+
+            neuron = neuron_on_chain(keypair.ss58_address, cfg.chain.netuid, cfg.chain.network, cfg.chain.chain_endpoint)
+            if neuron is None:
+                raise ConfigError(f"hotkey {keypair.ss58_address} is not registered on netuid {cfg.chain.netuid}: register it first (btcli subnet register)")
+            uid = neuron.uid
+        request = natix.build_request(keypair, uid, repo, url)
+        if args.dry_run:
+            print(request.as_text())
+            print(f"\n(dry run: nothing sent; the signature is the hotkey's sr25519 signature of {request.body['message']!r}, hex)")
+            return 0
+        answer = natix.send(request)
+        print(f"{request.url}: {answer.get('detail', answer)}")
+        if args.wait > 0:
+            final = natix.wait_for_status(url, uid, args.wait, on_status=lambda s: print(f"status: {s or '?'}"))
+            print(f"registration status: {final.get('status', final)}")
+        return 0
+
+    return _run(args, body)
+
+
+def cmd_doctor(args: argparse.Namespace) -> int:
+    def body(cfg: MinerConfig) -> int:
+        from .doctor import FAIL, format_checks, run_doctor
+
+        checks = run_doctor(cfg, ntp_server=args.ntp_server, timeout_s=args.timeout)
+        print(format_checks(checks))
+        return 1 if any(c.status == FAIL for c in checks) else 0
+
+    return _run(args, body)
 
 
 def add_subcommands(subparsers) -> None:
@@ -148,22 +263,61 @@ def add_subcommands(subparsers) -> None:
         "[[hotkeys]] entry on its port, all from one loaded cascade; Prometheus /metrics and /health "
         "on metrics_port. SIGTERM/SIGINT finish in-flight requests, then exit.",
     )
-    p.add_argument("--config", required=True, help="miner.toml (see configs/miner.example.toml)")
-    p.add_argument("--log-level", default="", help="override log_level (DEBUG, INFO, WARNING)")
+    add_config_args(p)
     p.add_argument("--log-json", action="store_true", help="one JSON object per log line")
     p.set_defaults(func=cmd_serve)
 
     r = subparsers.add_parser(
         "register",
         help="announce each hotkey's external IP:port on chain (bittensor SDK serve_axon)",
-        description="For each [[hotkeys]] entry with a wallet, call the SDK's serve_axon so validators "
-        "find the axon. Needs the miner extra (bittensor 9.12.x) and a funded, registered hotkey.",
+        description="For each [[hotkeys]] entry with a wallet, send the serve_axon extrinsic so validators "
+        "find the axon. Needs the chain extra (bittensor 9.12.x) and a registered hotkey.",
     )
-    r.add_argument("--config", required=True)
+    add_config_args(r, engine=False)
     r.add_argument("--port", type=int, default=0, help="only the hotkey on this port")
     r.add_argument("--dry-run", action="store_true", help="print what would be announced; touch no chain")
-    r.add_argument("--log-level", default="")
     r.set_defaults(func=cmd_register)
+
+    m = subparsers.add_parser(
+        "model-card",
+        help="write (or --validate) the model_card.json NATIX asks for, from the engine set and the hotkey",
+        description="Writes model_card.json (model_name, description, version X.Y.Z, submitted_by = the hotkey's "
+        "SS58 address, submission_time = now) for the Hugging Face repo NATIX registers. Names default to the "
+        "engine set's manifest, then [natix] in miner.toml, then these flags.",
+    )
+    add_config_args(m)
+    m.add_argument("--port", type=int, default=0, help="the hotkey on this port (default: the first)")
+    m.add_argument("--out", default="model_card.json")
+    m.add_argument("--name", default="", help="model_name (unique on the subnet)")
+    m.add_argument("--description", default="")
+    m.add_argument("--version", default="", help="X.Y.Z (default [natix] model_version)")
+    m.add_argument("--validate", default="", metavar="FILE", help="check an existing model_card.json instead of writing one")
+    m.set_defaults(func=cmd_model_card)
+
+    n = subparsers.add_parser(
+        "natix-register",
+        help="register the miner with NATIX's application server (the subnet's register.sh)",
+        description="Signs the current Unix time with the hotkey and POSTs uid, hotkey, signature and model repo "
+        "to <url>/participants/register, then polls the registration status. --dry-run prints the request.",
+    )
+    add_config_args(n, engine=False)
+    n.add_argument("--port", type=int, default=0, help="the hotkey on this port (default: the first)")
+    n.add_argument("--uid", type=int, default=None, help="the hotkey's uid (default: looked up on chain)")
+    n.add_argument("--model-repo", default="", help="Hugging Face repo with model_card.json (default [natix] model_repo / MODEL_URL)")
+    n.add_argument("--url", default="", help="application server (default [natix] registration_url)")
+    n.add_argument("--wait", type=float, default=180.0, help="poll the status for up to this many seconds (0 = don't)")
+    n.add_argument("--dry-run", action="store_true", help="print the exact request; send nothing")
+    n.set_defaults(func=cmd_natix_register)
+
+    d = subparsers.add_parser(
+        "doctor",
+        help="check that this miner can serve: engine, budget, keys, ports, chain, clock, limits",
+        description="Runs every check and prints each with a fix; exit status 1 if any failed.",
+    )
+    add_config_args(d)
+    d.add_argument("--ntp-server", default="pool.ntp.org", help="host[:port] to compare the clock with ('' = skip)")
+    d.add_argument("--timeout", type=float, default=3.0, help="seconds per network probe")
+    d.set_defaults(func=cmd_doctor)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -6,6 +6,7 @@ file is an error naming the field path. See configs/miner.example.toml and docs/
 
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
 from typing import Annotated, Literal
@@ -14,8 +15,10 @@ import msgspec
 
 from streetcascade.errors import ConfigError
 from streetcascade.runtime.images import SAFE_IMAGE_FORMATS
+
+log = logging.getLogger(__name__)
 from streetcascade.settings import RuntimeConfig
-from streetcascade.structs import load_toml
+from streetcascade.structs import decode_struct, read_toml
 
 
 class HotkeyConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
@@ -75,8 +78,12 @@ class PolicyConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     # BLACKLIST_FORCE_VALIDATOR_PERMIT in the reference miner.
     force_validator_permit: bool = True
     allow_non_registered: bool = False
-    # Stake (metagraph.S units, TAO-equivalent) below which a caller is refused.
-    min_stake: float = 1000.0
+    # metagraph.S (stake weight: alpha + 0.18 x root TAO) below which a caller is refused. The
+    # reference miner has no such check (permit only). Subnet 72's validators held 442 to
+    # 657,192 alpha in July 2026 (a third-party snapshot of taostats: eight validators, seven
+    # above 10,000); 100 stays below every one of them and still refuses permit holders with
+    # almost nothing at stake. Raise it if you see spam from low-stake permit holders.
+    min_stake: float = 100.0
     # Token bucket per caller hotkey (validators send about one challenge per minute).
     rate_per_s: Annotated[float, msgspec.Meta(gt=0.0)] = 2.0
     rate_burst: Annotated[int, msgspec.Meta(ge=1)] = 20
@@ -126,6 +133,20 @@ class EdgeConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     nofile: Annotated[int, msgspec.Meta(ge=0)] = 65536
 
 
+class NatixConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """The subnet's own bookkeeping (docs/Mining.md of streetvision-subnet): a Hugging Face repo
+    holding model_card.json, registered with NATIX's application server."""
+
+    # MODEL_URL in the reference miner.env: "user/model" (a huggingface.co URL is accepted).
+    model_repo: str = ""
+    # PROXY_CLIENT_URL; `natix-register` POSTs to <this>/participants/register.
+    registration_url: str = "https://hydra.natix.network"
+    # model_card.json fields (empty = derived from the engine set's manifest).
+    model_name: str = ""
+    description: str = ""
+    model_version: str = "1.0.0"
+
+
 class MinerConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     hotkeys: list[HotkeyConfig]
     # Memory budget, safety margin, inference slots (threads), ONNX Runtime threads/spinning.
@@ -141,6 +162,7 @@ class MinerConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     policy: PolicyConfig = PolicyConfig()
     limits: LimitsConfig = LimitsConfig()
     edge: EdgeConfig = EdgeConfig()
+    natix: NatixConfig = NatixConfig()
 
     def __post_init__(self):
         if not self.hotkeys:
@@ -161,17 +183,44 @@ class MinerConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
             raise ValueError("chain.metagraph = 'static' needs [[chain.static_neurons]] entries")
 
 
-def load_miner_config(path: str | Path) -> MinerConfig:
-    """Read miner.toml; relative paths in it are resolved against the file's folder."""
-    path = Path(path)
+def load_miner_config(path: str | Path | None, env_file: str | Path | None = None, network: str | None = None,
+                      engine: str | None = None) -> MinerConfig:
+    """Read miner.toml, then apply the reference miner's env file, a `--network` preset and an
+    `--engine` override (miner/presets.py); relative paths are resolved against the config
+    file's folder (the env file's, or the current one, without a config file)."""
+    from .presets import REFERENCE_ONLY, apply_env, apply_network, read_env_file
+
+    sources = []
+    raw: dict = {}
+    if path is not None:
+        path = Path(path)
+        raw = read_toml(path)
+        sources.append(str(path))
+    if env_file is not None:
+        unused = apply_env(raw, read_env_file(env_file), str(env_file))
+        ignored = sorted(set(unused) & REFERENCE_ONLY)
+        if ignored:
+            log.info("%s: %s ignored (the cascade comes from [engine] / --engine)", env_file, ", ".join(ignored))
+        unknown = sorted(set(unused) - REFERENCE_ONLY)
+        if unknown:
+            log.warning("%s: unknown names ignored: %s", env_file, ", ".join(unknown))
+        sources.append(str(env_file))
+    if network:
+        apply_network(raw, network)
+    if engine:
+        raw.setdefault("engine", {})["engine"] = engine
+    if path is None and not raw.get("engine", {}).get("engine"):
+        raise ConfigError("no engine set: pass --engine DIR, set STREETCASCADE_ENGINE in the env file, or use a miner.toml with [engine]")
+    source = " + ".join(sources) or "command line"
     try:
-        cfg = load_toml(path, MinerConfig)
+        cfg = decode_struct(raw, MinerConfig, source)
     except ConfigError as exc:
         moved = [k for k in MOVED_TO_RUNTIME if f"unknown field `{k}` - at `$.engine`" in str(exc)]
         if moved:
             raise ConfigError(f"{exc}; [engine] {moved[0]} moved to [runtime] {MOVED_TO_RUNTIME[moved[0]]}") from None
         raise
-    return resolve_paths(cfg, path.parent)
+    base = path.parent if path is not None else Path(env_file).parent if env_file is not None else Path.cwd()
+    return resolve_paths(cfg, base)
 
 
 def _resolve(base: Path, value: str) -> str:

@@ -21,15 +21,18 @@ def decode_struct(raw: dict, type_: type[T], source: str) -> T:
         raise ConfigError(f"{source}: {exc}") from None
 
 
-def load_toml(path: str | Path, type_: type[T]) -> T:
+def read_toml(path: str | Path) -> dict:
     path = Path(path)
     try:
-        raw = tomllib.loads(path.read_text(encoding="utf-8"))
+        return tomllib.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise ConfigError(f"{path}: file not found") from None
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         raise ConfigError(f"{path}: not valid TOML: {exc}") from None
-    return decode_struct(raw, type_, str(path))
+
+
+def load_toml(path: str | Path, type_: type[T]) -> T:
+    return decode_struct(read_toml(path), type_, str(path))
 
 
 def load_json(path: str | Path, type_: type[T]) -> T:

@@ -185,36 +185,6 @@ def test_metagraph_keeps_last_good_copy_and_snapshot(tmp_path, keys, table):
     assert fresh.get(keys["validator"].ss58_address).stake == 50_000.0
 
 
-def test_chain_metagraph_reads_sdk_shape(monkeypatch):
-    """The SDK lives behind chain.py; check the calls with a stand-in `bittensor` module."""
-    import sys
-    import types
-
-    from streetcascade.miner.chain import ChainMetagraph
-
-    class MG:
-        hotkeys = ["a", "b"]
-        S = [1.5, 2000.0]
-        validator_permit = [False, True]
-        uids = [0, 1]
-        block = 77
-
-    calls = {}
-
-    class Subtensor:
-        def __init__(self, network):
-            calls["network"] = network
-
-        def metagraph(self, netuid, lite):
-            calls["netuid"] = netuid
-            return MG()
-
-    monkeypatch.setitem(sys.modules, "bittensor", types.SimpleNamespace(Subtensor=Subtensor))
-    snap = ChainMetagraph(72, "finney").fetch()
-    assert calls == {"network": "finney", "netuid": 72}
-    assert snap.block == 77 and snap.index()["b"].validator_permit and snap.index()["b"].stake == 2000.0
-
-
 def test_rate_limiter():
     t = [0.0]
     rl = RateLimiter(rate_per_s=1.0, burst=2, clock=lambda: t[0])
