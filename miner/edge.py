@@ -7,7 +7,8 @@ them) forever, or grow the process with one endless header line. `EdgeProtocol` 
 connection:
 
 - a cap on open connections per client IP and in total (the total derived from the open-files
-  limit, which `raise_open_files_limit` lifts at start);
+  limit, which `raise_open_files_limit` lifts at start); at the total cap the longest-idle
+  connection is closed to admit a new one, and only when none is idle is the new one refused;
 - an idle timer from accept and between requests, a timer for the request head from its first
   byte, and one for the body from the end of the head (408, then close);
 - a cap on the bytes of a request head (431, then close);
@@ -23,6 +24,7 @@ from __future__ import annotations
 
 import logging
 import resource
+from collections import OrderedDict
 
 import httptools
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
@@ -73,24 +75,34 @@ class ConnectionGuard:
         self.metrics = metrics
         self.per_ip: dict[str, int] = {}
         self.total = 0
+        # Connections with nothing in progress, longest idle first (see admit).
+        self.idle: OrderedDict[EdgeProtocol, None] = OrderedDict()
         self.rlog = RateLimitedLog(log)
 
     def admit(self, ip: str) -> bool:
-        if self.total >= self.max_connections:
-            self.refused("connection_cap")
-            self.rlog.warning(
-                "connection_cap",
-                "refusing connections: %d open, the cap is %d (from the open-files limit; raise it with "
-                "`ulimit -n` / LimitNOFILE or [edge] max_connections)",
-                self.total,
-                self.max_connections,
-            )
-            return False
         count = self.per_ip.get(ip, 0)
         if count >= self.edge.max_connections_per_ip:
             self.refused("per_ip_cap")
             self.rlog.warning("per_ip_cap", "refusing connections from %s: %d open, the per-IP cap is %d", ip, count, self.edge.max_connections_per_ip)
             return False
+        if self.total >= self.max_connections:
+            # Full. Idle connections (nothing in progress) are the cheapest to give up: close the
+            # one idle longest, so holding idle sockets from many IPs cannot lock validators out.
+            victim = next(iter(self.idle), None)
+            if victim is None:
+                self.refused("connection_cap")
+                self.rlog.warning(
+                    "connection_cap",
+                    "refusing connections: %d open, none idle, the cap is %d (from the open-files limit; raise it "
+                    "with `ulimit -n` / LimitNOFILE or [edge] max_connections)",
+                    self.total,
+                    self.max_connections,
+                )
+                return False
+            del self.idle[victim]
+            self.refused("evicted_idle")
+            self.rlog.warning("evicted_idle", "%d connections open (the cap): closing the longest idle to admit a new one", self.total)
+            victim.transport.close()
         self.per_ip[ip] = count + 1
         self.total += 1
         if self.metrics is not None:
@@ -139,10 +151,11 @@ class EdgeProtocol(HttpToolsProtocol):
             transport.abort()  # frees the descriptor now; nothing is owed to this connection
             return
         self._admitted = True
-        self._arm(self.edge.idle_timeout_s, "idle_timeout")
+        self._go_idle()
 
     def connection_lost(self, exc) -> None:
         self._cancel()
+        self.guard.idle.pop(self, None)
         if self._admitted:
             self._admitted = False
             self.guard.release(self._ip)
@@ -169,6 +182,7 @@ class EdgeProtocol(HttpToolsProtocol):
     def on_message_begin(self) -> None:
         super().on_message_begin()
         self._phase = HEAD
+        self.guard.idle.pop(self, None)
         self._arm(self.edge.head_timeout_s, "head_timeout")
 
     def on_headers_complete(self) -> None:
@@ -193,15 +207,20 @@ class EdgeProtocol(HttpToolsProtocol):
             self.transport.close()
             return
         if self._phase == APP and not pipelined:
-            self._phase = IDLE
-            self._head_bytes = 0
-            self._arm(self.edge.idle_timeout_s, "idle_timeout")
+            self._go_idle()
 
     # We never upgrade (ws="none"); uvicorn's version logs two warnings per such request.
     def _unsupported_upgrade_warning(self) -> None:
         pass
 
     # -- helpers --
+    def _go_idle(self) -> None:
+        self._phase = IDLE
+        self._head_bytes = 0
+        self.guard.idle[self] = None
+        self.guard.idle.move_to_end(self)
+        self._arm(self.edge.idle_timeout_s, "idle_timeout")
+
     def _arm(self, seconds: float, reason: str) -> None:
         self._cancel()
         self._timer = self.loop.call_later(seconds, self._on_timeout, reason)

@@ -168,16 +168,29 @@ def test_per_ip_cap_keeps_validators_served(edge_server, keys, image_b64):
         s.close()
 
 
-def test_total_connection_cap_then_recovery(server_factory, keys, image_b64):
-    edge = EdgeConfig(idle_timeout_s=0.5, max_connections=6, max_connections_per_ip=100)
+def test_total_cap_evicts_idle_then_refuses_then_recovers(server_factory, keys, image_b64):
+    edge = EdgeConfig(idle_timeout_s=30.0, head_timeout_s=0.5, max_connections=6, max_connections_per_ip=100)
     srv = server_factory(edge=edge)
     port = srv.ports[0]
-    held = [connect(port) for _ in range(6)]
+    idle = [connect(port) for _ in range(6)]
     time.sleep(0.1)
-    assert read_until_closed(connect(port), 2.0) == b""
+    # Full of idle holders: a validator's new connection closes the longest-idle one instead.
+    valid_request(keys, port, image_b64)
+    assert 'reason="evicted_idle"' in metric(srv, "")
+    assert read_until_closed(idle[0], 2.0) == b""
+    for s in idle[1:]:
+        s.close()
+    time.sleep(0.1)
+    # Full of requests in progress (slow heads): nothing to evict, so a new one is refused ...
+    slow = [connect(port) for _ in range(6)]
+    for s in slow:
+        s.sendall(b"POST /ImageSynapse HTTP/1.1\r\n")
+    time.sleep(0.1)
+    assert read_until_closed(connect(port, source="127.0.0.3"), 2.0) == b""
     assert 'reason="connection_cap"' in metric(srv, "")
-    for s in held:  # the idle timer frees them
-        assert read_until_closed(s) == b""
+    # ... until their head timer frees them.
+    for s in slow:
+        assert status_of(read_until_closed(s)) == 408
     valid_request(keys, port, image_b64)
 
 
