@@ -137,7 +137,7 @@ async def _attack(port: int, idle: int, stop_evt: threading.Event, stats: dict) 
     await asyncio.gather(*tasks, return_exceptions=True)
 
 
-def run(idle: int = 1100, requests: int = 60, out=print) -> dict:
+def run(idle: int = 1100, requests: int = 60, nofile: int = 0, out=print) -> dict:
     import resource
 
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
@@ -146,7 +146,7 @@ def run(idle: int = 1100, requests: int = 60, out=print) -> dict:
 
     image = jpeg_b64()
     with tempfile.TemporaryDirectory() as tmp:
-        proc, port = start_ours(Path(tmp), Keypair.create_from_uri(VALIDATOR_URI).ss58_address, 1)
+        proc, port = start_ours(Path(tmp), Keypair.create_from_uri(VALIDATOR_URI).ss58_address, 1, nofile)
         try:
             validator_phase(port, 10, image)  # warm-up
             rss_start = rss_mb(proc.pid)
@@ -173,8 +173,10 @@ def run(idle: int = 1100, requests: int = 60, out=print) -> dict:
             rss_end = rss_mb(proc.pid)
         finally:
             stop(proc)
-    result = {"quiet": quiet, "attacked": attacked, "attack": stats, "idle_target": idle,
+    result = {"server_nofile": nofile or "default", "attacked": attacked, "attack": stats, "idle_target": idle,
               "rss_mb": {"start": rss_start, "peak": peak[0], "end": rss_end}}
+    result["quiet"] = quiet
+    out(f"server open-files limit: {nofile or 'as inherited, raised to [edge] nofile'}")
     out("| validator requests | n | non-200 | p50 ms | p99 ms | max ms |")
     out("|---|---|---|---|---|---|")
     for name, r in (("no attack", quiet), ("under attack", attacked)):
@@ -190,9 +192,10 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--idle", type=int, default=1100, help="idle connections the attacker tries to hold")
     ap.add_argument("--requests", type=int, default=60, help="validator requests per phase")
+    ap.add_argument("--nofile", type=int, default=0, help="cap the server's open-files limit (soft and hard), e.g. 1024")
     ap.add_argument("--json", default="")
     args = ap.parse_args(argv)
-    result = run(args.idle, args.requests)
+    result = run(args.idle, args.requests, args.nofile)
     if args.json:
         Path(args.json).write_text(json.dumps(result, indent=2))
     return 0

@@ -176,10 +176,19 @@ def measure(port: int, miner_ss58: str, image: str, sequential: int, concurrent:
     return {"one_in_flight": one, "concurrent": many}
 
 
-def start_ours(tmp: Path, validator_ss58: str, threads: int) -> tuple[subprocess.Popen, int]:
+def start_ours(tmp: Path, validator_ss58: str, threads: int, nofile: int = 0) -> tuple[subprocess.Popen, int]:
+    """Our miner as a subprocess; `nofile` > 0 caps its open-files limit (soft and hard)."""
     port = free_port()
     cfg = write_miner_config(tmp, port, validator_ss58, threads)
-    proc = subprocess.Popen([sys.executable, "-m", "streetcascade.miner.cli", "serve", "--config", str(cfg)], stdout=subprocess.DEVNULL, stderr=open(tmp / "ours.log", "w"))
+
+    def limit():
+        if nofile:
+            import resource
+
+            resource.setrlimit(resource.RLIMIT_NOFILE, (nofile, nofile))
+
+    proc = subprocess.Popen([sys.executable, "-m", "streetcascade.miner.cli", "serve", "--config", str(cfg)], stdout=subprocess.DEVNULL,
+                            stderr=open(tmp / "ours.log", "w"), preexec_fn=limit)
     wait_port(port, proc)
     return proc, port
 
