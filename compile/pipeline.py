@@ -16,6 +16,7 @@ import logging
 import shutil
 import tempfile
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -38,7 +39,7 @@ log = logging.getLogger(__name__)
 # loader compares, `Backend.package`).
 LIBRARIES = ("onnxruntime", "torch", "transformers", "onnx", "numpy")
 # Intermediate files a build leaves in its work folder (kept with --keep-raw).
-INTERMEDIATES = ("*.raw.onnx", "*.int8.onnx", "*.qdq.onnx", "*.kept.onnx", "*.fp32-ref.onnx")
+INTERMEDIATES = ("*.raw.onnx", "*.int8.onnx", "*.qdq.onnx", "*.kept.onnx", "*.fp32-ref.onnx", "*.fp16.onnx", "*.ort-int8.onnx")
 
 
 @dataclass
@@ -59,12 +60,12 @@ class _Stage:
         progress.step(f"{stage.name}: exporting the {decl.role} graph to ONNX (opset {decl.opset}; {shapes})")
         export_graph(graph, raw)
         out = self.workdir / f"{stage.name}.{decl.role}.{stage.precision}{self.target.suffix}"
-        built = self.target.build(BuildJob(stage, self.config, self.config_path, decl.io, raw, out, progress))
+        built = self.target.build(BuildJob(stage, self.config, self.config_path, decl.io, raw, out, progress, graph))
         tolerance = stage.parity_tolerance or parity_gate.DEFAULT_TOLERANCE[stage.precision]
         folder = resolve_relative(self.config_path, self.config.parity_images) if self.config.parity_images else None
         images, n_real = parity_gate.parity_images(stage.input_size, folder, seed=stage.seed)
         backend = get_backend(self.target.backend)
-        with backend.load(str(built.path), decl.io, backend.options_for(self.config.runtime, self.config.target.device)) as engine:
+        with _closing(backend), backend.load(str(built.path), decl.io, backend.options_for(self.config.runtime, self.config.target.device)) as engine:
             memory = engine.memory()  # first: it measures a fresh engine's peak at max_batch
             progress.step(
                 f"{stage.name}: memory at batch {decl.io.max_batch}: weights {memory.weights_bytes / 2**20:.0f} MiB, "
@@ -82,6 +83,7 @@ class _Stage:
             parity=parity,
             memory=memory,
             accuracy_gate=built.accuracy_gate,
+            build=built.build,
         )
 
     def build(self) -> StageEntry:
@@ -152,6 +154,15 @@ def compile_cascade(config_path: str | Path, out_dir: str | Path | None = None, 
         if stage.placeholder_weights:
             reporter.step(f"NOTE {stage.name} uses PLACEHOLDER (random) weights: not a roadwork detector; point `source`/`head` at real checkpoints")
     return dest
+
+
+@contextmanager
+def _closing(backend):
+    """Close what the backend shares between engines (a GPU arena) after the engine."""
+    try:
+        yield backend
+    finally:
+        backend.close()
 
 
 def _swap_in(workdir: Path, dest: Path) -> None:

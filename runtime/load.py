@@ -15,7 +15,7 @@ from streetcascade.manifest import Manifest, read_manifest, verify_files
 from streetcascade.settings import RuntimeConfig, StageThresholds
 
 from .backends import get_backend
-from .backends.base import Closeable, Engine, example_feeds
+from .backends.base import Backend, Closeable, Engine, example_feeds
 from .cascade import Cascade
 from .plan import MemoryPlan, check_budget, plan_memory
 from .stages import build_stage
@@ -26,8 +26,10 @@ log = logging.getLogger(__name__)
 class EngineSet(Closeable):
     """Loaded engines + the cascade over them. Close it (or use `with`) to free them."""
 
-    def __init__(self, engine_dir: Path, manifest: Manifest, engines: list[Engine], cascade: Cascade, plan: MemoryPlan, load_seconds: float):
+    def __init__(self, engine_dir: Path, manifest: Manifest, engines: list[Engine], cascade: Cascade, plan: MemoryPlan, load_seconds: float,
+                 backend: Backend | None = None):
         self.engine_dir = engine_dir
+        self.backend = backend
         self.manifest = manifest
         self.engines = engines
         self.cascade = cascade
@@ -42,6 +44,9 @@ class EngineSet(Closeable):
         for engine in self.engines:
             engine.close()
         self.engines = []
+        if self.backend is not None:
+            self.backend.close()
+            self.backend = None
 
 
 def load_engine_set(
@@ -86,11 +91,12 @@ def load_engine_set(
     except BaseException:
         for engine in engines:
             engine.close()
+        backend.close()
         raise
     cascade = Cascade(stages, safety_margin_ms=runtime.safety_margin_ms)
     seconds = time.perf_counter() - t0
     log.info("loaded %s: %d stage(s), %.2f s; memory plan %s", engine_dir, len(stages), seconds, plan.describe())
-    return EngineSet(engine_dir, manifest, engines, cascade, plan, seconds)
+    return EngineSet(engine_dir, manifest, engines, cascade, plan, seconds, backend)
 
 
 __all__ = ["EngineSet", "load_engine_set"]

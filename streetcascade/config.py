@@ -41,8 +41,13 @@ _THRESHOLD_DEFAULTS = StageThresholds()
 class TargetConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     backend: str = "onnxruntime"  # a compile.targets / runtime.backends registry name
     device: Literal["cpu", "cuda"] = "cpu"
-    # Folder name under engines/; "" = derived from the machine (e.g. cpu-x86_64).
+    # Folder name under engines/; "" = derived from the machine (e.g. cpu-x86_64, sm89-rtx4090).
     name: str = ""
+    # onnxruntime on cuda: which execution provider runs the graph ("tensorrt" keeps its engine
+    # and timing caches next to the graph); ignored elsewhere.
+    execution_provider: Literal["cuda", "tensorrt"] = "cuda"
+    # TensorRT: builder workspace limit (0 = 4 GiB).
+    workspace_bytes: Annotated[int, msgspec.Meta(ge=0)] = 0
 
 
 class StageConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):

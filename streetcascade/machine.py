@@ -6,6 +6,7 @@ from __future__ import annotations
 import importlib.metadata
 import os
 import platform
+import sys
 from functools import lru_cache
 
 # Features that change which kernels ONNX Runtime's optimiser and MLAS pick.
@@ -42,10 +43,14 @@ def physical_cores() -> int:
 
 
 def version_of(package: str) -> str | None:
+    """The installed distribution's version, else an imported module's `__version__` (some GPU
+    wheels install the `tensorrt` module under another distribution name)."""
     try:
         return importlib.metadata.version(package)
     except importlib.metadata.PackageNotFoundError:
-        return None
+        module = sys.modules.get(package)
+        version = getattr(module, "__version__", None)
+        return str(version) if version else None
 
 
 def rss_bytes() -> int:

@@ -61,6 +61,10 @@ class TargetInfo(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     # CPU ISA features the graphs may rely on (offline-optimised ORT graphs can be ISA-specific).
     cpu_features: list[str] = []
     sm: str | None = None  # CUDA compute capability for GPU targets, e.g. "8.9"
+    # GPU targets: what the engines were built on (engines are valid for one SM + library version).
+    gpu_name: str = ""  # e.g. "NVIDIA GeForce RTX 4090"
+    driver_version: str = ""  # CUDA driver API version, e.g. "12.8"
+    cuda_version: str = ""  # CUDA runtime version, e.g. "12.8"
 
 
 class Parity(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
@@ -121,6 +125,20 @@ class GraphEntry(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     memory: MemoryAccount  # measured at compile time by the target's backend
     # Quantized graphs built with calibration data (int8-static): the accuracy gate's figures.
     accuracy_gate: AccuracyGate | None = None
+    # Targets that build an engine per GPU (TensorRT, AOTInductor): how it was built.
+    build: "BuildInfo | None" = None
+
+
+class BuildInfo(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """How a GPU engine was built: its optimisation profile per input (batch min / opt / max),
+    the library's own figures, and the build time."""
+
+    builder: str  # "tensorrt 10.13.0", "torch 2.11.0 aoti"
+    profiles: dict[str, list[list[int]]] = {}  # input name -> [min shape, opt shape, max shape]
+    device_memory_bytes: int = 0  # TensorRT: ICudaEngine.device_memory_size_v2 (scratch at max profile)
+    weights_bytes: int = 0
+    build_seconds: float = 0.0
+    timing_cache: str = ""  # the timing cache file used and updated (relative to engines_dir)
 
 
 class StageEntry(msgspec.Struct, frozen=True, forbid_unknown_fields=True):

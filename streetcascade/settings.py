@@ -54,3 +54,6 @@ class RuntimeConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     # about 2x slower when other processes compete for the cores (docs/benchmarks.md). Set
     # false on a shared CPU (several miners, other services).
     spin_wait: bool = True
+    # GPU backends: after the first run at a batch size, capture copy-in + execute + copy-out
+    # in a CUDA graph and replay it (removes launch overhead; a failed capture falls back).
+    cuda_graphs: bool = True

@@ -10,6 +10,8 @@ from .base import BuildJob, BuiltGraph, Target
 TARGETS = Registry("compile target (target.backend)", {
     "onnxruntime": "streetcascade.compile.targets.onnxruntime:TARGET",
     "fake": "streetcascade.compile.targets.fake:TARGET",
+    "tensorrt": "streetcascade.compile.targets.tensorrt:TARGET",
+    "aoti": "streetcascade.compile.targets.aoti:TARGET",
 })
 
 

@@ -10,11 +10,11 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import ClassVar
+from typing import Any, ClassVar
 
 from streetcascade.config import CascadeConfig, StageConfig
 from streetcascade.errors import CompileError
-from streetcascade.manifest import AccuracyGate, GraphIO, TargetInfo
+from streetcascade.manifest import AccuracyGate, BuildInfo, GraphIO, TargetInfo
 from streetcascade.progress import QUIET, Progress
 
 
@@ -29,12 +29,15 @@ class BuildJob:
     raw: Path  # the exported FP32 ONNX graph
     out: Path  # the engine file to write
     progress: Progress = field(default=QUIET)
+    # The family's PyTorch module and reference, for targets that compile from PyTorch (AOTInductor).
+    graph: Any = None
 
 
 @dataclass
 class BuiltGraph:
     path: Path
     accuracy_gate: AccuracyGate | None = None  # quantized with calibration data: the gate's figures
+    build: BuildInfo | None = None  # engine-per-GPU targets: profiles, library figures, build time
 
 
 class Target(ABC):

@@ -11,6 +11,8 @@ from .base import Backend, Closeable, Engine, GraphIO, MemoryAccount, Slot, Tens
 BACKENDS = Registry("backend", {
     "onnxruntime": "streetcascade.runtime.backends.onnxruntime:OnnxRuntimeBackend",
     "fake": "streetcascade.runtime.backends.fake:FakeBackend",
+    "tensorrt": "streetcascade.runtime.backends.tensorrt:TensorRTBackend",
+    "aoti": "streetcascade.runtime.backends.aoti:AotiBackend",
 })
 
 

@@ -135,6 +135,10 @@ class Backend(ABC):
     @abstractmethod
     def load(self, path: str, io: GraphIO, options: msgspec.Struct) -> Engine: ...
 
+    def close(self) -> None:
+        """Free what the backend shares between its engines (e.g. a GPU scratch arena); called
+        after every engine it loaded is closed."""
+
     def check_target(self, manifest: Manifest, engine_dir: str | Path) -> None:
         """Refuse an engine set built for another machine or library version (EngineMismatch).
         Backends extend this with what else their engines depend on (ISA, GPU SM, ...)."""
