@@ -23,7 +23,7 @@ from pathlib import Path
 from streetcascade.config import CascadeConfig, StageConfig, load_config, resolve_relative
 from streetcascade.errors import CompileError
 from streetcascade.machine import version_of
-from streetcascade.manifest import FORMAT_VERSION, GraphEntry, Manifest, StageEntry, sha256_file, write_manifest
+from streetcascade.manifest import FORMAT_VERSION, GraphEntry, Manifest, StageEntry, TargetInfo, sha256_file, write_manifest
 from streetcascade.progress import Progress
 from streetcascade.runtime.backends import get_backend
 
@@ -50,6 +50,7 @@ class _Stage:
     config_path: Path
     config: CascadeConfig
     target: Target
+    info: TargetInfo
     workdir: Path
     progress: Progress
 
@@ -65,7 +66,7 @@ class _Stage:
         folder = resolve_relative(self.config_path, self.config.parity_images) if self.config.parity_images else None
         images, n_real = parity_gate.parity_images(stage.input_size, folder, seed=stage.seed)
         backend = get_backend(self.target.backend)
-        with _closing(backend), backend.load(str(built.path), decl.io, backend.options_for(self.config.runtime, self.config.target.device)) as engine:
+        with _closing(backend), backend.load(str(built.path), decl.io, backend.options_for_target(self.config.runtime, self.info)) as engine:
             memory = engine.memory()  # first: it measures a fresh engine's peak at max_batch
             progress.step(
                 f"{stage.name}: memory at batch {decl.io.max_batch}: weights {memory.weights_bytes / 2**20:.0f} MiB, "
@@ -88,7 +89,7 @@ class _Stage:
 
     def build(self) -> StageEntry:
         stage, family = self.stage, get_family(self.stage.family)
-        self.target.check_precision(stage)
+        self.target.check_precision(stage, self.config.target.device)
         self.progress.step(f"{stage.name}: loading {stage.family} from {stage.source}")
         model = family.load(stage, self.config_path)
         declared = [d.role for d in family.graphs(stage)]
@@ -123,7 +124,7 @@ def compile_cascade(config_path: str | Path, out_dir: str | Path | None = None, 
     reporter.step(f"compiling {len(config.stages)} stage(s) for {info.name} into {dest}")
     workdir = Path(tempfile.mkdtemp(prefix=f".{dest.name}.building-", dir=dest.parent))
     try:
-        stages = [_Stage(stage, config_path, config, target, workdir, reporter).build() for stage in config.stages]
+        stages = [_Stage(stage, config_path, config, target, info, workdir, reporter).build() for stage in config.stages]
         if not keep_raw:
             for pattern in INTERMEDIATES:
                 for p in workdir.glob(pattern):

@@ -71,7 +71,7 @@ def load_engine_set(
         raise EngineMismatch(f"{engine_dir}: the config names stage(s) {', '.join(unknown)} that this engine set lacks; recompile")
     plan = plan_memory(manifest, runtime)
     check_budget(plan, str(engine_dir))
-    options = backend.options_for(runtime, manifest.target.device)
+    options = backend.options_for_target(runtime, manifest.target)
     engines: list[Engine] = []
     stages = []
     try:

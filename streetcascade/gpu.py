@@ -102,3 +102,28 @@ def require_gpu(index: int = 0, what: str = "this target") -> GpuInfo:
     if index >= len(gpus):
         raise BackendUnavailable(f"{what}: GPU {index} asked for, this machine has {len(gpus)}")
     return gpus[index]
+
+
+def free_bytes(index: int = 0) -> int:
+    """Free device memory on GPU `index` now (cudaMemGetInfo), 0 if unknown."""
+    rt = cuda_runtime()
+    if rt is None or not _ok(rt.cudaSetDevice(index), rt):
+        return 0
+    mem = rt.cudaMemGetInfo()
+    return int(mem[1]) if _ok(mem, rt) else 0
+
+
+def check_sm(manifest, engine_dir) -> None:
+    """GPU engines run only on the SM they were built for: EngineMismatch naming both."""
+    from streetcascade.errors import EngineMismatch
+
+    target = manifest.target
+    gpus = probe_gpus()
+    if not gpus:
+        raise BackendUnavailable(f"{engine_dir}: built for a GPU ({target.gpu_name or 'SM ' + str(target.sm)}); this machine has none")
+    here = gpus[0]
+    if target.sm and target.sm != here.sm:
+        raise EngineMismatch(
+            f"{engine_dir}: built for SM {target.sm} ({target.gpu_name or 'unknown GPU'}), this GPU is "
+            f"SM {here.sm} ({here.name}); compile an engine set for it (`streetcascade compile-engines`)"
+        )

@@ -65,6 +65,7 @@ class TargetInfo(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     gpu_name: str = ""  # e.g. "NVIDIA GeForce RTX 4090"
     driver_version: str = ""  # CUDA driver API version, e.g. "12.8"
     cuda_version: str = ""  # CUDA runtime version, e.g. "12.8"
+    execution_provider: str = ""  # onnxruntime on cuda: "cuda" or "tensorrt"
 
 
 class Parity(msgspec.Struct, frozen=True, forbid_unknown_fields=True):

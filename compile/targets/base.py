@@ -52,7 +52,7 @@ class Target(ABC):
     @abstractmethod
     def build(self, job: BuildJob) -> BuiltGraph: ...
 
-    def check_precision(self, stage: StageConfig) -> None:
+    def check_precision(self, stage: StageConfig, device: str = "cpu") -> None:
         if stage.precision not in self.precisions:
             raise CompileError(
                 f"stage {stage.name}: precision {stage.precision!r} is not available for the {self.backend} target "

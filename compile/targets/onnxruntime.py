@@ -63,18 +63,42 @@ def optimize_offline(src: Path, dst: Path, io: GraphIO, runtime: RuntimeConfig =
 
 
 class OnnxRuntimeTarget(Target):
+    """cpu: quantize (optional) and optimise offline for this CPU. cuda ("ort-cuda", for
+    operators with CUDA but not the TensorRT Python package): the graph at its precision (fp16
+    converted like TensorRT's), optimised at load by the chosen execution provider (the CUDA
+    provider, or ONNX Runtime's TensorRT provider with its caches next to the graph)."""
+
     backend = ONNXRUNTIME
-    precisions = ("fp32", "int8-dynamic", "int8-static")
+    precisions = ("fp32", "fp16", "int8-dynamic", "int8-static")
     suffix = ".onnx"
+    CPU_PRECISIONS = ("fp32", "int8-dynamic", "int8-static")
+    GPU_PRECISIONS = ("fp32", "fp16", "int8-static")
 
     def describe(self, config: CascadeConfig) -> TargetInfo:
         device = config.target.device
+        if device == "cuda":
+            from streetcascade.gpu import require_gpu
+
+            gpu = require_gpu(what="the onnxruntime cuda target")
+            provider = config.target.execution_provider
+            return TargetInfo(name=config.target.name or f"{gpu.target_name}-ort-{provider}", backend=self.backend, device=device, arch=arch(),
+                              sm=gpu.sm, gpu_name=gpu.name, driver_version=gpu.driver_version, cuda_version=gpu.runtime_version,
+                              execution_provider=provider)
         if device != "cpu":
-            raise ConfigError(f"target.device {device!r}: the onnxruntime target builds for cpu here")
+            raise ConfigError(f"target.device {device!r}: the onnxruntime target builds for cpu or cuda")
         return TargetInfo(name=config.target.name or default_target_name(device), backend=self.backend, device=device, arch=arch(), cpu_features=list(cpu_features()))
+
+    def check_precision(self, stage, device: str = "cpu") -> None:
+        super().check_precision(stage)
+        allowed = self.GPU_PRECISIONS if device == "cuda" else self.CPU_PRECISIONS
+        if stage.precision not in allowed:
+            raise CompileError(f"stage {stage.name}: precision {stage.precision!r} is not built by the onnxruntime target on {device} "
+                               f"(have: {', '.join(allowed)})")
 
     def build(self, job: BuildJob) -> BuiltGraph:
         precision = job.stage.precision
+        if job.config.target.device == "cuda":
+            return self.build_gpu_graph(job)
         if precision == "int8-static":
             from ..static_int8 import build_gated_static
 
@@ -86,4 +110,18 @@ class OnnxRuntimeTarget(Target):
         return BuiltGraph(optimize_offline(src, job.out, job.io, job.config.runtime))
 
 
+    @staticmethod
+    def build_gpu_graph(job: BuildJob) -> BuiltGraph:
+        """The graph for a GPU execution provider: its precision's types, no CPU-specific rewrites."""
+        import shutil
+
+        from ..precision import graph_for_precision
+
+        job.progress.step(f"{job.stage.name}: {job.stage.precision} graph for onnxruntime on cuda ({job.config.target.execution_provider} provider)")
+        source, gate = graph_for_precision(job, ".onnx")
+        shutil.copyfile(source, job.out)
+        return BuiltGraph(job.out, gate)
+
+
 TARGET = OnnxRuntimeTarget()
+

@@ -1,10 +1,8 @@
 """TensorRT target: ONNX -> serialized engine (.plan) for this GPU type, TensorRT 10.x / 11.x.
 
 Precision lives in the ONNX graph (TensorRT 11 builds strongly typed networks only; it has no
-FP16/INT8 builder flags and no calibrator): fp16 converts the graph first (compile/fp16.py:
-LayerNorm, softmax, rotary math and the head stay FP32); int8-static takes the Q/DQ graph of the
-calibrated, accuracy-gated static-INT8 flow (compile/static_int8.py; the gate's figures come
-from running that Q/DQ graph in ONNX Runtime). One optimisation profile per input: batch 1
+FP16/INT8 builder flags and no calibrator): compile/precision.py gives the graph whose types say
+the precision (fp16 converted, int8-static the gated Q/DQ graph). One optimisation profile per input: batch 1
 (optimised for) to max_batch. The timing cache is kept per GPU type and TensorRT version under
 `<engines_dir>/.timing-cache/` and reused, so rebuilding is fast. The built engine is then
 loaded through runtime/backends/tensorrt.py by the pipeline for its memory figures and its
@@ -27,6 +25,7 @@ from streetcascade.gpu import require_gpu
 from streetcascade.machine import arch
 from streetcascade.manifest import BuildInfo, GraphIO, TargetInfo
 
+from ..precision import graph_for_precision
 from .base import BuildJob, BuiltGraph, Target
 
 log = logging.getLogger(__name__)
@@ -110,30 +109,6 @@ def timing_cache_path(job: BuildJob, trt_version: str, target_name: str) -> Path
     return resolve_relative(job.config_path, job.config.engines_dir) / ".timing-cache" / f"{target_name}-trt{major_minor}.cache"
 
 
-def graph_for_precision(job: BuildJob) -> tuple[Path, object]:
-    """The ONNX graph whose types say the precision, and the accuracy gate (int8-static)."""
-    precision = job.stage.precision
-    if precision == "fp32":
-        return job.raw, None
-    if precision == "fp16":
-        from ..fp16 import convert_fp16
-
-        return convert_fp16(job.raw, job.raw.with_name(job.raw.name.replace(".raw.onnx", ".fp16.onnx"))), None
-    if precision == "int8-static":
-        from dataclasses import replace
-
-        from ..static_int8 import build_gated_static
-
-        # The gated flow builds (and gates) an ONNX Runtime engine from the Q/DQ graph; TensorRT
-        # then builds from that same Q/DQ graph (with the sensitivity pass's FP32 layers).
-        ort_out = job.out.with_name(job.out.name.replace(".plan", ".ort-int8.onnx"))
-        gate = build_gated_static(replace(job, out=ort_out))
-        qdq = ort_out.with_name(ort_out.name.replace(".onnx", "") + ".qdq.onnx")
-        kept = qdq.with_name(qdq.stem + ".kept.onnx")
-        return (kept if kept.exists() else qdq), gate
-    raise CompileError(f"precision {precision!r} is not built by the TensorRT target")
-
-
 class TensorRTTarget(Target):
     backend = "tensorrt"
     precisions = ("fp32", "fp16", "int8-static")
@@ -159,7 +134,7 @@ class TensorRTTarget(Target):
         from streetcascade.runtime.backends.tensorrt import CollectingLogger
 
         gpu = require_gpu(what="the TensorRT target")
-        source, gate = graph_for_precision(job)
+        source, gate = graph_for_precision(job, ".plan")
         cache = timing_cache_path(job, trt.__version__, job.config.target.name or gpu.target_name)
         job.progress.step(f"{job.stage.name}: building a {job.stage.precision} TensorRT {trt.__version__} engine for {gpu.name} "
                           f"(batch 1..{job.io.max_batch}; timing cache {cache.name})")

@@ -19,7 +19,7 @@ import numpy as np
 
 from streetcascade.errors import BadInput, EngineMismatch
 from streetcascade.machine import arch, version_of
-from streetcascade.manifest import GraphIO, Manifest, MemoryAccount, TensorSpec
+from streetcascade.manifest import GraphIO, Manifest, MemoryAccount, TargetInfo, TensorSpec
 from streetcascade.settings import RuntimeConfig
 
 __all__ = ["Backend", "Closeable", "Engine", "GraphIO", "MemoryAccount", "Slot", "TensorSpec", "example_feeds", "host_bytes"]
@@ -131,6 +131,12 @@ class Backend(ABC):
     @classmethod
     @abstractmethod
     def options_for(cls, runtime: RuntimeConfig, device: str) -> msgspec.Struct: ...
+
+    @classmethod
+    def options_for_target(cls, runtime: RuntimeConfig, target: "TargetInfo") -> msgspec.Struct:
+        """Options for an engine set built for `target` (backends with per-target choices,
+        e.g. ONNX Runtime's execution provider, override this)."""
+        return cls.options_for(runtime, target.device)
 
     @abstractmethod
     def load(self, path: str, io: GraphIO, options: msgspec.Struct) -> Engine: ...

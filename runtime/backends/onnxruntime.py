@@ -15,8 +15,9 @@ import msgspec
 import numpy as np
 
 from streetcascade.errors import BackendUnavailable, BadInput, EngineMismatch, InferenceError, StreetcascadeError
+from streetcascade.gpu import check_sm, free_bytes
 from streetcascade.machine import cpu_features, physical_cores, rss_bytes
-from streetcascade.manifest import GraphIO, Manifest, MemoryAccount
+from streetcascade.manifest import GraphIO, Manifest, MemoryAccount, TargetInfo
 from streetcascade.settings import RuntimeConfig
 
 from .base import Backend, Engine, Slot, example_feeds, host_bytes
@@ -33,10 +34,17 @@ class OrtOptions(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     device: Literal["cpu", "cuda"] = "cpu"
     intra_op_threads: Annotated[int, msgspec.Meta(ge=0)] = 0  # 0 = one per core
     spin_wait: bool = True
-    # Run ORT's full optimiser at load: for graphs not optimised offline (compile-time tools).
+    # Run ORT's full optimiser at load: for graphs not optimised offline (compile-time tools,
+    # and GPU graphs, whose fusions depend on the execution provider).
     optimize: bool = False
     # Write the optimised graph here (the offline optimisation step of compile); "" = don't.
     save_optimized_to: str = ""
+    # cuda: which execution provider runs the graph (the CUDA provider backs TensorRT's up).
+    execution_provider: Literal["cuda", "tensorrt"] = "cuda"
+    gpu_index: Annotated[int, msgspec.Meta(ge=0)] = 0
+    cuda_graphs: bool = True
+    # TensorRT provider: its engine and timing caches ("" = next to the graph file).
+    cache_dir: str = ""
 
 
 def session_options(options: OrtOptions) -> "ort.SessionOptions":
@@ -67,15 +75,51 @@ def session_options(options: OrtOptions) -> "ort.SessionOptions":
     return so
 
 
-def providers_for(device: str) -> list[str]:
-    if device == "cpu":
+def gpu_providers(options: OrtOptions, graph_path: str) -> list[tuple[str, dict[str, str]]]:
+    """The provider list (with options) for a GPU session. Pure: built and tested without a GPU.
+
+    CUDA provider: CUDA graphs (one per batch size, `gpu_graph_id`), exhaustive cuDNN search
+    once per shape. TensorRT provider first when asked for, its engine and timing caches under
+    `cache_dir` (built on first load, reused after), the CUDA provider behind it for any node
+    TensorRT does not take. Never the CPU provider: `session.disable_cpu_ep_fallback` makes a
+    missing CUDA library an error instead of a silent CPU run."""
+    device_id = str(options.gpu_index)
+    cuda = ("CUDAExecutionProvider", {
+        "device_id": device_id,
+        "enable_cuda_graph": "1" if options.cuda_graphs else "0",
+        "cudnn_conv_algo_search": "EXHAUSTIVE",
+        "do_copy_in_default_stream": "1",
+        "arena_extend_strategy": "kSameAsRequested",
+    })
+    if options.execution_provider == "cuda":
+        return [cuda]
+    cache = options.cache_dir or str(Path(graph_path).parent / "ort-trt-cache")
+    trt = ("TensorrtExecutionProvider", {
+        "device_id": device_id,
+        "trt_engine_cache_enable": "True",
+        "trt_engine_cache_path": cache,
+        "trt_timing_cache_enable": "True",
+        "trt_timing_cache_path": cache,
+        "trt_cuda_graph_enable": "True" if options.cuda_graphs else "False",
+        "trt_builder_optimization_level": "3",
+    })
+    return [trt, cuda]
+
+
+def providers_for(options: OrtOptions, graph_path: str = "") -> list:
+    if options.device == "cpu":
         return ["CPUExecutionProvider"]
-    if device == "cuda":
+    if options.device == "cuda":
+        wanted = gpu_providers(options, graph_path)
         available = ort.get_available_providers()
-        if "CUDAExecutionProvider" not in available:
-            raise BackendUnavailable(f"onnxruntime here has no CUDA provider (available: {', '.join(available)})")
-        return ["CUDAExecutionProvider"]
-    raise BadInput(f"unknown device {device!r} for onnxruntime (use cpu or cuda)")
+        missing = [name for name, _ in wanted if name not in available]
+        if missing:
+            raise BackendUnavailable(f"onnxruntime here has no {', '.join(missing)} (available: {', '.join(available)}); "
+                                     "install onnxruntime-gpu (pip install 'streetcascade[cuda]') with matching CUDA libraries")
+        if options.execution_provider == "tensorrt":
+            Path(wanted[0][1]["trt_engine_cache_path"]).mkdir(parents=True, exist_ok=True)
+        return wanted
+    raise BadInput(f"unknown device {options.device!r} for onnxruntime (use cpu or cuda)")
 
 
 class OrtSlot(Slot):
@@ -106,21 +150,69 @@ class OrtSlot(Slot):
         self._binding.clear_binding_outputs()
 
 
+class OrtGpuSlot(Slot):
+    """IO bound on the GPU: per batch size, device input and output buffers made once and bound
+    once (CUDA graphs replay fixed addresses), one `gpu_graph_id` per batch size."""
+
+    def __init__(self, engine: "OrtEngine"):
+        super().__init__(engine)
+        self._per_batch: dict[int, tuple] = {}
+
+    def _buffers(self, batch: int):
+        entry = self._per_batch.get(batch)
+        if entry is None:
+            engine = self.engine
+            device_id = engine.options.gpu_index
+            binding = engine.session.io_binding()
+            inputs, outputs = {}, {}
+            for spec in engine.io.inputs:
+                inputs[spec.name] = ort.OrtValue.ortvalue_from_shape_and_type([batch, *spec.shape[1:]], np.dtype(spec.dtype), "cuda", device_id)
+                binding.bind_ortvalue_input(spec.name, inputs[spec.name])
+            for spec in engine.io.outputs:
+                outputs[spec.name] = ort.OrtValue.ortvalue_from_shape_and_type([batch, *spec.shape[1:]], np.dtype(spec.dtype), "cuda", device_id)
+                binding.bind_ortvalue_output(spec.name, outputs[spec.name])
+            run_options = ort.RunOptions()
+            if engine.options.cuda_graphs:
+                run_options.add_run_config_entry("gpu_graph_id", str(batch))
+            entry = self._per_batch[batch] = (binding, inputs, outputs, run_options)
+        return entry
+
+    def infer(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        batch = self.check_feeds(feeds)
+        binding, inputs, outputs, run_options = self._buffers(batch)
+        for name, value in inputs.items():
+            value.update_inplace(np.ascontiguousarray(feeds[name]))
+        try:
+            self.engine.session.run_with_iobinding(binding, run_options)
+        except Exception as exc:
+            raise InferenceError(f"onnxruntime ({self.engine.options.execution_provider} provider) failed: {exc}") from exc
+        self.engine.runs += 1
+        return {name: value.numpy() for name, value in outputs.items()}
+
+    def close(self) -> None:
+        for binding, *_ in self._per_batch.values():
+            binding.clear_binding_inputs()
+            binding.clear_binding_outputs()
+        self._per_batch = {}
+
+
 class OrtEngine(Engine):
     def __init__(self, path: str, io: GraphIO, options: OrtOptions):
         super().__init__(path, io)
         self.options = options
         self.runs = 0
-        before = rss_bytes()
+        # Host RAM on a CPU; on a GPU what the device lost (cudaMemGetInfo), as measured figures.
+        self._used = rss_bytes if options.device == "cpu" else (lambda: -free_bytes(options.gpu_index))
+        before = self._used()
         try:
-            self.session = ort.InferenceSession(path, sess_options=session_options(options), providers=providers_for(options.device))
+            self.session = ort.InferenceSession(path, sess_options=session_options(options), providers=providers_for(options, path))
         except StreetcascadeError:
             raise
         except Exception as exc:
             raise EngineMismatch(f"{path}: onnxruntime cannot load it: {str(exc).splitlines()[0]}") from exc
         # Weights are inline in our graphs: the file size is a floor for what the session holds
         # (ORT may also pre-pack GEMM weights, which the RSS delta catches).
-        self._weights_bytes = max(rss_bytes() - before, Path(path).stat().st_size)
+        self._weights_bytes = max(self._used() - before, Path(path).stat().st_size)
         self._activations_bytes: int | None = None
         names_in = [i.name for i in self.session.get_inputs()]
         names_out = [o.name for o in self.session.get_outputs()]
@@ -130,8 +222,8 @@ class OrtEngine(Engine):
                 f"{[s.name for s in io.inputs]} / {[s.name for s in io.outputs]}"
             )
 
-    def slot(self) -> OrtSlot:
-        return OrtSlot(self)
+    def slot(self) -> Slot:
+        return OrtSlot(self) if self.options.device == "cpu" else OrtGpuSlot(self)
 
     def memory(self) -> MemoryAccount:
         """Weights: the RSS growth of creating the session. Activations: the RSS growth of the
@@ -139,16 +231,16 @@ class OrtEngine(Engine):
         if self._activations_bytes is None:
             if self.runs:
                 raise InferenceError(f"{self.path}: memory must be measured before the engine's first run (its arena is already grown)")
-            before = rss_bytes()
+            before = self._used()
             with self.slot() as slot:
                 slot.infer(example_feeds(self.io, self.io.max_batch))
-            self._activations_bytes = max(0, rss_bytes() - before)
+            self._activations_bytes = max(0, self._used() - before)
         return MemoryAccount(
             device=self.options.device,
             weights_bytes=self._weights_bytes,
             activations_bytes=self._activations_bytes,
             host_buffers_bytes=host_bytes(self.io.outputs, self.io.max_batch),
-            method="rss-delta",
+            method="rss-delta" if self.options.device == "cpu" else "cuda-meminfo-delta",
         )
 
     def close(self) -> None:
@@ -162,7 +254,16 @@ class OnnxRuntimeBackend(Backend):
 
     @classmethod
     def options_for(cls, runtime: RuntimeConfig, device: str) -> OrtOptions:
-        return OrtOptions(device=device, intra_op_threads=runtime.intra_op_threads, spin_wait=runtime.spin_wait)
+        # GPU graphs are stored unoptimised (the fusions depend on the provider): optimise at load.
+        return OrtOptions(device=device, intra_op_threads=runtime.intra_op_threads, spin_wait=runtime.spin_wait,
+                          optimize=device != "cpu", cuda_graphs=runtime.cuda_graphs)
+
+    @classmethod
+    def options_for_target(cls, runtime: RuntimeConfig, target: TargetInfo) -> OrtOptions:
+        options = cls.options_for(runtime, target.device)
+        if target.device == "cuda" and target.execution_provider:
+            options = msgspec.structs.replace(options, execution_provider=target.execution_provider)
+        return options
 
     def load(self, path: str, io: GraphIO, options: OrtOptions) -> OrtEngine:
         return OrtEngine(path, io, options)
@@ -170,6 +271,8 @@ class OnnxRuntimeBackend(Backend):
     def check_target(self, manifest: Manifest, engine_dir) -> None:
         super().check_target(manifest, engine_dir)
         target = manifest.target
+        if target.device == "cuda":
+            check_sm(manifest, engine_dir)
         if target.device == "cpu":
             missing = sorted(set(target.cpu_features) - set(cpu_features()))
             if missing:

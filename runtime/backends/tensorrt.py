@@ -27,7 +27,7 @@ import msgspec
 import numpy as np
 
 from streetcascade.errors import BackendUnavailable, EngineMismatch, InferenceError
-from streetcascade.gpu import probe_gpus, require_gpu
+from streetcascade.gpu import check_sm, require_gpu
 from streetcascade.manifest import GraphIO, Manifest, MemoryAccount
 from streetcascade.settings import RuntimeConfig
 
@@ -220,16 +220,3 @@ class TensorRTBackend(Backend):
 
     def close(self) -> None:
         self.arenas.close()
-
-
-def check_sm(manifest: Manifest, engine_dir) -> None:
-    """GPU engines run only on the SM they were built for: EngineMismatch naming both."""
-    gpus = probe_gpus()
-    if not gpus:
-        raise BackendUnavailable(f"{engine_dir}: built for a GPU ({manifest.target.gpu_name or 'sm ' + str(manifest.target.sm)}); this machine has none")
-    here = gpus[0]
-    if manifest.target.sm and manifest.target.sm != here.sm:
-        raise EngineMismatch(
-            f"{engine_dir}: built for SM {manifest.target.sm} ({manifest.target.gpu_name or 'unknown GPU'}), this GPU is "
-            f"SM {here.sm} ({here.name}); compile an engine set for it (`streetcascade compile-engines`)"
-        )

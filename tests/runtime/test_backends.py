@@ -35,10 +35,35 @@ def test_cuda_device_without_cuda_provider_is_unavailable():
 
     if "CUDAExecutionProvider" in ort.get_available_providers():
         pytest.skip("this onnxruntime has a CUDA provider")
-    with pytest.raises(BackendUnavailable, match="no CUDA provider"):
-        providers_for("cuda")
+    with pytest.raises(BackendUnavailable, match="no CUDAExecutionProvider"):
+        providers_for(OrtOptions(device="cuda"))
+    with pytest.raises(BackendUnavailable, match="no TensorrtExecutionProvider, CUDAExecutionProvider"):
+        providers_for(OrtOptions(device="cuda", execution_provider="tensorrt"))
     with pytest.raises(BadInput, match="unknown device"):
-        providers_for("tpu")
+        providers_for(OrtOptions(device="tpu"))
+
+
+def test_gpu_session_settings_are_built_without_a_gpu(tmp_path):
+    """onnxruntime-gpu silently runs on the CPU when a CUDA library is missing, unless told not to."""
+    from streetcascade.manifest import TargetInfo
+    from streetcascade.runtime.backends.onnxruntime import OnnxRuntimeBackend, gpu_providers, session_options
+
+    so = session_options(OrtOptions(device="cuda"))
+    assert so.get_session_config_entry("session.disable_cpu_ep_fallback") == "1"
+    with pytest.raises(RuntimeError):  # not set at all on the CPU
+        session_options(OrtOptions()).get_session_config_entry("session.disable_cpu_ep_fallback")
+    graph = str(tmp_path / "sm89-rtx4090-ort-tensorrt" / "stage1.classifier.fp16.onnx")
+    (name, cuda), = gpu_providers(OrtOptions(device="cuda"), graph)
+    assert name == "CUDAExecutionProvider" and cuda["enable_cuda_graph"] == "1" and cuda["device_id"] == "0"
+    assert gpu_providers(OrtOptions(device="cuda", cuda_graphs=False, gpu_index=1), graph)[0][1] | {} == {
+        **cuda, "enable_cuda_graph": "0", "device_id": "1"}
+    (trt_name, trt), (cuda_name, _) = gpu_providers(OrtOptions(device="cuda", execution_provider="tensorrt"), graph)
+    assert (trt_name, cuda_name) == ("TensorrtExecutionProvider", "CUDAExecutionProvider")  # never the CPU provider
+    cache = str(tmp_path / "sm89-rtx4090-ort-tensorrt" / "ort-trt-cache")
+    assert trt["trt_engine_cache_enable"] == "True" and trt["trt_engine_cache_path"] == cache and trt["trt_timing_cache_path"] == cache
+    target = TargetInfo(name="x", backend="onnxruntime", device="cuda", arch="x86_64", sm="8.9", execution_provider="tensorrt")
+    options = OnnxRuntimeBackend.options_for_target(RuntimeConfig(cuda_graphs=False), target)
+    assert (options.device, options.execution_provider, options.optimize, options.cuda_graphs) == ("cuda", "tensorrt", True, False)
 
 
 def test_options_come_from_the_runtime_settings():
