@@ -20,7 +20,9 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from streetcascade.config import CascadeConfig, StageConfig, load_config, resolve_relative
+import msgspec
+
+from streetcascade.config import CascadeConfig, StageConfig, TargetConfig, load_config, resolve_relative
 from streetcascade.errors import CompileError
 from streetcascade.machine import version_of
 from streetcascade.manifest import FORMAT_VERSION, GraphEntry, Manifest, StageEntry, TargetInfo, sha256_file, write_manifest
@@ -62,7 +64,7 @@ class _Stage:
         export_graph(graph, raw)
         out = self.workdir / f"{stage.name}.{decl.role}.{stage.precision}{self.target.suffix}"
         built = self.target.build(BuildJob(stage, self.config, self.config_path, decl.io, raw, out, progress, graph))
-        tolerance = stage.parity_tolerance or parity_gate.DEFAULT_TOLERANCE[stage.precision]
+        tolerance = stage.parity_tolerance or parity_gate.DEFAULT_TOLERANCE.get(stage.precision, 1e-2)
         folder = resolve_relative(self.config_path, self.config.parity_images) if self.config.parity_images else None
         images, n_real = parity_gate.parity_images(stage.input_size, folder, seed=stage.seed)
         backend = get_backend(self.target.backend)
@@ -112,10 +114,14 @@ class _Stage:
         )
 
 
-def compile_cascade(config_path: str | Path, out_dir: str | Path | None = None, progress: bool = True, keep_raw: bool = False) -> Path:
+def compile_cascade(config_path: str | Path, out_dir: str | Path | None = None, progress: bool = True, keep_raw: bool = False,
+                    target: TargetConfig | None = None) -> Path:
+    """`target` replaces the config's [target] (compile-engines picks the GPU target)."""
     t0 = time.perf_counter()
     config_path = Path(config_path)
     config = load_config(config_path)
+    if target is not None:
+        config = msgspec.structs.replace(config, target=target)
     target = get_target(config.target.backend)
     info = target.describe(config)
     dest = Path(out_dir) if out_dir else resolve_relative(config_path, config.engines_dir) / info.name

@@ -17,7 +17,7 @@ from streetcascade.settings import RuntimeConfig, StageThresholds
 from .backends import get_backend
 from .backends.base import Backend, Closeable, Engine, example_feeds
 from .cascade import Cascade
-from .plan import MemoryPlan, check_budget, plan_memory
+from .plan import MemoryPlan, check_budget, limit_to_free_device_memory, plan_memory
 from .stages import build_stage
 
 log = logging.getLogger(__name__)
@@ -70,6 +70,10 @@ def load_engine_set(
     if unknown:
         raise EngineMismatch(f"{engine_dir}: the config names stage(s) {', '.join(unknown)} that this engine set lacks; recompile")
     plan = plan_memory(manifest, runtime)
+    if manifest.target.device == "cuda":
+        from streetcascade.gpu import free_bytes
+
+        plan = limit_to_free_device_memory(plan, free_bytes())
     check_budget(plan, str(engine_dir))
     options = backend.options_for_target(runtime, manifest.target)
     engines: list[Engine] = []

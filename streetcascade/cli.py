@@ -21,6 +21,7 @@ from pathlib import Path
 
 from streetcascade import __version__
 from streetcascade.errors import BadInput, ConfigError, StreetcascadeError
+from streetcascade.settings import RuntimeConfig
 
 log = logging.getLogger("streetcascade")
 
@@ -47,6 +48,105 @@ def cmd_compile(args) -> int:
 
     dest = compile_cascade(args.config, out_dir=args.out, progress=not args.quiet, keep_raw=args.keep_raw)
     print(dest)
+    return 0
+
+
+# `compile-engines --target NAME`: registry backend, device, onnxruntime execution provider.
+GPU_TARGETS = {
+    "tensorrt": ("tensorrt", "cuda", None),
+    "ort-cuda": ("onnxruntime", "cuda", "cuda"),
+    "ort-tensorrt": ("onnxruntime", "cuda", "tensorrt"),
+    "aoti": ("aoti", "cuda", None),
+}
+
+
+def detect_gpu_target() -> str:
+    """The best GPU target this machine can build: TensorRT, else ONNX Runtime's CUDA provider,
+    else AOTInductor; says what is missing when none is possible."""
+    from streetcascade.errors import BackendUnavailable
+    from streetcascade.gpu import require_gpu
+
+    gpu = require_gpu(what="compile-engines")
+    tried = []
+    try:
+        import tensorrt  # noqa: F401
+
+        return "tensorrt"
+    except ImportError as exc:
+        tried.append(f"tensorrt: {exc}")
+    try:
+        import onnxruntime
+
+        if "CUDAExecutionProvider" in onnxruntime.get_available_providers():
+            return "ort-cuda"
+        tried.append(f"onnxruntime {onnxruntime.__version__}: no CUDA provider (install onnxruntime-gpu)")
+    except ImportError as exc:
+        tried.append(f"onnxruntime: {exc}")
+    try:
+        import torch
+
+        if torch.cuda.is_available():
+            return "aoti"
+        tried.append(f"torch {torch.__version__}: no CUDA")
+    except ImportError as exc:
+        tried.append(f"torch: {exc}")
+    raise BackendUnavailable(f"{gpu.name} found, but nothing here can build for it: {'; '.join(tried)}")
+
+
+def cmd_compile_engines(args) -> int:
+    import msgspec
+
+    from streetcascade.compile.pipeline import compile_cascade
+    from streetcascade.config import load_config
+
+    config = load_config(args.config)
+    name = args.target if args.target != "auto" else detect_gpu_target()
+    backend, device, provider = GPU_TARGETS[name]
+    target = msgspec.structs.replace(config.target, backend=backend, device=device, execution_provider=provider or config.target.execution_provider)
+    dest = compile_cascade(args.config, out_dir=args.out, progress=not args.quiet, keep_raw=args.keep_raw, target=target)
+    print(dest)
+    return 0
+
+
+def parse_bytes(text: str) -> int:
+    """"24GiB", "24 GiB", "16G", "512MiB", "25769803776" -> bytes (binary units)."""
+    import re
+
+    m = re.fullmatch(r"\s*([0-9]+(?:\.[0-9]+)?)\s*([KMGT]?)(?:i?B)?\s*", text, re.IGNORECASE)
+    if not m:
+        raise BadInput(f"cannot read {text!r} as a size (e.g. 24GiB, 512MiB, 25769803776)")
+    scale = {"": 1, "K": 2**10, "M": 2**20, "G": 2**30, "T": 2**40}[m.group(2).upper()]
+    return int(float(m.group(1)) * scale)
+
+
+def cmd_plan(args) -> int:
+    import msgspec
+
+    from streetcascade.config import load_config
+    from streetcascade.errors import BudgetExceeded
+    from streetcascade.runtime.plan import plan_from_config, plan_memory
+
+    config = load_config(args.config) if args.config else None
+    runtime = config.runtime if config else RuntimeConfig()
+    changes = {}
+    if args.budget:
+        changes["budget_bytes"] = parse_bytes(args.budget)
+    if args.slots:
+        changes["slots"] = args.slots
+    runtime = msgspec.structs.replace(runtime, **changes)
+    if args.engines:
+        from streetcascade.manifest import read_manifest
+
+        plan = plan_memory(read_manifest(args.engines), runtime)
+        where = args.engines
+    else:
+        plan = plan_from_config(config, runtime)
+        where = args.config
+    print(f"memory plan for {where} ({'measured at compile time' if args.engines else 'estimated from model sizes and precisions'}):")
+    print(plan.table())
+    if not plan.fits:
+        print(f"error: does not fit the budget of {plan.budget_bytes / 2**30:.2f} GiB", file=sys.stderr)
+        return BudgetExceeded.exit_code
     return 0
 
 
@@ -283,6 +383,26 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--keep-raw", action="store_true", help="keep the unoptimised ONNX export next to the engine")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress lines")
     p.set_defaults(func=cmd_compile)
+
+    p = sub.add_parser("compile-engines", help="build the engine set for this machine's GPU type (engines/sm<XY>-<gpu>/)",
+                       description="Like compile, for a GPU target: TensorRT engines, ONNX Runtime on CUDA, or AOTInductor. "
+                       "--target auto picks the best one this machine can build.")
+    p.add_argument("--config", required=True, help="cascade config (TOML), e.g. configs/gpu.toml")
+    p.add_argument("--target", choices=["auto", *GPU_TARGETS], default="auto")
+    p.add_argument("--out", help="output folder (default: <engines_dir>/<target name>)")
+    p.add_argument("--keep-raw", action="store_true", help="keep the intermediate ONNX graphs")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress lines")
+    p.set_defaults(func=cmd_compile_engines)
+
+    p = sub.add_parser("plan", help="the memory plan of a cascade: from its config before building (no GPU needed), or of an engine set",
+                       description="Adds up weights, activations / shared scratch, KV caches, pinned host buffers and the CUDA "
+                       "context, and checks the total against the budget (exit code 6 when it does not fit).")
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--config", help="cascade config: estimate from model sizes and precisions")
+    src.add_argument("--engines", help="an engine set: the figures measured at compile time")
+    p.add_argument("--budget", default="", help="e.g. 24GiB (default: the config's [runtime] budget_bytes)")
+    p.add_argument("--slots", type=int, default=0, help="requests in flight (default: the config's [runtime] slots)")
+    p.set_defaults(func=cmd_plan)
 
     p = sub.add_parser("classify", help="decide images or folders of images with a compiled cascade")
     p.add_argument("inputs", nargs="+", help="image files and/or folders (searched recursively)")

@@ -31,7 +31,9 @@ from streetcascade.errors import ConfigError
 from streetcascade.settings import Probability, RuntimeConfig, StageThresholds
 from streetcascade.structs import load_toml
 
-Precision = Literal["fp32", "fp16", "int8-dynamic", "int8-static"]
+# What a target can build is its own list (Target.precisions); bf16, fp8 and int4 are planned
+# (`streetcascade plan`) before a target builds them.
+Precision = Literal["fp32", "fp16", "bf16", "fp8", "int8-dynamic", "int8-static", "int4"]
 Fraction = Annotated[float, msgspec.Meta(ge=0.0, le=1.0)]
 Limit = Annotated[float, msgspec.Meta(ge=0.0, le=2.0)]
 
@@ -67,6 +69,9 @@ class StageConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     positive_label: str = ""
     # Largest batch the engine is prepared (and parity-checked, and memory-measured) for.
     max_batch: Annotated[int, msgspec.Meta(ge=1, le=1024)] = 8
+    # Decoder stages: tokens their KV cache holds per sequence (0 = the model's default); used
+    # by `streetcascade plan` before anything is built.
+    max_tokens: Annotated[int, msgspec.Meta(ge=0, le=1 << 20)] = 0
     # Parity gate: max abs error on probabilities vs. PyTorch; 0 = the precision's default
     # (fp32 1e-4, int8-dynamic 0.15).
     parity_tolerance: Annotated[float, msgspec.Meta(ge=0.0, le=1.0)] = 0.0

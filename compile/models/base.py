@@ -217,7 +217,9 @@ class UInt8Preprocess(nn.Module):
         self.register_buffer("shift", -mean / std)
 
     def forward(self, pixels: torch.Tensor) -> torch.Tensor:
-        x = pixels.permute(0, 3, 1, 2).to(torch.float32)
+        # The buffers' dtype: float32 in the exported graphs, float16 when a PyTorch-compiled
+        # target (AOTInductor) builds the module in half precision.
+        x = pixels.permute(0, 3, 1, 2).to(self.scale.dtype)
         return x * self.scale + self.shift
 
 

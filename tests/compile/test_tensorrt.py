@@ -270,3 +270,20 @@ def test_corrupt_plan_and_parser_errors(sim, tmp_path, tiny_dinov3_dir):
     sim.fail_parse = True
     with pytest.raises(CompileError, match="cannot parse.*Unsupported ONNX operator"):
         compile_cascade(trt_config(tmp_path, tiny_dinov3_dir), progress=False)
+
+
+def test_gpu_budget_refusal_prints_the_table_and_respects_free_memory(sim, tmp_path, tiny_dinov3_dir):
+    from streetcascade.errors import BudgetExceeded
+    from streetcascade.runtime.plan import plan_memory
+    from streetcascade.settings import RuntimeConfig
+    from streetcascade.sizing import CUDA_CONTEXT_BYTES
+
+    dest = compile_cascade(trt_config(tmp_path, tiny_dinov3_dir), progress=False)
+    plan = plan_memory(read_manifest(dest), RuntimeConfig(slots=2))
+    (line,) = plan.lines
+    assert line.shared_scratch_bytes == 1 << 20 and plan.arena_bytes == 2 << 20 and plan.context_bytes == CUDA_CONTEXT_BYTES
+    with pytest.raises(BudgetExceeded, match=r"(?s)stage1/classifier .*CUDA context.*DOES NOT FIT"):
+        load_engine_set(dest, RuntimeConfig(budget_bytes=64 << 20))
+    sim.cuda.device_allocated = sim.cuda.device_bytes - (256 << 20)  # another process holds all but 256 MiB
+    with pytest.raises(BudgetExceeded, match="limited to the GPU's free memory; the configured budget is 24.00 GiB"):
+        load_engine_set(dest)
