@@ -6,7 +6,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: demo test bench setup clean-engines
+.PHONY: demo test bench setup clean-engines gpu-wheelhouse
 
 $(STAMP): pyproject.toml constraints-cpu.txt
 	$(PY) -m venv $(VENV)
@@ -31,3 +31,12 @@ bench: $(STAMP)
 
 clean-engines:
 	find engines -mindepth 1 -maxdepth 1 ! -name README.md -exec rm -rf {} +
+
+# Wheels the GPU check needs beyond PyTorch, for a GPU machine without a package index: carry
+# .gpu-wheelhouse/ along and bench/gpu_check.sh installs from it. PYVER: that machine's Python.
+PYVER ?= 3.12
+gpu-wheelhouse: $(STAMP)
+	$(BIN)/python -m pip download --quiet --dest .gpu-wheelhouse --only-binary=:all: --python-version $(PYVER) \
+		--platform manylinux2014_x86_64 --platform manylinux_2_28_x86_64 \
+		msgspec rich tomlkit tomli-w transformers safetensors huggingface_hub pytest
+	du -sh .gpu-wheelhouse

@@ -60,8 +60,9 @@ class _Stage:
         stage, decl, progress = self.stage, graph.decl, self.progress
         raw = self.workdir / f"{stage.name}.{decl.role}.raw.onnx"
         shapes = ", ".join(f"{s.name} {s.dtype}{s.shape}" for s in decl.io.inputs)
-        progress.step(f"{stage.name}: exporting the {decl.role} graph to ONNX (opset {decl.opset}; {shapes})")
-        export_graph(graph, raw)
+        if self.target.needs_onnx:
+            progress.step(f"{stage.name}: exporting the {decl.role} graph to ONNX (opset {decl.opset}; {shapes})")
+            export_graph(graph, raw)
         out = self.workdir / f"{stage.name}.{decl.role}.{stage.precision}{self.target.suffix}"
         built = self.target.build(BuildJob(stage, self.config, self.config_path, decl.io, raw, out, progress, graph))
         tolerance = stage.parity_tolerance or parity_gate.DEFAULT_TOLERANCE.get(stage.precision, 1e-2)

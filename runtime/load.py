@@ -97,6 +97,11 @@ def load_engine_set(
             engine.close()
         backend.close()
         raise
+    if runtime.batch_window_ms > 0 and stages:
+        from .batching import BatchingStage
+
+        first = manifest.stages[0].graphs[0].io.max_batch
+        stages[0] = BatchingStage(stages[0], runtime.batch_window_ms, first, runtime.slots)
     cascade = Cascade(stages, safety_margin_ms=runtime.safety_margin_ms)
     seconds = time.perf_counter() - t0
     log.info("loaded %s: %d stage(s), %.2f s; memory plan %s", engine_dir, len(stages), seconds, plan.describe())

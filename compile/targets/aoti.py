@@ -57,6 +57,7 @@ class AotiTarget(Target):
     backend = "aoti"
     precisions = ("fp32", "fp16")
     suffix = ".pt2"
+    needs_onnx = False
 
     def describe(self, config: CascadeConfig) -> TargetInfo:
         device = config.target.device

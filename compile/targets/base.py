@@ -44,6 +44,8 @@ class Target(ABC):
     backend: ClassVar[str]  # the runtime.backends registry name its engines load with
     precisions: ClassVar[tuple[str, ...]]
     suffix: ClassVar[str]  # engine file suffix, e.g. ".onnx"
+    # Builds from the exported ONNX graph (False: from the PyTorch module, e.g. AOTInductor).
+    needs_onnx: ClassVar[bool] = True
 
     @abstractmethod
     def describe(self, config: CascadeConfig) -> TargetInfo:
