@@ -85,10 +85,15 @@ class MemoryPlan(msgspec.Struct, frozen=True):
 
     def table(self) -> str:
         """The plan as an aligned table (the `plan` command, and BudgetExceeded messages)."""
-        def gib(n: int) -> str:
-            return f"{n / GIB:8.2f}"
+        unit, scale = ("GiB", GIB) if max(self.total_bytes, self.budget_bytes) >= 4 * GIB else ("MiB", MIB)
 
-        out = [f"{'stage/part':<28} {'device':<6} {'weights':>8} {'activ.':>8} {'scratch':>8} {'KV':>8} {'host':>8}   GiB"]
+        def gib(n: int) -> str:
+            return f"{n / scale:8.2f}"
+
+        def size(n: int) -> str:
+            return f"{n / scale:.2f} {unit}"
+
+        out = [f"{'stage/part':<28} {'device':<6} {'weights':>8} {'activ.':>8} {'scratch':>8} {'KV':>8} {'host':>8}   {unit}"]
         for line in self.lines:
             out.append(f"{(line.stage + '/' + line.role)[:28]:<28} {line.device:<6} {gib(line.weights_bytes)} {gib(line.activations_bytes)} "
                        f"{gib(line.shared_scratch_bytes)} {gib(line.kv_bytes)} {gib(line.host_buffers_bytes)}")
@@ -98,7 +103,7 @@ class MemoryPlan(msgspec.Struct, frozen=True):
             out.append(f"{'CUDA context':<28} {'':<6} {gib(self.context_bytes)}")
         where = "device memory" if any(line.device == "cuda" for line in self.lines) else "memory"
         verdict = "fits" if self.fits else "DOES NOT FIT"
-        out.append(f"total {self.total_bytes / GIB:.2f} GiB of {where} for {self.slots} slot(s) ({self.source}), budget {self.budget_bytes / GIB:.2f} GiB"
+        out.append(f"total {size(self.total_bytes)} of {where} for {self.slots} slot(s) ({self.source}), budget {size(self.budget_bytes)}"
                    + (f" ({self.budget_note})" if self.budget_note else "") + f": {verdict}")
         host = self.host_buffers_bytes
         if host and all(line.device == "cuda" for line in self.lines):

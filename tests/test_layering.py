@@ -68,10 +68,15 @@ def test_calibration_imports_nothing_from_compile():
     assert offenders == []
 
 
+# The AOTInductor backend runs PyTorch-compiled packages: torch is its runtime library (as
+# onnxruntime is the ONNX Runtime backend's). It is imported only when an engine set asks for it.
+RUNTIME_LIBRARIES = {"streetcascade.runtime.backends.aoti": {"torch"}}
+
+
 def test_online_code_imports_nothing_offline():
     online = ("streetcascade.runtime", "streetcascade.miner")
     for offline in ("streetcascade.compile", "streetcascade.calibration", "torch", "transformers", "onnx"):
-        offenders = sorted(m for m in _importers(offline) if m.startswith(online))
+        offenders = sorted(m for m in _importers(offline) if m.startswith(online) and offline not in RUNTIME_LIBRARIES.get(m, ()))
         assert offenders == [], offline
 
 

@@ -23,4 +23,38 @@ def get_target(name: str) -> Target:
     return TARGETS.get(name)
 
 
-__all__ = ["BuildJob", "BuiltGraph", "Target", "get_target", "target_names"]
+def detect_gpu_target() -> str:
+    """The best GPU target this machine can build (a `compile-engines --target` name):
+    TensorRT, else ONNX Runtime's CUDA provider, else AOTInductor; says what is missing when
+    none is possible."""
+    from streetcascade.errors import BackendUnavailable
+    from streetcascade.gpu import require_gpu
+
+    gpu = require_gpu(what="compile-engines")
+    tried = []
+    try:
+        import tensorrt  # noqa: F401
+
+        return "tensorrt"
+    except ImportError as exc:
+        tried.append(f"tensorrt: {exc}")
+    try:
+        import onnxruntime
+
+        if "CUDAExecutionProvider" in onnxruntime.get_available_providers():
+            return "ort-cuda"
+        tried.append(f"onnxruntime {onnxruntime.__version__}: no CUDA provider (install onnxruntime-gpu)")
+    except ImportError as exc:
+        tried.append(f"onnxruntime: {exc}")
+    try:
+        import torch
+
+        if torch.cuda.is_available():
+            return "aoti"
+        tried.append(f"torch {torch.__version__}: no CUDA")
+    except ImportError as exc:
+        tried.append(f"torch: {exc}")
+    raise BackendUnavailable(f"{gpu.name} found, but nothing here can build for it: {'; '.join(tried)}")
+
+
+__all__ = ["BuildJob", "BuiltGraph", "Target", "detect_gpu_target", "get_target", "target_names"]

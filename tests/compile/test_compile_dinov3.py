@@ -137,7 +137,7 @@ def test_budget_that_cannot_fit_is_refused_before_loading(tiny_engine_dir, monke
         raise AssertionError("an engine was loaded before the budget check")
 
     monkeypatch.setattr(OnnxRuntimeBackend, "load", no_load)
-    with pytest.raises(BudgetExceeded, match=r"(?s)does not fit:\n.*stage1/classifier .*for 1 slot\(s\).*budget 0\.00 GiB: DOES NOT FIT"):
+    with pytest.raises(BudgetExceeded, match=r"(?s)does not fit:\n.*stage1/classifier .*for 1 slot\(s\).*budget 0\.00 MiB: DOES NOT FIT"):
         load_engine_set(tiny_engine_dir, RuntimeConfig(budget_bytes=1024))
 
 

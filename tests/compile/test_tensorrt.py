@@ -287,3 +287,17 @@ def test_gpu_budget_refusal_prints_the_table_and_respects_free_memory(sim, tmp_p
     sim.cuda.device_allocated = sim.cuda.device_bytes - (256 << 20)  # another process holds all but 256 MiB
     with pytest.raises(BudgetExceeded, match="limited to the GPU's free memory; the configured budget is 24.00 GiB"):
         load_engine_set(dest)
+
+
+def test_compile_engines_detects_the_gpu_target(sim, tmp_path, tiny_dinov3_dir, capsys, monkeypatch):
+    from streetcascade.cli import main
+
+    cfg = write_config(tmp_path / "c.toml", [{"name": "stage1", "family": "dinov3", "source": str(tiny_dinov3_dir), "max_batch": 2}],
+                       tmp_path / "engines", target={"backend": "onnxruntime", "device": "cpu"})
+    assert main(["compile-engines", "--config", str(cfg), "-q"]) == 0  # TensorRT importable: it wins
+    assert capsys.readouterr().out.strip().endswith("sm89-rtx4090")
+    assert read_manifest(tmp_path / "engines" / "sm89-rtx4090").target.backend == "tensorrt"
+    monkeypatch.setitem(sys.modules, "tensorrt", None)  # no TensorRT, a CPU onnxruntime, a CPU torch
+    assert main(["compile-engines", "--config", str(cfg), "-q"]) == BackendUnavailable.exit_code
+    err = capsys.readouterr().err
+    assert "NVIDIA GeForce RTX 4090 found, but nothing here can build for it" in err and "install onnxruntime-gpu" in err

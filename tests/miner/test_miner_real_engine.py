@@ -68,7 +68,7 @@ def test_miner_config_runtime_table_reaches_the_engine_set(tiny_engine_dir, tmp_
     finally:
         close()
     miner_toml.write_text(head + f'[engine]\nengine = "{tiny_engine_dir}"\n[runtime]\nbudget_bytes = 1000\n')
-    with pytest.raises(BudgetExceeded, match="budget 0 MiB"):
+    with pytest.raises(BudgetExceeded, match=r"budget 0\.00 MiB: DOES NOT FIT"):
         build_cascade(load_miner_config(miner_toml))
     miner_toml.write_text(head + '[engine]\nengine = "fake"\ninference_threads = 4\n')
     with pytest.raises(ConfigError, match=r"\[engine\] inference_threads moved to \[runtime\] slots"):
