@@ -17,7 +17,7 @@ from streetcascade.runtime.images import IMAGE_SUFFIXES, decode_image, resize_to
 log = logging.getLogger(__name__)
 
 # Default tolerance on probabilities, per precision (fp32 must match; int8 is an approximation).
-DEFAULT_TOLERANCE = {"fp32": 1e-4, "fp16": 1e-2, "int8-dynamic": 0.15, "int8-static": 0.15}
+DEFAULT_TOLERANCE = {"fp32": 1e-4, "fp16": 1e-2, "bf16": 2e-2, "fp8": 0.15, "int8-dynamic": 0.15, "int8-static": 0.15}
 REFERENCE_BATCH = 16
 
 
@@ -34,7 +34,8 @@ def parity_images(size: int, folder: Path | None, n_random: int = 8, seed: int =
     return np.stack(real + synthetic), len(real)
 
 
-def check_classifier_parity(engine: Engine, reference, images: np.ndarray, tolerance: float, label: str) -> Parity:
+def check_classifier_parity(engine: Engine, reference, images: np.ndarray, tolerance: float, label: str,
+                            reference_name: str = "pytorch-fp32-eager") -> Parity:
     """Logits of the engine (batched at its max_batch, and image 0 alone) vs the reference."""
     with engine.slot() as slot:
         got = slot.logits(images)
@@ -49,7 +50,7 @@ def check_classifier_parity(engine: Engine, reference, images: np.ndarray, toler
     want = np.concatenate([np.asarray(reference(images[i : i + REFERENCE_BATCH]), dtype=np.float64).reshape(-1) for i in range(0, len(images), REFERENCE_BATCH)])
     p_got, p_want = sigmoid(got), sigmoid(want)
     parity = Parity(
-        reference="pytorch-fp32-eager",
+        reference=reference_name,
         n_images=len(images),
         max_abs_prob_error=float(np.abs(p_got - p_want).max()),
         max_abs_logit_error=float(np.abs(got - want).max()),
@@ -59,7 +60,7 @@ def check_classifier_parity(engine: Engine, reference, images: np.ndarray, toler
     log.info("%s parity: max |dp| %.2e, max |dlogit| %.2e over %d images", label, parity.max_abs_prob_error, parity.max_abs_logit_error, len(images))
     if parity.max_abs_prob_error > tolerance:
         raise ParityError(
-            f"{label}: max probability error {parity.max_abs_prob_error:.3g} vs PyTorch exceeds the tolerance {tolerance:g} "
+            f"{label}: max probability error {parity.max_abs_prob_error:.3g} vs {reference_name} exceeds the tolerance {tolerance:g} "
             f"(max logit error {parity.max_abs_logit_error:.3g}, {parity.decision_flips:.1%} decisions flipped)"
         )
     return parity

@@ -41,7 +41,7 @@ log = logging.getLogger(__name__)
 # loader compares, `Backend.package`).
 LIBRARIES = ("onnxruntime", "torch", "transformers", "onnx", "numpy")
 # Intermediate files a build leaves in its work folder (kept with --keep-raw).
-INTERMEDIATES = ("*.raw.onnx", "*.int8.onnx", "*.qdq.onnx", "*.kept.onnx", "*.fp32-ref.onnx", "*.fp16.onnx", "*.ort-int8.onnx")
+INTERMEDIATES = ("*.raw.onnx", "*.int8.onnx", "*.qdq.onnx", "*.kept.onnx", "*.fp32-ref.onnx", "*.tmp.onnx", "*.ort-int8.onnx")
 
 
 @dataclass
@@ -77,6 +77,9 @@ class _Stage:
                 f"{len(images) - n_real} synthetic images (tolerance {tolerance:g})"
             )
             parity = parity_gate.check_classifier_parity(engine, graph.reference, images, tolerance, f"{stage.name}/{decl.role}")
+            parity_ort = None
+            if self.info.device == "cuda" and raw.exists():
+                parity_ort = self.parity_vs_onnxruntime(engine, raw, decl, images, tolerance)
         return GraphEntry(
             role=decl.role,
             file=built.path.name,
@@ -88,7 +91,17 @@ class _Stage:
             memory=memory,
             accuracy_gate=built.accuracy_gate,
             build=built.build,
+            parity_onnxruntime=parity_ort,
         )
+
+    def parity_vs_onnxruntime(self, engine, raw: Path, decl, images, tolerance: float):
+        """A GPU engine against the FP32 ONNX Runtime engine of the graph it was built from."""
+        ort_backend = get_backend("onnxruntime")
+        options = msgspec.structs.replace(ort_backend.options_for(self.config.runtime, "cpu"), optimize=True)
+        self.progress.step(f"{self.stage.name}: parity vs the FP32 ONNX Runtime engine on the CPU")
+        with ort_backend.load(str(raw), decl.io, options) as reference, reference.slot() as slot:
+            return parity_gate.check_classifier_parity(engine, slot.logits, images, tolerance, f"{self.stage.name}/{decl.role}",
+                                                       reference_name="onnxruntime-fp32")
 
     def build(self) -> StageEntry:
         stage, family = self.stage, get_family(self.stage.family)

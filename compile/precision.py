@@ -5,7 +5,9 @@ graph (TensorRT 11's strongly typed networks, ONNX Runtime's GPU providers):
 - fp16: converted by compile/fp16.py (LayerNorm, softmax, rotary math and the head stay FP32);
 - int8-static: the Q/DQ graph of the calibrated, accuracy-gated static-INT8 flow
   (compile/static_int8.py, with the sensitivity pass's FP32 layers); the gate's figures come from
-  running that Q/DQ graph in ONNX Runtime on the CPU.
+  running that Q/DQ graph in ONNX Runtime on the CPU;
+- fp8: NVIDIA ModelOpt's FP8 Q/DQ graph calibrated on the calibration split (ModelOpt must be
+  installed; no CPU runtime executes FP8 Q/DQ here, so the parity check on the GPU is the gate).
 """
 
 from __future__ import annotations
@@ -26,7 +28,8 @@ def graph_for_precision(job: BuildJob, suffix: str) -> tuple[Path, AccuracyGate 
     if precision == "fp16":
         from .fp16 import convert_fp16
 
-        return convert_fp16(job.raw, job.raw.with_name(job.raw.name.replace(".raw.onnx", ".fp16.onnx"))), None
+        # Not "<stage>.<role>.fp16.onnx": that is the onnxruntime GPU target's engine file name.
+        return convert_fp16(job.raw, job.raw.with_name(job.raw.name.replace(".raw.onnx", ".fp16.tmp.onnx"))), None
     if precision == "int8-static":
         from dataclasses import replace
 
@@ -39,4 +42,14 @@ def graph_for_precision(job: BuildJob, suffix: str) -> tuple[Path, AccuracyGate 
         qdq = ort_out.with_name(ort_out.name.replace(".onnx", "") + ".qdq.onnx")
         kept = qdq.with_name(qdq.stem + ".kept.onnx")
         return (kept if kept.exists() else qdq), gate
+    if precision == "fp8":
+        from .quantize import modelopt_qdq
+        from .static_int8 import load_split_images
+
+        if job.config.calibration is None or not job.config.calibration.has_data():
+            raise CompileError(f"stage {job.stage.name}: fp8 needs calibration images ([calibration] data or parquet)")
+        _, images = load_split_images(job.config_path, job.config, "calibration", job.config.calibration.calibration_samples,
+                                      job.stage.input_size, job.progress)
+        dst = job.raw.with_name(job.raw.name.replace(".raw.onnx", ".fp8.qdq.onnx"))
+        return modelopt_qdq(job.raw, dst, images, mode="fp8"), None
     raise CompileError(f"precision {precision!r} has no GPU graph")

@@ -128,6 +128,9 @@ class GraphEntry(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     accuracy_gate: AccuracyGate | None = None
     # Targets that build an engine per GPU (TensorRT, AOTInductor): how it was built.
     build: "BuildInfo | None" = None
+    # GPU targets built from ONNX: the engine vs the FP32 ONNX Runtime engine of the same graph
+    # on the CPU, on the parity images (over tolerance, the build is refused).
+    parity_onnxruntime: Parity | None = None
 
 
 class BuildInfo(msgspec.Struct, frozen=True, forbid_unknown_fields=True):

@@ -111,7 +111,7 @@ def timing_cache_path(job: BuildJob, trt_version: str, target_name: str) -> Path
 
 class TensorRTTarget(Target):
     backend = "tensorrt"
-    precisions = ("fp32", "fp16", "int8-static")
+    precisions = ("fp32", "fp16", "int8-static", "fp8")
     suffix = ".plan"
 
     def describe(self, config: CascadeConfig) -> TargetInfo:

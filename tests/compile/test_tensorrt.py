@@ -169,6 +169,7 @@ def test_compile_load_and_parity(sim, tmp_path, tiny_dinov3_dir, tiny_engine_dir
     assert g.build.builder.startswith("tensorrt ") and g.build.device_memory_bytes == 1 << 20
     assert m.library_versions["tensorrt"] == fake_tensorrt.VERSION
     assert g.parity.max_abs_prob_error < 1e-4
+    assert g.parity_onnxruntime.reference == "onnxruntime-fp32" and g.parity_onnxruntime.max_abs_prob_error < 1e-5
     spec = sim.built[0]
     assert spec["strongly_typed"] and spec["workspace"] == 4 << 30
     cache = tmp_path / "engines" / ".timing-cache" / "sm89-rtx4090-trt10.13.cache"
@@ -301,3 +302,34 @@ def test_compile_engines_detects_the_gpu_target(sim, tmp_path, tiny_dinov3_dir, 
     assert main(["compile-engines", "--config", str(cfg), "-q"]) == BackendUnavailable.exit_code
     err = capsys.readouterr().err
     assert "NVIDIA GeForce RTX 4090 found, but nothing here can build for it" in err and "install onnxruntime-gpu" in err
+
+
+def test_ort_cuda_target_names_and_graphs(sim, tmp_path, tiny_dinov3_dir, monkeypatch):
+    """ort-cuda on the simulated GPU: the target is named after the GPU and provider, the fp16
+    graph is built; loading it then needs onnxruntime-gpu, which a CPU onnxruntime refuses
+    instead of running on the CPU."""
+    import onnx
+
+    cfg = write_config(tmp_path / "c.toml", [{"name": "stage1", "family": "dinov3", "source": str(tiny_dinov3_dir), "max_batch": 2, "precision": "fp16"}],
+                       tmp_path / "engines", target={"backend": "onnxruntime", "device": "cuda", "execution_provider": "tensorrt"})
+    with pytest.raises(BackendUnavailable, match="no TensorrtExecutionProvider, CUDAExecutionProvider"):
+        compile_cascade(cfg, progress=False, keep_raw=True)
+    from streetcascade.compile.targets import get_target
+    from streetcascade.config import load_config
+
+    info = get_target("onnxruntime").describe(load_config(cfg))
+    assert (info.name, info.execution_provider, info.sm) == ("sm89-rtx4090-ort-tensorrt", "tensorrt", "8.9")
+
+
+def test_fp8_needs_calibration_data_and_modelopt(sim, tmp_path, tiny_dinov3_dir, monkeypatch):
+    with pytest.raises(CompileError, match="fp8 needs calibration images"):
+        compile_cascade(trt_config(tmp_path, tiny_dinov3_dir, "fp8"), progress=False)
+    cfg = write_config(tmp_path / "fp8.toml", [{"name": "stage1", "family": "dinov3", "source": str(tiny_dinov3_dir), "max_batch": 2, "precision": "fp8"}],
+                       tmp_path / "engines", target={"backend": "tensorrt", "device": "cuda"},
+                       calibration={"data": str(SAMPLES), "labels_csv": str(tmp_path / "labels.csv"), "calibration_samples": 4})
+    (tmp_path / "labels.csv").write_text("filename,label\n" + "".join(f"{p.name},{i % 2}\n" for i, p in enumerate(sorted(SAMPLES.glob("*.jpg")))))
+    monkeypatch.setitem(sys.modules, "modelopt", None)
+    monkeypatch.setitem(sys.modules, "modelopt.onnx", None)
+    monkeypatch.setitem(sys.modules, "modelopt.onnx.quantization", None)
+    with pytest.raises(BackendUnavailable, match="NVIDIA ModelOpt is not installed"):
+        compile_cascade(cfg, progress=False)

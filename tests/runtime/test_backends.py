@@ -136,3 +136,15 @@ def test_fake_backend_loads_its_engine_file_and_refuses_others(tmp_path):
         good.write_text(text)
         with pytest.raises(EngineMismatch):
             backend.load(str(good), io, backend.options_for(RuntimeConfig(), "cpu"))
+
+
+def test_a_gpu_session_never_runs_silently_on_the_cpu(tiny_engine_dir, monkeypatch):
+    """With the CUDA provider asked for but not really there, onnxruntime would quietly use the
+    CPU; our session options make it refuse (a real CPU onnxruntime, its provider check faked)."""
+    import onnxruntime as ort
+
+    graph = read_manifest(tiny_engine_dir).stages[0].graphs[0]
+    monkeypatch.setattr(ort, "get_available_providers", lambda: ["CUDAExecutionProvider", "CPUExecutionProvider"])
+    backend = get_backend("onnxruntime")
+    with pytest.raises(EngineMismatch, match="fallback to CPU EP has been explicitly disabled"):
+        backend.load(str(tiny_engine_dir / graph.file), graph.io, backend.options_for(RuntimeConfig(), "cuda"))
