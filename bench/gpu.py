@@ -131,7 +131,16 @@ def available_targets(device: str) -> list[tuple[str, dict]]:
     return out
 
 
-def run_gpu_bench(models, batches, runs=200, device="cuda", compile_limit_s=240.0, out=print) -> list[dict]:
+def _print_rows(rows: list[dict], out) -> None:
+    out("| model | batch | variant | median ms | p99 ms | x eager | x torch.compile |")
+    out("|---|---|---|---|---|---|---|")
+    for r in rows:
+        out(f"| {r['model']} | {r['batch']} | {r['variant']} | {r['median_ms']:.3f} | {r['p99_ms']:.3f} | {r['vs_eager']:.2f} | {r['vs_compile']:.2f} |")
+
+
+def run_gpu_bench(models, batches, runs=200, device="cuda", compile_limit_s=240.0, out=print, json_path: str = "") -> list[dict]:
+    """Measures model by model; each model's rows are printed (and the JSON rewritten) as soon as
+    they exist, so a time limit that cuts the run short still leaves the finished models."""
     import torch
 
     rows = []
@@ -155,6 +164,9 @@ def run_gpu_bench(models, batches, runs=200, device="cuda", compile_limit_s=240.
                 except Exception as exc:  # noqa: BLE001 - report and measure the rest
                     out(f"  {label}: could not build ({type(exc).__name__}: {str(exc)[:200]})")
             out(f"{human}: built {len(variants)} variants in {time.perf_counter() - t0:.0f} s")
+            import sys
+
+            sys.stdout.flush()
             try:
                 for batch in batches:
                     x = np.random.default_rng(0).integers(0, 255, (batch, 224, 224, 3), dtype=np.uint8)
@@ -173,10 +185,9 @@ def run_gpu_bench(models, batches, runs=200, device="cuda", compile_limit_s=240.
             finally:
                 for close in closers:
                     close()
-    out("| model | batch | variant | median ms | p99 ms | x eager | x torch.compile |")
-    out("|---|---|---|---|---|---|---|")
-    for r in rows:
-        out(f"| {r['model']} | {r['batch']} | {r['variant']} | {r['median_ms']:.3f} | {r['p99_ms']:.3f} | {r['vs_eager']:.2f} | {r['vs_compile']:.2f} |")
+        _print_rows([r for r in rows if r["model"] == key], out)
+        if json_path:
+            Path(json_path).write_text(json.dumps(rows, indent=2))
     return rows
 
 
@@ -189,9 +200,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--compile-limit-s", type=float, default=240.0, help="give up on max-autotune after this long (then: default mode)")
     ap.add_argument("--json", default="")
     args = ap.parse_args(argv)
-    rows = run_gpu_bench(args.models.split(","), [int(b) for b in args.batch.split(",")], args.runs, args.device, args.compile_limit_s)
-    if args.json:
-        Path(args.json).write_text(json.dumps(rows, indent=2))
+    run_gpu_bench(args.models.split(","), [int(b) for b in args.batch.split(",")], args.runs, args.device, args.compile_limit_s, json_path=args.json)
     return 0
 
 

@@ -37,10 +37,10 @@ fi
 "$PY" -m pip install --quiet --no-index --no-deps --no-build-isolation -e . >> "$OUT/steps.txt" 2>&1 || log "editable install failed (see steps.txt)"
 
 log "gpu tests"
-timeout 200 "$PY" -m pytest -q -m gpu tests/gpu tests/compile/test_tensorrt.py -p no:cacheprovider > "$OUT/pytest.txt" 2>&1
+timeout 150 "$PY" -m pytest -q -m gpu tests/gpu tests/compile/test_tensorrt.py -p no:cacheprovider > "$OUT/pytest.txt" 2>&1
 log "gpu tests exit $? (tail below)"; tail -5 "$OUT/pytest.txt"
 
 log "gpu bench"
-timeout 330 "$PY" -m bench.gpu --models vits16,vitl16 --batch 1,8 --runs 100 --compile-limit-s 90 --json "$OUT/gpu.json" > "$OUT/gpu.md" 2>&1
+timeout 270 "$PY" -m bench.gpu --models vits16,vitl16 --batch 1,8 --runs 60 --compile-limit-s 60 --json "$OUT/gpu.json" > "$OUT/gpu.md" 2>&1
 log "gpu bench exit $?"; cat "$OUT/gpu.md" | grep -E "^\||device:|WARNING|could not" | head -40
 log "done"
