@@ -77,7 +77,10 @@ class Cascade:
                     break
             t0 = time.perf_counter()
             try:
-                scores = stage.score([images[i] for i in pending])
+                batch = [images[i] for i in pending]
+                given = getattr(stage, "score_given", None)
+                # An evidence stage (OCR) moves the earlier probability instead of replacing it.
+                scores = given(batch, [probs[i] for i in pending]) if index > 0 and given is not None else stage.score(batch)
             except BadInput:
                 raise
             except Exception as exc:  # a stage failing must not lose an earlier answer

@@ -166,10 +166,10 @@ class OrtGpuSlot(Slot):
             binding = engine.session.io_binding()
             inputs, outputs = {}, {}
             for spec in engine.io.inputs:
-                inputs[spec.name] = ort.OrtValue.ortvalue_from_shape_and_type([batch, *spec.shape[1:]], np.dtype(spec.dtype), "cuda", device_id)
+                inputs[spec.name] = ort.OrtValue.ortvalue_from_shape_and_type([batch, *spec.shape[1:]], np.dtype(spec.dtype).type, "cuda", device_id)
                 binding.bind_ortvalue_input(spec.name, inputs[spec.name])
             for spec in engine.io.outputs:
-                outputs[spec.name] = ort.OrtValue.ortvalue_from_shape_and_type([batch, *spec.shape[1:]], np.dtype(spec.dtype), "cuda", device_id)
+                outputs[spec.name] = ort.OrtValue.ortvalue_from_shape_and_type([batch, *spec.shape[1:]], np.dtype(spec.dtype).type, "cuda", device_id)
                 binding.bind_ortvalue_output(spec.name, outputs[spec.name])
             run_options = ort.RunOptions()
             if engine.options.cuda_graphs:
