@@ -31,6 +31,12 @@ def _dynamic_axes(specs: list[TensorSpec]) -> dict[str, dict[int, str]]:
 
 def export_graph(graph: ExportableGraph, path: Path) -> Path:
     decl = graph.decl
+    if graph.onnx_source is not None:  # already ONNX (e.g. PP-OCR's models): copy it as the "export"
+        import shutil
+
+        shutil.copyfile(graph.onnx_source, path)
+        _check_no_control_flow(path)
+        return path
     # The TorchScript exporter restores the wrapper's training flag on every submodule
     # afterwards: make sure that flag is eval, or the shared HF model ends up in training mode.
     module = graph.module.eval()

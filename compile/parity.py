@@ -64,3 +64,23 @@ def check_classifier_parity(engine: Engine, reference, images: np.ndarray, toler
             f"(max logit error {parity.max_abs_logit_error:.3g}, {parity.decision_flips:.1%} decisions flipped)"
         )
     return parity
+
+
+def check_tensor_parity(engine: Engine, reference, feeds_list: list[dict[str, np.ndarray]], tolerance: float, label: str) -> Parity:
+    """Every output of the engine vs the reference graph's, on the family's example inputs."""
+    worst = 0.0
+    with engine.slot() as slot:
+        for feeds in feeds_list:
+            got, want = slot.infer(feeds), reference(feeds)
+            for name, value in got.items():
+                if not np.all(np.isfinite(value)):
+                    raise ParityError(f"{label}: output {name} has non-finite values")
+                if value.shape != want[name].shape:
+                    raise ParityError(f"{label}: output {name} has shape {value.shape}, the reference {want[name].shape}")
+                worst = max(worst, float(np.abs(value.astype(np.float64) - want[name]).max()))
+    parity = Parity(reference="onnx-source-onnxruntime", n_images=len(feeds_list), max_abs_prob_error=worst,
+                    max_abs_logit_error=worst, tolerance=tolerance)
+    log.info("%s tensor parity: max |d| %.2e over %d inputs", label, worst, len(feeds_list))
+    if worst > tolerance:
+        raise ParityError(f"{label}: max output difference {worst:.3g} vs the source graph exceeds the tolerance {tolerance:g}")
+    return parity

@@ -24,6 +24,7 @@ import msgspec
 
 from streetcascade.config import CascadeConfig, StageConfig, TargetConfig, load_config, resolve_relative
 from streetcascade.errors import CompileError
+from streetcascade.evidence import LogOddsRule, Vocabulary
 from streetcascade.machine import version_of
 from streetcascade.manifest import FORMAT_VERSION, GraphEntry, Manifest, StageEntry, TargetInfo, sha256_file, write_manifest
 from streetcascade.progress import Progress
@@ -66,6 +67,8 @@ class _Stage:
         out = self.workdir / f"{stage.name}.{decl.role}.{stage.precision}{self.target.suffix}"
         built = self.target.build(BuildJob(stage, self.config, self.config_path, decl.io, raw, out, progress, graph))
         tolerance = stage.parity_tolerance or parity_gate.DEFAULT_TOLERANCE.get(stage.precision, 1e-2)
+        if decl.parity == "tensor":
+            return self.build_tensor_graph(graph, built, tolerance)
         folder = resolve_relative(self.config_path, self.config.parity_images) if self.config.parity_images else None
         images, n_real = parity_gate.parity_images(stage.input_size, folder, seed=stage.seed)
         backend = get_backend(self.target.backend)
@@ -94,6 +97,28 @@ class _Stage:
             parity_onnxruntime=parity_ort,
         )
 
+    def build_tensor_graph(self, graph: ExportableGraph, built, tolerance: float) -> GraphEntry:
+        """A graph that is not a classifier (OCR): memory, then tensor parity vs its source."""
+        stage, decl = self.stage, graph.decl
+        backend = get_backend(self.target.backend)
+        with _closing(backend), backend.load(str(built.path), decl.io, backend.options_for_target(self.config.runtime, self.info)) as engine:
+            memory = engine.memory()
+            self.progress.step(f"{stage.name}: {decl.role}: weights {memory.weights_bytes / 2**20:.0f} MiB; parity vs the source graph "
+                               f"on {len(graph.parity_feeds or [])} example inputs (tolerance {tolerance:g})")
+            parity = parity_gate.check_tensor_parity(engine, graph.reference, graph.parity_feeds or [], tolerance, f"{stage.name}/{decl.role}")
+        return GraphEntry(
+            role=decl.role,
+            file=built.path.name,
+            sha256=sha256_file(built.path),
+            size_bytes=built.path.stat().st_size,
+            precision=stage.precision,
+            io=decl.io,
+            parity=parity,
+            memory=memory,
+            accuracy_gate=built.accuracy_gate,
+            build=built.build,
+        )
+
     def parity_vs_onnxruntime(self, engine, raw: Path, decl, images, tolerance: float):
         """A GPU engine against the FP32 ONNX Runtime engine of the graph it was built from."""
         ort_backend = get_backend("onnxruntime")
@@ -112,8 +137,8 @@ class _Stage:
         if [g.decl.role for g in model.graphs] != declared:
             raise CompileError(f"family {stage.family}: loaded graphs {[g.decl.role for g in model.graphs]} differ from the declared {declared}")
         for graph in model.graphs:
-            if graph.decl.parity != "classifier":
-                raise CompileError(f"family {stage.family}: no parity check for {graph.decl.parity!r} graphs yet")
+            if graph.decl.parity not in ("classifier", "tensor"):
+                raise CompileError(f"family {stage.family}: no parity check for {graph.decl.parity!r} graphs")
         return StageEntry(
             name=stage.name,
             kind=family.kind,
@@ -125,6 +150,8 @@ class _Stage:
             thresholds=stage.thresholds,
             graphs=[self.build_graph(graph) for graph in model.graphs],
             notes=model.notes + [f"{g.decl.role} input: {g.decl.preprocessing}" for g in model.graphs if g.decl.preprocessing],
+            evidence=(stage.evidence or Vocabulary()) if family.kind == "ocr" else None,
+            combine=(stage.combine or LogOddsRule()) if family.kind == "ocr" else None,
         )
 
 

@@ -29,6 +29,7 @@ class Decision(msgspec.Struct, frozen=True):
     stage: str  # the stage whose answer this is
     timings_ms: dict[str, float]  # per stage run, plus "total"
     fallback: bool = False  # True when a later stage was skipped/failed and an earlier answer stands
+    text: str = ""  # what an OCR stage read in the image (lines joined by " | ")
 
     @property
     def label(self) -> int:
@@ -64,6 +65,7 @@ class Cascade:
         stage_of: list[str | None] = [None] * n
         timings: list[dict[str, float]] = [{} for _ in range(n)]
         fallback = [False] * n
+        texts = [""] * n
         pending = list(range(n))
         for index, stage in enumerate(self.stages):
             if not pending:
@@ -81,6 +83,9 @@ class Cascade:
                 given = getattr(stage, "score_given", None)
                 # An evidence stage (OCR) moves the earlier probability instead of replacing it.
                 scores = given(batch, [probs[i] for i in pending]) if index > 0 and given is not None else stage.score(batch)
+                notes = None
+                if isinstance(scores, tuple):  # (probabilities, what the stage read per image)
+                    scores, notes = scores
             except BadInput:
                 raise
             except Exception as exc:  # a stage failing must not lose an earlier answer
@@ -95,8 +100,10 @@ class Cascade:
                 break
             per_image_ms = (time.perf_counter() - t0) * 1000.0 / len(pending)
             still = []
-            for i, p in zip(pending, scores):
+            for k, (i, p) in enumerate(zip(pending, scores)):
                 timings[i][stage.name] = per_image_ms
+                if notes is not None and notes[k]:
+                    texts[i] = notes[k]
                 p = float(p)
                 if not math.isfinite(p):
                     self._count("stage_errors")
@@ -121,7 +128,7 @@ class Cascade:
             if fallback[i]:
                 self._count("fallbacks")
             timings[i]["total"] = total_ms
-            decisions.append(Decision(probs[i], stage_of[i], timings[i], fallback[i]))
+            decisions.append(Decision(probs[i], stage_of[i], timings[i], fallback[i], texts[i]))
         with self._lock:
             self.counters["decisions"] += n
         if deadline_ms is not None and total_ms > deadline_ms:

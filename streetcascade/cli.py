@@ -157,15 +157,16 @@ def cmd_classify(args) -> int:
     if args.json:
         for path, d in results:
             print(json.dumps({"path": path, "probability": round(d.probability, 6), "label": d.label, "stage": d.stage,
-                              "fallback": d.fallback, "timings_ms": {k: round(v, 3) for k, v in d.timings_ms.items()}}))
+                              "fallback": d.fallback, "text": d.text, "timings_ms": {k: round(v, 3) for k, v in d.timings_ms.items()}}))
         for path, err in failures:
             print(json.dumps({"path": path, "error": err}))
     else:
         width = max([len(p) for p, _ in results] + [len(p) for p, _ in failures] + [4])
-        print(f"{'image':<{width}}  {'p(roadwork)':>11}  {'label':>5}  {'stage':<8}  {'ms':>7}")
+        print(f"{'image':<{width}}  {'p(roadwork)':>11}  {'label':>5}  {'stage':<8}  {'ms':>7}  text read")
         for path, d in results:
             label = "yes" if d.label else "no"
-            print(f"{path:<{width}}  {d.probability:>11.4f}  {label:>5}  {d.stage:<8}  {d.timings_ms['total']:>7.2f}")
+            text = (d.text[:60] + "...") if len(d.text) > 63 else d.text
+            print(f"{path:<{width}}  {d.probability:>11.4f}  {label:>5}  {d.stage:<8}  {d.timings_ms['total']:>7.2f}  {text}")
         for path, err in failures:
             print(f"{path:<{width}}  ERROR: {err}")
         if results:

@@ -28,6 +28,7 @@ from typing import Annotated, Literal
 import msgspec
 
 from streetcascade.errors import ConfigError
+from streetcascade.evidence import LogOddsRule, Vocabulary
 from streetcascade.settings import Probability, RuntimeConfig, StageThresholds
 from streetcascade.structs import load_toml
 
@@ -76,6 +77,10 @@ class StageConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     # (fp32 1e-4, int8-dynamic 0.15).
     parity_tolerance: Annotated[float, msgspec.Meta(ge=0.0, le=1.0)] = 0.0
     seed: int = 0
+    # OCR stages: the roadwork phrases to look for and how what is read moves the earlier
+    # probability (streetcascade/evidence.py); defaults when absent.
+    evidence: Vocabulary | None = None
+    combine: LogOddsRule | None = None
 
     def __post_init__(self):
         # msgspec reports a ValueError here as a ValidationError naming the stage's path.

@@ -13,6 +13,7 @@ from pathlib import Path
 import msgspec
 
 from streetcascade.errors import ConfigError, EngineMismatch
+from streetcascade.evidence import LogOddsRule, Vocabulary
 from streetcascade.settings import StageThresholds
 from streetcascade.structs import load_json, write_json
 
@@ -36,6 +37,9 @@ class GraphIO(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     inputs: list[TensorSpec]
     outputs: list[TensorSpec]
     max_batch: int = 1
+    # Sizes of named axes other than "batch" (an OCR graph's height and width) used for warm-up
+    # and the memory measurement: the largest the stage feeds.
+    axis_sizes: dict[str, int] = {}
 
 
 class MemoryAccount(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
@@ -156,6 +160,9 @@ class StageEntry(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     thresholds: StageThresholds
     graphs: list[GraphEntry]
     notes: list[str] = []
+    # OCR stages: the vocabulary and the combination rule they run with.
+    evidence: Vocabulary | None = None
+    combine: LogOddsRule | None = None
 
 
 class Manifest(msgspec.Struct, frozen=True, forbid_unknown_fields=True):

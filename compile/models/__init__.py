@@ -8,6 +8,7 @@ from streetcascade.registry import Registry
 FAMILIES = Registry("model family", {
     "dinov3": "streetcascade.compile.models.dinov3:FAMILY",
     "hf-classifier": "streetcascade.compile.models.hf_classifier:FAMILY",
+    "ppocr": "streetcascade.compile.models.ppocr:FAMILY",
 }, unavailable=None)
 
 

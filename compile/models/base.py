@@ -44,7 +44,8 @@ class GraphDecl:
     io: GraphIO
     opset: int = OPSET
     # How the parity gate compares it with the reference: "classifier" = probabilities of one
-    # logit per image on sample photos + synthetic images.
+    # logit per image on sample photos + synthetic images; "tensor" = every output value on the
+    # family's example inputs (graphs that are not classifiers, e.g. OCR).
     parity: str = "classifier"
     preprocessing: str = ""  # what the graph does to its input before the model, for the manifest
 
@@ -84,8 +85,11 @@ def processor_normalization(directory: str | Path, default: Normalization = Norm
 @dataclass
 class ExportableGraph:
     decl: GraphDecl
-    module: nn.Module  # takes and returns what decl.io says
-    reference: Callable[[np.ndarray], np.ndarray]  # same contract, independent path
+    module: nn.Module | None  # takes and returns what decl.io says (None: the graph already is ONNX)
+    # "classifier" parity: images -> logits, an independent path. "tensor" parity: feeds -> outputs.
+    reference: Callable
+    onnx_source: Path | None = None  # a ready ONNX graph, copied instead of exported
+    parity_feeds: list[dict[str, np.ndarray]] | None = None  # "tensor" parity: the example inputs
 
 
 @dataclass

@@ -22,7 +22,7 @@ from streetcascade.machine import arch, version_of
 from streetcascade.manifest import GraphIO, Manifest, MemoryAccount, TargetInfo, TensorSpec
 from streetcascade.settings import RuntimeConfig
 
-__all__ = ["Backend", "Closeable", "Engine", "GraphIO", "MemoryAccount", "Slot", "TensorSpec", "example_feeds", "host_bytes"]
+__all__ = ["Backend", "Closeable", "Engine", "GraphIO", "MemoryAccount", "Slot", "TensorSpec", "example_feeds", "has_free_axes", "host_bytes"]
 
 
 class Closeable:
@@ -38,27 +38,35 @@ class Closeable:
         self.close()
 
 
-def concrete_shape(spec: TensorSpec, batch: int) -> list[int]:
-    """The spec's shape with the "batch" axis set; other named axes have no size to give."""
+def concrete_shape(spec: TensorSpec, batch: int, sizes: dict[str, int] | None = None) -> list[int]:
+    """The spec's shape with the "batch" axis set, and other named axes from `sizes` (an OCR
+    graph's "height"/"width"); a named axis without a size is an error."""
     shape = []
     for d in spec.shape:
         if d == "batch":
             shape.append(batch)
         elif isinstance(d, str):
-            raise BadInput(f"tensor {spec.name!r}: axis {d!r} has no declared size")
+            if not sizes or d not in sizes:
+                raise BadInput(f"tensor {spec.name!r}: axis {d!r} has no declared size")
+            shape.append(sizes[d])
         else:
             shape.append(d)
     return shape
 
 
-def host_bytes(specs: list[TensorSpec], batch: int) -> int:
+def has_free_axes(specs: list[TensorSpec]) -> bool:
+    """True when a tensor has a named axis besides "batch" (sized per call, e.g. image width)."""
+    return any(isinstance(d, str) and d != "batch" for s in specs for d in s.shape)
+
+
+def host_bytes(specs: list[TensorSpec], batch: int, sizes: dict[str, int] | None = None) -> int:
     """Bytes of host buffers holding `specs` at `batch`."""
-    return sum(int(np.prod(concrete_shape(s, batch))) * np.dtype(s.dtype).itemsize for s in specs)
+    return sum(int(np.prod(concrete_shape(s, batch, sizes))) * np.dtype(s.dtype).itemsize for s in specs)
 
 
 def example_feeds(io: GraphIO, batch: int) -> dict[str, np.ndarray]:
-    """Zero-filled inputs at `batch` (warm-up, memory measurement)."""
-    return {s.name: np.zeros(concrete_shape(s, batch), dtype=s.dtype) for s in io.inputs}
+    """Zero-filled inputs at `batch` (warm-up, memory measurement), named axes at io.axis_sizes."""
+    return {s.name: np.zeros(concrete_shape(s, batch, io.axis_sizes), dtype=s.dtype) for s in io.inputs}
 
 
 class Slot(Closeable, ABC):
@@ -82,7 +90,8 @@ class Slot(Closeable, ABC):
             if not isinstance(x, np.ndarray) or x.dtype != np.dtype(spec.dtype):
                 raise BadInput(f"input {spec.name!r}: dtype {getattr(x, 'dtype', type(x).__name__)}, the engine takes {spec.dtype}")
             fixed = list(spec.shape[1:])
-            if x.ndim != len(spec.shape) or list(x.shape[1:]) != fixed:
+            # Named axes (besides batch) take any positive size: an OCR graph's height and width.
+            if x.ndim != len(spec.shape) or any(not isinstance(d, str) and d != n for d, n in zip(fixed, x.shape[1:])) or 0 in x.shape:
                 raise BadInput(f"input {spec.name!r}: shape {list(x.shape)}, the engine takes [batch, {', '.join(map(str, fixed))}]")
             if batch is not None and x.shape[0] != batch:
                 raise BadInput(f"input {spec.name!r}: batch {x.shape[0]}, other inputs have {batch}")
@@ -112,6 +121,10 @@ class Engine(Closeable, ABC):
 
     @abstractmethod
     def slot(self) -> Slot: ...
+
+    def metadata(self) -> dict[str, str]:
+        """Key/value metadata stored in the engine file (e.g. an OCR model's character set)."""
+        return {}
 
     @abstractmethod
     def memory(self) -> MemoryAccount:

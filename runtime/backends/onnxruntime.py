@@ -20,7 +20,7 @@ from streetcascade.machine import cpu_features, physical_cores, rss_bytes
 from streetcascade.manifest import GraphIO, Manifest, MemoryAccount, TargetInfo
 from streetcascade.settings import RuntimeConfig
 
-from .base import Backend, Engine, Slot, example_feeds, host_bytes
+from .base import Backend, Engine, Slot, example_feeds, has_free_axes, host_bytes
 
 try:
     import onnxruntime as ort
@@ -127,11 +127,20 @@ class OrtSlot(Slot):
         super().__init__(engine)
         self._binding = engine.session.io_binding()
         # Output buffers at max_batch, allocated once; a smaller batch binds a leading view.
-        self.output_buffers = {s.name: np.empty([engine.io.max_batch, *s.shape[1:]], dtype=s.dtype) for s in engine.io.outputs}
+        # Outputs whose size depends on the input's (an OCR map) are allocated by ORT per call.
+        self.fixed_outputs = not has_free_axes(engine.io.outputs)
+        self.output_buffers = {s.name: np.empty([engine.io.max_batch, *s.shape[1:]], dtype=s.dtype) for s in engine.io.outputs} if self.fixed_outputs else {}
 
     def infer(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         batch = self.check_feeds(feeds)
         engine = self.engine
+        if not self.fixed_outputs:
+            try:
+                outs = engine.session.run(None, {s.name: np.ascontiguousarray(feeds[s.name]) for s in engine.io.inputs})
+            except Exception as exc:
+                raise InferenceError(f"onnxruntime failed: {exc}") from exc
+            engine.runs += 1
+            return {s.name: out for s, out in zip(engine.io.outputs, outs)}
         for spec in engine.io.inputs:
             self._binding.bind_cpu_input(spec.name, np.ascontiguousarray(feeds[spec.name]))
         views = {name: buf[:batch] for name, buf in self.output_buffers.items()}
@@ -223,7 +232,10 @@ class OrtEngine(Engine):
             )
 
     def slot(self) -> Slot:
-        return OrtSlot(self) if self.options.device == "cpu" else OrtGpuSlot(self)
+        return OrtSlot(self) if self.options.device == "cpu" or has_free_axes(self.io.outputs) else OrtGpuSlot(self)
+
+    def metadata(self) -> dict[str, str]:
+        return dict(self.session.get_modelmeta().custom_metadata_map)
 
     def memory(self) -> MemoryAccount:
         """Weights: the RSS growth of creating the session. Activations: the RSS growth of the
@@ -239,7 +251,7 @@ class OrtEngine(Engine):
             device=self.options.device,
             weights_bytes=self._weights_bytes,
             activations_bytes=self._activations_bytes,
-            host_buffers_bytes=host_bytes(self.io.outputs, self.io.max_batch),
+            host_buffers_bytes=host_bytes(self.io.outputs, self.io.max_batch, self.io.axis_sizes),
             method="rss-delta" if self.options.device == "cpu" else "cuda-meminfo-delta",
         )
 

@@ -5,11 +5,11 @@ import numpy as np
 import pytest
 from streetcascade.runtime import Cascade, ClassifierStage
 from streetcascade.runtime.backends.fake import FakeEngine
-from streetcascade.runtime.combine import LogOddsRule, logit, sigmoid
+from streetcascade.evidence import LogOddsRule, Vocabulary, logit, sigmoid
 from streetcascade.settings import StageThresholds
 
 pytest.importorskip("rapidfuzz", exc_type=ImportError)
-from streetcascade.runtime.evidence import Vocabulary  # noqa: E402
+from streetcascade.runtime.evidence import find_phrases  # noqa: E402
 
 
 class TextStage:
@@ -29,7 +29,7 @@ class TextStage:
         for img, prior in zip(images, priors):
             text = self.text_of(img)
             self.seen.append(text)
-            out.append(self.rule.combine(prior, self.vocabulary.has_text(text), bool(self.vocabulary.match(text))))
+            out.append(self.rule.combine(prior, self.vocabulary.has_text(text), bool(find_phrases(self.vocabulary, text))))
         return np.array(out)
 
     def exits(self, p):

@@ -5,7 +5,8 @@ import pytest
 
 pytest.importorskip("rapidfuzz", exc_type=ImportError)
 
-from streetcascade.runtime.evidence import DEFAULT_TERMS, Vocabulary, normalise  # noqa: E402
+from streetcascade.evidence import DEFAULT_TERMS, Vocabulary, normalise  # noqa: E402
+from streetcascade.runtime.evidence import find_phrases  # noqa: E402
 from streetcascade.structs import decode_struct  # noqa: E402
 
 from streetcascade.errors import ConfigError  # noqa: E402
@@ -28,13 +29,13 @@ V = Vocabulary()
     ("EN OBRAS", "EN OBRAS", "es"),
 ])
 def test_work_zone_text_is_found(text, phrase, lang):
-    matches = V.match(text)
+    matches = find_phrases(V, text)
     assert any(m.phrase == phrase and m.language == lang for m in matches), matches
 
 
 @pytest.mark.parametrize("text", ["PARKING", "NO PARKING 8-18", "COBRAS", "DETROIT 25", "STOP", "ONE WAY", "", "   ", "!!!"])
 def test_other_text_is_not_evidence(text):
-    assert V.match(text) == []
+    assert find_phrases(V, text) == []
 
 
 def test_text_presence_and_normalisation():
@@ -58,4 +59,4 @@ def test_bad_vocabulary_config_is_a_config_error(table, match):
 
 def test_custom_vocabulary():
     v = msgspec.convert({"terms": {"en": ["GRAVEL ROAD"]}, "min_score": 90}, Vocabulary)
-    assert [m.phrase for m in v.match("LOOSE GRAVEL R0AD")] == ["GRAVEL ROAD"] and v.match("ROAD WORK") == []
+    assert [m.phrase for m in find_phrases(v, "LOOSE GRAVEL R0AD")] == ["GRAVEL ROAD"] and find_phrases(v, "ROAD WORK") == []

@@ -1,0 +1,118 @@
+"""The OCR stage on REAL weights (PP-OCR models from the rapidocr wheel, compiled into an
+engine set like any graph): it reads rendered signs (rotated, blurred, JPEG-compressed) and the
+sample photos, and decides the images stage 1 is unsure about. Needs the rapidocr wheel in the
+cache (fetched once from PyPI by the ppocr family); skips, saying so, without it."""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import pytest
+from PIL import Image, ImageDraw, ImageFilter, ImageFont
+
+pytest.importorskip("cv2", exc_type=ImportError)
+pytest.importorskip("rapidfuzz", exc_type=ImportError)
+
+from streetcascade.compile.pipeline import compile_cascade  # noqa: E402
+from streetcascade.runtime import decode_image, load_engine_set  # noqa: E402
+from streetcascade.runtime.evidence import find_phrases  # noqa: E402
+from streetcascade.runtime.ocr_stage import OcrStage  # noqa: E402
+from support import SAMPLES, write_config  # noqa: E402
+
+from streetcascade.errors import CompileError, InferenceError  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def ocr_set(tmp_path_factory, tiny_dinov3_dir):
+    """Stage 1 a tiny random DINOv3 that is never sure (its band covers everything), then PP-OCR."""
+    root = tmp_path_factory.mktemp("ocr")
+    cfg = write_config(root / "c.toml", [
+        {"name": "stage1", "family": "dinov3", "source": str(tiny_dinov3_dir), "max_batch": 2, "exit_low": 0.01, "exit_high": 0.99},
+        {"name": "ocr", "family": "ppocr", "source": "rapidocr", "max_batch": 6, "exit_low": 0.5, "exit_high": 0.5},
+    ], root / "engines")
+    try:
+        dest = compile_cascade(cfg, progress=False)
+    except CompileError as exc:
+        pytest.skip(f"NOT CHECKED on real PP-OCR weights: {exc}")
+    with load_engine_set(dest) as es:
+        yield es
+
+
+def font(size: int):
+    try:
+        return ImageFont.truetype("DejaVuSans-Bold.ttf", size)
+    except OSError:
+        return ImageFont.load_default(size)
+
+
+def sign_on_photo(text: str, angle: float = 0.0, blur: float = 0.0, jpeg: int = 0, photo: str = "cobbled-street-b.jpg") -> np.ndarray:
+    """A street photo with an orange sign carrying `text` pasted in."""
+    base = Image.open(SAMPLES / photo).convert("RGB").resize((640, 480))
+    f = font(34)
+    w = int(f.getlength(text)) + 40
+    sign = Image.new("RGBA", (w, 70), (245, 140, 20, 255))
+    ImageDraw.Draw(sign).text((20, 14), text, fill=(10, 10, 10, 255), font=f)
+    if angle:
+        sign = sign.rotate(angle, expand=True, resample=Image.BICUBIC)
+    base.paste(sign, ((640 - sign.width) // 2, 120), sign)
+    if blur:
+        base = base.filter(ImageFilter.GaussianBlur(blur))
+    if jpeg:
+        buf = io.BytesIO()
+        base.save(buf, "JPEG", quality=jpeg)
+        return decode_image(buf.getvalue())
+    return np.asarray(base)
+
+
+def ocr_stage(es) -> OcrStage:
+    return es.cascade.stages[1]
+
+
+@pytest.mark.parametrize("text,kw", [
+    ("ROAD WORK AHEAD", {}),
+    ("ROAD WORK AHEAD", {"angle": 7}),
+    ("ROAD WORK AHEAD", {"blur": 1.2}),
+    ("ROAD WORK AHEAD", {"jpeg": 30}),
+    ("BAUSTELLE", {}),
+    ("BAUSTELLE", {"angle": -6, "jpeg": 40}),
+])
+def test_reads_signs(ocr_set, text, kw):
+    lines = ocr_stage(ocr_set).read(sign_on_photo(text, **kw))
+    read = " | ".join(t for t, _ in lines)
+    assert any(m.phrase == text for m in find_phrases(ocr_stage(ocr_set).vocabulary, read)), read
+
+
+def test_reads_the_sample_photos(ocr_set):
+    read = " ".join(t for t, _ in ocr_stage(ocr_set).read(decode_image((SAMPLES / "parking-sign.jpg").read_bytes())))
+    assert "PARKING" in read.upper() and "PROHIBITED" in read.upper()
+    assert ocr_stage(ocr_set).read(np.full((480, 640, 3), 128, np.uint8)) == []  # no text, nothing read
+
+
+def test_the_sign_decides_when_stage_one_is_unsure(ocr_set):
+    cascade = ocr_set.cascade
+    work, parking = sign_on_photo("ROAD WORK AHEAD"), sign_on_photo("PARKING")
+    for img in (work, parking):
+        p1 = cascade.stages[0].score([img])[0]
+        assert 0.01 < p1 < 0.99  # stage 1 unsure
+    d_work, d_parking = cascade.classify(work), cascade.classify(parking)
+    assert d_work.stage == "ocr" and d_work.label == 1 and "ROAD WORK" in d_work.text.upper()
+    assert d_parking.stage == "ocr" and d_parking.label == 0 and "PARKING" in d_parking.text.upper()
+
+
+def test_a_failing_or_late_ocr_stage_keeps_stage_one(ocr_set, monkeypatch):
+    cascade = ocr_set.cascade
+    img = sign_on_photo("ROAD WORK AHEAD")
+    p1 = float(cascade.stages[0].score([img])[0])
+    before = cascade.counters["fallbacks"]
+
+    def broken(self, rgb):
+        raise InferenceError("recognizer failed")
+
+    with monkeypatch.context() as m:
+        m.setattr(OcrStage, "read", broken)
+        d = cascade.classify(img)
+    assert d.stage == "stage1" and d.fallback and d.probability == pytest.approx(p1)
+    late = cascade.classify(img, deadline_ms=cascade.stages[0].expected_ms + 50)  # no time left for OCR
+    assert late.stage == "stage1" and late.fallback
+    assert cascade.counters["fallbacks"] == before + 2
