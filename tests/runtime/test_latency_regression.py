@@ -1,13 +1,15 @@
 """Latency regression: the cascade's per-image overhead on top of the raw engine call,
 both measured in this run on the same engine and image (never absolute times)."""
 
+import time
+
 import numpy as np
 
 from bench.timing import interleaved
 from streetcascade.runtime import decode_image, load_engine_set
 from streetcascade.runtime.images import resize_to
 
-ATTEMPTS = 3  # a regression fails every attempt; a noisy neighbour on a 2-vCPU box rarely spoils three
+ATTEMPTS = 5  # a regression fails every attempt; a noisy neighbour on a 2-vCPU box rarely spoils five
 
 
 def test_cascade_overhead_stays_small(tiny_engine_dir, sample_bytes):
@@ -24,4 +26,5 @@ def test_cascade_overhead_stays_small(tiny_engine_dir, sample_bytes):
             # classify = resize (320x240 -> 224, ~0.8 ms here) + stack + infer + sigmoid + bookkeeping.
             if full_ms <= raw_ms * 1.5 + 1.0:
                 return
+            time.sleep(1.0)  # let whatever disturbed this attempt pass
     raise AssertionError(f"over raw * 1.5 + 1 ms in all {ATTEMPTS} attempts: {'; '.join(seen)}")
