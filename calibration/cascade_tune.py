@@ -1,7 +1,9 @@
 """`streetcascade tune`: temperatures and exit thresholds for a compiled cascade, fitted on
 labelled challenges (validator mix) for the validators' reward.
 
-Every stage scores every challenge once (logits), a temperature is fitted per stage, and
+Every stage scores every challenge once (logits; an evidence stage such as OCR reads it once,
+and its combination rule is fitted on the previous stage's calibrated probability), a
+temperature is fitted per stage, and
 `tune_exit_thresholds` picks exit bands maximising the simulated reward within a mean latency
 budget; the current setting is scored on the same shuffles and kept unless beaten, so re-running
 eval on the same data never gives a lower reward. `streetcascade.config.write_stage_thresholds`
@@ -13,7 +15,7 @@ from __future__ import annotations
 import logging
 import math
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -22,6 +24,7 @@ from streetcascade.calibration.reward import simulate_reward
 from streetcascade.calibration.source import ChallengeSet
 from streetcascade.calibration.tune import StageScores, fit_temperature, mean_latency_ms, run_cascade, tune_exit_thresholds
 from streetcascade.errors import BadInput
+from streetcascade.evidence import LogOddsRule
 from streetcascade.progress import QUIET, Progress
 from streetcascade.runtime.classifier import sigmoid
 from streetcascade.settings import StageThresholds
@@ -41,6 +44,8 @@ class TuneResult:
     exit_rates: list[float]
     within_budget: bool
     kept_current: bool
+    # Evidence stages (OCR): the fitted combination rule, per stage name.
+    rules: dict[str, LogOddsRule] = field(default_factory=dict)
 
 
 def stage_logits(stage, images: list[np.ndarray]) -> tuple[np.ndarray, float]:
@@ -53,6 +58,33 @@ def stage_logits(stage, images: list[np.ndarray]) -> tuple[np.ndarray, float]:
         stage.logits([img])
         times.append((time.perf_counter() - t0) * 1000.0)
     return logits, float(np.median(times))
+
+
+@dataclass
+class EvidenceFeatures:
+    """What an evidence stage (OCR) read on every challenge: readable text, a roadwork phrase."""
+
+    has_text: np.ndarray
+    hit: np.ndarray
+
+
+def evidence_features(stage, images: list[np.ndarray]) -> tuple[EvidenceFeatures, float]:
+    """Read every image once with an evidence stage; its per-image latency (ms, median of the
+    first LATENCY_SAMPLES)."""
+    from streetcascade.runtime.evidence import find_phrases
+
+    has_text, hit, times = [], [], []
+    for img in images:
+        t0 = time.perf_counter()
+        text = " | ".join(t for t, _ in stage.read(img))
+        times.append((time.perf_counter() - t0) * 1000.0)
+        has_text.append(stage.vocabulary.has_text(text))
+        hit.append(bool(find_phrases(stage.vocabulary, text)) if text else False)
+    return EvidenceFeatures(np.array(has_text, bool), np.array(hit, bool)), float(np.median(times[:LATENCY_SAMPLES]))
+
+
+def combined(rule: LogOddsRule, prior: np.ndarray, feats: EvidenceFeatures) -> np.ndarray:
+    return np.array([rule.combine(float(p), bool(t), bool(h)) for p, t, h in zip(prior, feats.has_text, feats.hit)])
 
 
 def _bands_to_thresholds(band: tuple[float, float]) -> tuple[float, float]:
@@ -71,35 +103,59 @@ def run_tune(engine_set, challenges: ChallengeSet, *, latency_budget_ms: float =
         raise BadInput("tuning needs both classes (roadwork and no_roadwork) in the data")
     stages = engine_set.cascade.stages
     logits, lat, temps = [], [], []
-    for stage in progress.track(stages, f"tune: every stage on {len(challenges)} challenges"):
+    evidence: dict[int, EvidenceFeatures] = {}  # stage index -> what it read (evidence stages)
+    for k, stage in enumerate(progress.track(stages, f"tune: every stage on {len(challenges)} challenges")):
+        if k > 0 and hasattr(stage, "score_given"):
+            feats, ms = evidence_features(stage, challenges.images)
+            evidence[k] = feats
+            logits.append(None)
+            lat.append(ms)
+            temps.append(stage.thresholds.temperature)
+            log.info("stage %s: %.2f ms per image, text on %.0f%%, a roadwork phrase on %.0f%%", stage.name, ms,
+                     100 * feats.has_text.mean(), 100 * feats.hit.mean())
+            continue
         z, ms = stage_logits(stage, challenges.images)
         logits.append(z)
         lat.append(ms)
         temps.append(fit_temperature(z, labels) if fit_temperatures else stage.thresholds.temperature)
         log.info("stage %s: %.2f ms per image, temperature %.3f", stage.name, ms, temps[-1])
 
-    def replay(temperatures, bands):
-        probs = [sigmoid(z / t) for z, t in zip(logits, temperatures)]
-        answers, exit_stage = run_cascade(probs, bands)
+    def chain(temperatures, rules) -> list[np.ndarray]:
+        """Each stage's probability on every challenge; an evidence stage moves the previous one's."""
+        probs = []
+        for k, (z, t) in enumerate(zip(logits, temperatures)):
+            probs.append(combined(rules[k], probs[k - 1], evidence[k]) if k in evidence else sigmoid(z / t))
+        return probs
+
+    def replay(temperatures, bands, rules):
+        answers, exit_stage = run_cascade(chain(temperatures, rules), bands)
         return simulate_reward(answers, labels, seed=seed, n_shuffles=N_SHUFFLES), mean_latency_ms(exit_stage, lat), exit_stage
 
     current_t = [s.thresholds.temperature for s in stages]
+    current_rules = {k: stages[k].rule for k in evidence}
     current_bands = [(s.thresholds.exit_low, s.thresholds.exit_high) for s in stages[:-1]]
-    before, before_ms, _ = replay(current_t, current_bands)
-    scores = [StageScores(s.name, sigmoid(z / t), ms) for s, z, t, ms in zip(stages, logits, temps, lat)]
+    before, before_ms, _ = replay(current_t, current_bands, current_rules)
+    # The combination rules are fitted on the earlier stage's calibrated probabilities.
+    fitted_rules = {}
+    for k in evidence:
+        prior = chain(temps, {**current_rules, **fitted_rules})[k - 1]
+        fitted_rules[k] = LogOddsRule.fit(prior, evidence[k].has_text, evidence[k].hit, labels)
+    probs = chain(temps, fitted_rules)
+    scores = [StageScores(s.name, p, ms) for s, p, ms in zip(stages, probs, lat)]
     choice = tune_exit_thresholds(scores, labels, latency_budget_ms, seed=seed, n_shuffles=N_SHUFFLES)
-    after, after_ms, exit_stage = replay(temps, choice.bands)
+    after, after_ms, exit_stage = replay(temps, choice.bands, fitted_rules)
     current_fits = before_ms <= latency_budget_ms
     kept = current_fits and (before.steady_mean_reward > after.steady_mean_reward or not choice.within_budget)
     if kept:
-        temps_out, bands_out, after, after_ms = current_t, current_bands, before, before_ms
-        _, _, exit_stage = replay(current_t, current_bands)
+        temps_out, bands_out, rules_out, after, after_ms = current_t, current_bands, current_rules, before, before_ms
+        _, _, exit_stage = replay(current_t, current_bands, current_rules)
     else:
-        temps_out, bands_out = temps, [_bands_to_thresholds(b) for b in choice.bands]
+        temps_out, bands_out, rules_out = temps, [_bands_to_thresholds(b) for b in choice.bands], fitted_rules
     thresholds = {}
     for k, stage in enumerate(stages):
         low, high = bands_out[k] if k < len(bands_out) else (stage.thresholds.exit_low, stage.thresholds.exit_high)
         thresholds[stage.name] = StageThresholds(round(float(low), 6), round(float(high), 6), round(float(temps_out[k]), 6))
+    rules = {stages[k].name: LogOddsRule(*(round(float(v), 4) for v in (r.hit, r.text_without_hit, r.no_text))) for k, r in rules_out.items()}
     rates = np.bincount(exit_stage, minlength=len(stages)) / max(exit_stage.size, 1)
     return TuneResult(thresholds, before.steady_mean_reward, after.steady_mean_reward, before_ms, after_ms,
-                      [float(r) for r in rates], after_ms <= latency_budget_ms, kept)
+                      [float(r) for r in rates], after_ms <= latency_budget_ms, kept, rules)

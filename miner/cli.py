@@ -66,12 +66,13 @@ def build_cascade(cfg: MinerConfig):
         return Cascade([stage], safety_margin_ms=cfg.runtime.safety_margin_ms), (lambda: None)
     from streetcascade.runtime.load import load_engine_set
 
-    thresholds = None
+    thresholds, rules = None, None
     if eng.cascade_config:
-        from streetcascade.config import load_config, stage_thresholds
+        from streetcascade.config import load_config, stage_rules, stage_thresholds
 
-        thresholds = stage_thresholds(load_config(eng.cascade_config))
-    engine_set = load_engine_set(eng.engine, cfg.runtime, thresholds)
+        cascade_cfg = load_config(eng.cascade_config)
+        thresholds, rules = stage_thresholds(cascade_cfg), stage_rules(cascade_cfg)
+    engine_set = load_engine_set(eng.engine, cfg.runtime, thresholds, rules=rules)
     for name in engine_set.placeholder_stages:
         log.warning("stage %s has placeholder weights: do not mine with this engine set", name)
     return engine_set.cascade, engine_set.close

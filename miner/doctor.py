@@ -57,12 +57,13 @@ def _check_engine(cfg: MinerConfig) -> list[Check]:
     from streetcascade.runtime.load import load_engine_set
 
     try:
-        thresholds = None
+        thresholds, rules = None, None
         if eng.cascade_config:
-            from streetcascade.config import load_config, stage_thresholds
+            from streetcascade.config import load_config, stage_rules, stage_thresholds
 
-            thresholds = stage_thresholds(load_config(eng.cascade_config))
-        engine_set = load_engine_set(eng.engine, cfg.runtime, thresholds, warmup=False)
+            cascade_cfg = load_config(eng.cascade_config)
+            thresholds, rules = stage_thresholds(cascade_cfg), stage_rules(cascade_cfg)
+        engine_set = load_engine_set(eng.engine, cfg.runtime, thresholds, warmup=False, rules=rules)
     except BudgetExceeded as exc:
         return [Check("memory budget", FAIL, str(exc), "raise [runtime] budget_bytes if the machine has the memory, lower [runtime] slots, or compile a smaller / quantized set")]
     except EngineMismatch as exc:

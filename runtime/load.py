@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 from streetcascade.errors import EngineMismatch
+from streetcascade.evidence import LogOddsRule
 from streetcascade.manifest import Manifest, read_manifest, verify_files
 from streetcascade.settings import RuntimeConfig, StageThresholds
 
@@ -54,11 +55,13 @@ def load_engine_set(
     runtime: RuntimeConfig = RuntimeConfig(),
     thresholds: dict[str, StageThresholds] | None = None,
     warmup: bool = True,
+    rules: dict[str, LogOddsRule] | None = None,
 ) -> EngineSet:
     """Load every stage of the engine set in `engine_dir`.
 
     `thresholds` replaces a stage's thresholds from the manifest, e.g. with the values
-    `streetcascade tune` wrote into the cascade config.
+    `streetcascade tune` wrote into the cascade config; `rules` does the same for evidence
+    stages' combination rules.
     """
     t0 = time.perf_counter()
     engine_dir = Path(engine_dir)
@@ -85,7 +88,10 @@ def load_engine_set(
                 engine = backend.load(str(engine_dir / graph.file), graph.io, options)
                 engines.append(engine)
                 by_role[graph.role] = engine
-            stages.append(build_stage(entry, by_role, (thresholds or {}).get(entry.name, entry.thresholds)))
+            stage = build_stage(entry, by_role, (thresholds or {}).get(entry.name, entry.thresholds))
+            if rules and entry.name in rules and hasattr(stage, "rule"):
+                stage.rule = rules[entry.name]
+            stages.append(stage)
             if entry.placeholder_weights:
                 log.warning("stage %s runs PLACEHOLDER (random) weights: its answers are not a detector", entry.name)
         if warmup:  # first runs allocate (arena, kernels): pay for them here, not in a request

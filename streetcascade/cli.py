@@ -271,13 +271,13 @@ def _progress(args):
 def _load_for_config(args):
     """The engine set of --engines or --config. With --config: its [runtime] settings, and its
     exit thresholds and temperatures (e.g. written by `tune`) over the manifest's."""
-    from streetcascade.config import stage_thresholds
+    from streetcascade.config import stage_rules, stage_thresholds
     from streetcascade.runtime import load_engine_set
 
     config = _config(args) if args.config else None
     if config is None:
         return None, load_engine_set(_engine_dir(args))
-    return config, load_engine_set(_engine_dir(args), config.runtime, stage_thresholds(config))
+    return config, load_engine_set(_engine_dir(args), config.runtime, stage_thresholds(config), rules=stage_rules(config))
 
 
 def cmd_eval(args) -> int:
@@ -314,11 +314,13 @@ def cmd_tune(args) -> int:
           + ("" if result.within_budget else "  OVER BUDGET: no setting fits; fastest chosen"))
     for name, t in result.thresholds.items():
         print(f"stage       {name}: exit p<{t.exit_low:g} / p>{t.exit_high:g}, temperature {t.temperature:.4g}")
+    for name, r in result.rules.items():
+        print(f"combine     {name}: log-odds +{r.hit:.3g} on a roadwork phrase, {r.text_without_hit:+.3g} on other text, {r.no_text:+.3g} on none")
     print("exits       " + "  ".join(f"{n}: {r:.1%}" for n, r in zip(result.thresholds, result.exit_rates)))
     if args.dry_run:
         print("dry run: config not changed")
     else:
-        write_stage_thresholds(args.config, result.thresholds)
+        write_stage_thresholds(args.config, result.thresholds, result.rules)
         print(f"written to {args.config}")
     return 0
 

@@ -195,10 +195,16 @@ def resolve_relative(config_path: str | Path, value: str) -> Path:
     return p if p.is_absolute() else (Path(config_path).resolve().parent / p).resolve()
 
 
-def write_stage_thresholds(config_path: str | Path, thresholds: dict[str, StageThresholds]) -> None:
-    """Set exit_low / exit_high / temperature of the named stages in the config file, keeping
-    everything else as written (comments, order, inline tables: tomlkit edits the document).
-    The result is re-read and checked before it replaces the file."""
+def stage_rules(config: CascadeConfig) -> dict[str, LogOddsRule]:
+    """The combination rules set in the config (evidence stages; e.g. written by `tune`)."""
+    return {s.name: s.combine for s in config.stages if s.combine is not None}
+
+
+def write_stage_thresholds(config_path: str | Path, thresholds: dict[str, StageThresholds], combine: dict[str, LogOddsRule] | None = None) -> None:
+    """Set exit_low / exit_high / temperature (and, for evidence stages, the `combine` rule) of
+    the named stages in the config file, keeping everything else as written (comments, order,
+    inline tables: tomlkit edits the document). The result is re-read and checked before it
+    replaces the file."""
     import os
 
     import tomlkit
@@ -216,6 +222,13 @@ def write_stage_thresholds(config_path: str | Path, thresholds: dict[str, StageT
     for name, t in thresholds.items():
         for key, value in msgspec.structs.asdict(t).items():
             tables[name][key] = float(value)
+    missing_rule = sorted(set(combine or {}) - set(tables))
+    if missing_rule:
+        raise ConfigError(f"{path}: no [[stages]] table for {missing_rule}")
+    for name, rule in (combine or {}).items():
+        table = tomlkit.inline_table()
+        table.update({k: float(v) for k, v in msgspec.structs.asdict(rule).items()})
+        tables[name]["combine"] = table
     tmp = path.with_name(f".{path.name}.tune-{os.getpid()}")
     tmp.write_text(tomlkit.dumps(doc), encoding="utf-8")
     try:
@@ -224,6 +237,8 @@ def write_stage_thresholds(config_path: str | Path, thresholds: dict[str, StageT
         except ConfigError as exc:
             raise ConfigError(f"{path}: the new thresholds would make it invalid, file left unchanged: {str(exc).split(': ', 1)[-1]}") from None
         wrong = {n: written[n] for n, t in thresholds.items() if written[n] != t}
+        rules = {st.name: st.combine for st in load_config(tmp).stages}
+        wrong.update({n: rules.get(n) for n, r in (combine or {}).items() if rules.get(n) != r})
         if wrong:
             raise ConfigError(f"{path}: rewriting gave {wrong}, expected {thresholds}; file left unchanged")
         os.replace(tmp, path)

@@ -116,3 +116,38 @@ def test_a_failing_or_late_ocr_stage_keeps_stage_one(ocr_set, monkeypatch):
     late = cascade.classify(img, deadline_ms=cascade.stages[0].expected_ms + 50)  # no time left for OCR
     assert late.stage == "stage1" and late.fallback
     assert cascade.counters["fallbacks"] == before + 2
+
+
+def test_tune_fits_the_combination_rule_and_eval_runs_it(tmp_path, tiny_dinov3_dir, capsys):
+    """Roadwork scenes carry a ROAD WORK sign, the others a PARKING sign or none: tune fits the
+    rule from what the OCR stage reads (a hit pushes up, other text down), writes it into the
+    config, and eval/classify use it."""
+    import tomllib
+
+    from streetcascade.cli import main
+    from streetcascade.config import load_config
+
+    photos = sorted(p.name for p in SAMPLES.glob("*.jpg"))
+    for label, texts in (("roadwork", ["ROAD WORK AHEAD", "BAUSTELLE", "ROAD CLOSED", "DETOUR"]),
+                         ("no_roadwork", ["PARKING", "ONE WAY", None, None])):
+        folder = tmp_path / "data" / label
+        folder.mkdir(parents=True)
+        for i, text in enumerate(texts * 2):
+            img = sign_on_photo(text, photo=photos[i % len(photos)]) if text else np.asarray(Image.open(SAMPLES / photos[i % len(photos)]).convert("RGB"))
+            Image.fromarray(img).save(folder / f"{i}.jpg", quality=90)
+    cfg = write_config(tmp_path / "c.toml", [
+        {"name": "stage1", "family": "dinov3", "source": str(tiny_dinov3_dir), "max_batch": 2, "exit_low": 0.01, "exit_high": 0.99},
+        {"name": "ocr", "family": "ppocr", "source": "rapidocr", "max_batch": 6, "exit_low": 0.5, "exit_high": 0.5},
+    ], tmp_path / "engines")
+    try:
+        compile_cascade(cfg, progress=False)
+    except CompileError as exc:
+        pytest.skip(f"NOT CHECKED on real PP-OCR weights: {exc}")
+    assert main(["tune", "--config", str(cfg), "--data", str(tmp_path / "data"), "--split", "all", "--quiet"]) == 0
+    out = capsys.readouterr().out
+    assert "combine     ocr:" in out
+    written = tomllib.loads(cfg.read_text())["stages"][1]["combine"]
+    assert written["hit"] > 0 and written["text_without_hit"] < written["hit"]
+    assert load_config(cfg).stages[1].combine.hit == pytest.approx(written["hit"])
+    assert main(["eval", "--config", str(cfg), "--data", str(tmp_path / "data"), "--split", "all", "--out", str(tmp_path / "r"), "--quiet"]) == 0
+    assert "ocr" in capsys.readouterr().out
