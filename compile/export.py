@@ -57,7 +57,18 @@ def export_graph(graph: ExportableGraph, path: Path) -> Path:
     except Exception as exc:
         raise CompileError(f"ONNX export of the {decl.role} graph failed: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}") from exc
     _check_no_control_flow(path)
+    if graph.metadata:
+        _set_metadata(path, graph.metadata)
     return path
+
+
+def _set_metadata(path: Path, metadata: dict[str, str]) -> None:
+    """Key/values the runtime reads back through `Engine.metadata()` (kept by ORT's optimiser)."""
+    import onnx
+
+    model = onnx.load(str(path))
+    onnx.helper.set_model_props(model, {**{p.key: p.value for p in model.metadata_props}, **metadata})
+    onnx.save(model, str(path))
 
 
 def _check_no_control_flow(path: Path) -> None:

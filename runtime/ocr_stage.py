@@ -1,4 +1,5 @@
-"""Stage kind "ocr": read the text in an image (PP-OCR detector + recognizer graphs), look for
+"""Stage kind "ocr": read the text in an image (PP-OCR detector + recognizer graphs, or
+Florence-2's `<OCR>` over its five graphs: runtime/florence2.py), look for
 roadwork phrases in it (runtime/evidence.py), and move the earlier stage's probability by what
 was found (streetcascade/evidence.py's LogOddsRule). Images without readable text cost one
 detector run and keep the earlier answer (weight `no_text`, 0 by default).
@@ -26,36 +27,23 @@ from .ppocr import DetSettings, charset_from_metadata, ctc_decode, cut_out, dete
 from .stages import LatencyTracker
 
 
-class OcrStage:
+class PpOcrReader:
+    """PP-OCR: detect text boxes, recognise each (runtime/ppocr.py around the two graphs)."""
+
     roles = ("detector", "recognizer")
 
-    def __init__(self, name: str, detector: Engine, recognizer: Engine, vocabulary: Vocabulary = Vocabulary(),
-                 rule: LogOddsRule = LogOddsRule(), thresholds: StageThresholds = StageThresholds(),
-                 det: DetSettings = DetSettings(), min_confidence: float = 0.5, max_boxes: int = 24, prior_ms: float = 1500.0):
-        self.name = name
+    def __init__(self, detector: Engine, recognizer: Engine, det: DetSettings = DetSettings(), min_confidence: float = 0.5, max_boxes: int = 24):
         self.detector = detector
         self.recognizer = recognizer
-        self.vocabulary = vocabulary
-        self.rule = rule
-        self.thresholds = thresholds
         self.det = det
         self.min_confidence = min_confidence
         self.max_boxes = max_boxes
-        self.latency = LatencyTracker(prior_ms)
         try:
             self.charset = charset_from_metadata(recognizer.metadata())
         except Exception as exc:
-            raise EngineMismatch(f"stage {name}: {exc}") from None
+            raise EngineMismatch(str(exc)) from None
         self.max_width = int(recognizer.io.axis_sizes.get("width", 960))
         self._local = threading.local()
-
-    @classmethod
-    def from_manifest(cls, entry: StageEntry, engines: dict[str, Engine], thresholds: StageThresholds) -> "OcrStage":
-        return cls(entry.name, engines["detector"], engines["recognizer"], entry.evidence or Vocabulary(), entry.combine or LogOddsRule(), thresholds)
-
-    @property
-    def expected_ms(self) -> float:
-        return self.latency.mean_ms
 
     def _slots(self):
         slots = getattr(self._local, "slots", None)
@@ -64,7 +52,6 @@ class OcrStage:
         return slots
 
     def read(self, rgb: np.ndarray) -> list[tuple[str, float]]:
-        """Text lines in reading order with their confidence (low-confidence lines dropped)."""
         det_slot, rec_slot = self._slots()
         feed = detector_input(rgb, self.det.det_side)
         prob = next(iter(det_slot.infer({self.detector.io.inputs[0].name: feed}).values()))[0, 0]
@@ -82,6 +69,43 @@ class OcrStage:
             probs = next(iter(rec_slot.infer({name_in: batch}).values()))
             lines += ctc_decode(probs, self.charset)
         return [(t.strip(), c) for t, c in lines if t.strip() and c >= self.min_confidence]
+
+
+class OcrStage:
+    """`reader` is a PpOcrReader (roles detector + recognizer) or a Florence2Reader (roles vision,
+    embed, encoder, decoder, decoder_with_past), chosen by the graphs the stage has."""
+
+    roles: tuple[str, ...] = ()  # checked in from_manifest: either reader's set
+
+    def __init__(self, name: str, reader, vocabulary: Vocabulary = Vocabulary(), rule: LogOddsRule = LogOddsRule(),
+                 thresholds: StageThresholds = StageThresholds(), prior_ms: float = 1500.0):
+        self.name = name
+        self.reader = reader
+        self.vocabulary = vocabulary
+        self.rule = rule
+        self.thresholds = thresholds
+        self.latency = LatencyTracker(prior_ms)
+
+    @classmethod
+    def from_manifest(cls, entry: StageEntry, engines: dict[str, Engine], thresholds: StageThresholds) -> "OcrStage":
+        if set(PpOcrReader.roles) <= set(engines):
+            reader = PpOcrReader(engines["detector"], engines["recognizer"])
+        elif "vision" in engines:
+            from .florence2 import Florence2Reader
+
+            reader = Florence2Reader(engines)
+        else:
+            raise EngineMismatch(f"stage {entry.name}: an ocr stage needs detector + recognizer (PP-OCR) or vision, embed, encoder, "
+                                 f"decoder, decoder_with_past (Florence-2) graphs; it has {sorted(engines)}")
+        return cls(entry.name, reader, entry.evidence or Vocabulary(), entry.combine or LogOddsRule(), thresholds)
+
+    @property
+    def expected_ms(self) -> float:
+        return self.latency.mean_ms
+
+    def read(self, rgb: np.ndarray) -> list[tuple[str, float]]:
+        """Text lines in reading order with their confidence (low-confidence lines dropped)."""
+        return self.reader.read(rgb)
 
     def score_given(self, images: Sequence[np.ndarray], priors: Sequence[float]) -> tuple[np.ndarray, list[str]]:
         t0 = time.perf_counter()

@@ -9,6 +9,7 @@ FAMILIES = Registry("model family", {
     "dinov3": "streetcascade.compile.models.dinov3:FAMILY",
     "hf-classifier": "streetcascade.compile.models.hf_classifier:FAMILY",
     "ppocr": "streetcascade.compile.models.ppocr:FAMILY",
+    "florence2": "streetcascade.compile.models.florence2:FAMILY",
 }, unavailable=None)
 
 

@@ -90,6 +90,7 @@ class ExportableGraph:
     reference: Callable
     onnx_source: Path | None = None  # a ready ONNX graph, copied instead of exported
     parity_feeds: list[dict[str, np.ndarray]] | None = None  # "tensor" parity: the example inputs
+    metadata: dict[str, str] = field(default_factory=dict)  # stored in the ONNX file (e.g. a tokenizer)
 
 
 @dataclass

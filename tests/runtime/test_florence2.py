@@ -1,0 +1,97 @@
+"""Florence-2 `<OCR>` without PyTorch: the five exported graphs, greedy decoding in
+runtime/florence2.py, token-identical to transformers' `generate()` on a tiny model of the real
+classes (random weights), and importing neither torch nor transformers."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+pytest.importorskip("tokenizers", exc_type=ImportError)
+
+from streetcascade.compile.models.florence2 import FAMILY, UInt8Preprocess  # noqa: E402
+from streetcascade.compile.pipeline import compile_cascade  # noqa: E402
+from streetcascade.runtime import load_engine_set  # noqa: E402
+from support import REPO, run_python, write_config  # noqa: E402
+
+SIZE = 96
+
+
+@pytest.fixture(scope="module")
+def florence(tmp_path_factory):
+    root = tmp_path_factory.mktemp("florence2")
+    ckpt = FAMILY.write_test_checkpoint(root / "ckpt")
+    cfg = write_config(root / "c.toml", [{"name": "ocr", "family": "florence2", "source": str(ckpt), "input_size": SIZE, "max_batch": 1}],
+                       root / "engines")
+    return ckpt, compile_cascade(cfg, progress=False)
+
+
+def transformers_tokens(ckpt, prompt: list[int], image: np.ndarray, max_new_tokens: int, suppress: list[int]) -> list[int]:
+    import torch
+    from transformers import Florence2ForConditionalGeneration
+
+    from streetcascade.compile.models.florence2 import CLIP_NORM
+
+    model = Florence2ForConditionalGeneration.from_pretrained(ckpt).eval()
+    with torch.no_grad():
+        pixel_values = UInt8Preprocess(CLIP_NORM)(torch.from_numpy(image[None]))
+        out = model.generate(input_ids=torch.tensor([prompt]), pixel_values=pixel_values, max_new_tokens=max_new_tokens,
+                             do_sample=False, num_beams=1, suppress_tokens=suppress or None)
+    return out[0, 1:].tolist()  # after the decoder start token
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_greedy_tokens_identical_to_transformers(florence, seed):
+    ckpt, dest = florence
+    image = np.random.default_rng(seed).integers(0, 255, (SIZE, SIZE, 3), dtype=np.uint8)
+    with load_engine_set(dest) as es:
+        reader = es.cascade.stages[0].reader
+        eos = reader.generation["eos_token_id"]
+        reader.suppress, reader.max_new_tokens = (eos,), 20  # random weights end at once otherwise
+        ours = reader.generate(image)
+        prompt = reader.generation["prompts"]["<OCR>"]
+    want = transformers_tokens(ckpt, prompt, image, 20, [eos])
+    assert ours == want
+    SEEN.update(ours)
+
+
+SEEN: set[int] = set()
+
+
+def test_the_compared_sequences_were_not_trivial():
+    """Across the images above, more than a token or two: the comparison had something to compare."""
+    assert len(SEEN) >= 3, SEEN
+
+
+def test_stops_at_the_end_token_or_the_cap(florence):
+    ckpt, dest = florence
+    image = np.full((SIZE, SIZE, 3), 90, np.uint8)
+    with load_engine_set(dest) as es:
+        reader = es.cascade.stages[0].reader
+        eos, vocab = reader.generation["eos_token_id"], reader.tokenizer.get_vocab_size()
+        reader.max_new_tokens = 10
+        capped = reader.generate(image)
+        reader.suppress = tuple(i for i in range(vocab) if i != eos)  # only the end token is left
+        ended = reader.generate(image)
+        prompt = reader.generation["prompts"]["<OCR>"]
+    assert len(capped) == 10 and capped == transformers_tokens(ckpt, prompt, image, 10, [])
+    assert ended == [eos]
+
+
+def test_decoding_imports_neither_torch_nor_transformers(florence):
+    _, dest = florence
+    code = f"""
+import sys
+for name in ('torch', 'transformers', 'onnx'):
+    sys.modules[name] = None
+import numpy as np
+from streetcascade.runtime import load_engine_set
+with load_engine_set({str(dest)!r}) as es:
+    stage = es.cascade.stages[0]
+    stage.reader.suppress = (stage.reader.generation["eos_token_id"],)
+    stage.reader.max_new_tokens = 5
+    print(len(stage.reader.generate(np.zeros(({SIZE}, {SIZE}, 3), np.uint8))))
+"""
+    r = run_python(f"import sys; sys.path.insert(0, {str(REPO / 'tests')!r})\n" + code)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert r.stdout.strip().splitlines()[-1] == "5"
