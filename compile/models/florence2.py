@@ -11,6 +11,10 @@ remote code) compiled to five graphs that the runtime drives without PyTorch or 
   cache (explicit tensors, `present.*` / `cross.*`);
 - `decoder_with_past`: one more token with the caches in -> logits and the grown self cache.
 
+A sixth graph, PP-OCR's text detector (from the rapidocr wheel, as the ppocr family finds it),
+gates the decoder: an image in which it finds no text box costs one detector run and never
+reaches the decoder.
+
 The tokenizer (tokenizer.json) and what generation needs (start / end tokens, the prompt ids of
 the `<OCR>` and `<OCR_WITH_REGION>` tasks, built as the model's processor builds them) are stored
 in the `embed` graph's metadata, so they are hashed with the engine set.
@@ -73,7 +77,12 @@ def declare(s: dict, input_size: int) -> list[GraphDecl]:
 
     dec_in = [TensorSpec("input_ids", ["batch", 1], "int64"), TensorSpec("encoder_hidden_states", ["batch", "tokens", D], f32),
               TensorSpec("encoder_attention_mask", ["batch", "tokens"], "int64")]
+    from .ppocr import detector_io
+
     return [
+        # PP-OCR's text detector gates the decoder: an image without text boxes never reaches it.
+        GraphDecl("detector", detector_io("x", "fetch_name_0"), opset=11, parity="tensor",
+                  preprocessing="text-presence gate (PP-OCR detector): RGB, shorter side 736, (x / 255 - 0.5) / 0.5, NCHW"),
         GraphDecl("vision", GraphIO([TensorSpec("pixels", ["batch", input_size, input_size, 3], "uint8")],
                                     [TensorSpec("image_features", ["batch", N, D], f32)], 1), parity="tensor",
                   preprocessing=f"uint8 NHWC RGB {input_size}x{input_size} -> CLIP normalisation (in the graph)"),
@@ -232,9 +241,16 @@ class Florence2Family(ModelFamily):
                       "prompts": prompts}
         norm = processor_normalization(directory, CLIP_NORM)
         modules = [VisionGraph(model, norm), EmbedGraph(model), EncoderGraph(model), DecoderGraph(model, s["layers"]), DecoderWithPastGraph(model, s["layers"])]
-        feeds = self._example_feeds(modules, decls, prompts["<OCR>"], stage)
-        graphs = []
-        for module, decl, f in zip(modules, decls, feeds):
+        feeds = self._example_feeds(modules, decls[1:], prompts["<OCR>"], stage)
+        from .ppocr import _onnx_io, _reference, detector_io, locate_models
+
+        det, _ = locate_models("rapidocr", config_path)
+        det_in, det_out, _ = _onnx_io(det)
+        det_decl = GraphDecl("detector", detector_io(det_in, det_out), decls[0].opset, "tensor", decls[0].preprocessing)
+        rng = np.random.default_rng(stage.seed)
+        graphs = [ExportableGraph(det_decl, None, _reference(det, det_decl.io), onnx_source=det,
+                                  parity_feeds=[{det_in: rng.uniform(-1, 1, (1, 3, 320, 320)).astype(np.float32)}])]
+        for module, decl, f in zip(modules, decls[1:], feeds):
             metadata = {"tokenizer.json": tok_path.read_text(encoding="utf-8"), "generation.json": json.dumps(generation)} if decl.role == "embed" else {}
             graphs.append(ExportableGraph(decl, module.eval(), _torch_reference(module.eval(), decl), parity_feeds=f, metadata=metadata))
         return ExportableModel(graphs, hash_checkpoint(directory), placeholder=False, notes=[f"Florence-2 from {stage.source}, {s['layers']} decoder layers"])

@@ -79,6 +79,13 @@ class Slot(Closeable, ABC):
     def infer(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Run the graph once. Returns new arrays (never a buffer the slot reuses)."""
 
+    def infer_keep(self, feeds: dict, keep: frozenset[str] = frozenset()) -> dict:
+        """Like `infer`, but the outputs named in `keep` may come back as the backend's own
+        handles (not numpy), which `infer_keep` of a slot of the same backend takes back as
+        inputs without a copy: a decoder's key/value cache stays where the backend keeps it
+        between steps. The default (any backend) is plain numpy."""
+        return self.infer({k: (v if isinstance(v, np.ndarray) else np.asarray(v)) for k, v in feeds.items()})
+
     def check_feeds(self, feeds: dict[str, np.ndarray]) -> int:
         """Names, dtypes and fixed axes as the engine declares them; returns the batch size."""
         io = self.engine.io

@@ -154,6 +154,30 @@ class OrtSlot(Slot):
         # Outputs are small (a logit per image): copy so callers never see a buffer reused later.
         return {name: view.copy() for name, view in views.items()}
 
+    def infer_keep(self, feeds: dict, keep: frozenset[str] = frozenset()) -> dict:
+        """IO binding: numpy inputs are bound as they are, OrtValue inputs (outputs kept from an
+        earlier step) without a copy; outputs in `keep` stay OrtValues in ORT's arena, the rest
+        come back as numpy."""
+        engine = self.engine
+        names = {s.name for s in engine.io.inputs}
+        if set(feeds) != names:
+            raise BadInput(f"inputs {sorted(feeds)}, the engine takes {sorted(names)}")
+        binding = engine.session.io_binding()
+        for name, value in feeds.items():
+            if isinstance(value, ort.OrtValue):
+                binding.bind_ortvalue_input(name, value)
+            else:
+                binding.bind_cpu_input(name, np.ascontiguousarray(value))
+        for spec in engine.io.outputs:
+            binding.bind_output(spec.name, "cpu")
+        try:
+            engine.session.run_with_iobinding(binding)
+        except Exception as exc:
+            raise InferenceError(f"onnxruntime failed: {exc}") from exc
+        engine.runs += 1
+        values = binding.get_outputs()
+        return {spec.name: (v if spec.name in keep else v.numpy()) for spec, v in zip(engine.io.outputs, values)}
+
     def close(self) -> None:
         self._binding.clear_binding_inputs()
         self._binding.clear_binding_outputs()

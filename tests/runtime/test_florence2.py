@@ -95,3 +95,45 @@ with load_engine_set({str(dest)!r}) as es:
     r = run_python(f"import sys; sys.path.insert(0, {str(REPO / 'tests')!r})\n" + code)
     assert r.returncode == 0, r.stderr[-2000:]
     assert r.stdout.strip().splitlines()[-1] == "5"
+
+
+def test_images_without_text_never_reach_the_decoder(florence, monkeypatch):
+    _, dest = florence
+    with load_engine_set(dest) as es:
+        reader = es.cascade.stages[0].reader
+        calls = []
+        monkeypatch.setattr(reader, "generate", lambda rgb: calls.append(1) or [reader.generation["eos_token_id"]])
+        assert reader.read(np.full((480, 640, 3), 128, np.uint8)) == [] and calls == [] and reader.gated == 1
+        from PIL import Image, ImageDraw
+
+        img = Image.new("RGB", (640, 480), (90, 110, 120))
+        ImageDraw.Draw(img).rectangle([120, 150, 540, 260], fill=(250, 140, 20))
+        ImageDraw.Draw(img).text((140, 180), "ROAD WORK AHEAD", fill=(0, 0, 0), font_size=40)
+        reader.read(np.asarray(img))
+        assert calls == [1]  # text present: decoded
+
+
+def test_ocr_with_region_parsed_like_transformers():
+    import torch  # noqa: F401 - the reference post-processor uses it
+    from transformers.models.florence2.processing_florence2 import Florence2PostProcessor
+
+    from streetcascade.runtime.florence2 import parse_ocr_with_region
+
+    text = ("</s><s>ROAD WORK<loc_100><loc_200><loc_400><loc_200><loc_400><loc_260><loc_100><loc_260>"
+            "AHEAD 500 m<loc_120><loc_300><loc_380><loc_300><loc_380><loc_350><loc_120><loc_350></s><pad>")
+    class NoTokenizer:
+        all_special_tokens: list = []
+
+    want = Florence2PostProcessor(config=None, tokenizer=NoTokenizer()).parse_ocr_from_text_and_spans(text, None, (640, 480))
+    got = parse_ocr_with_region(text, (640, 480))
+    assert [(w["text"], w["quad_box"]) for w in want] == got
+    assert got[0][0] == "ROAD WORK" and len(got[0][1]) == 8
+
+
+def test_reader_runs_the_region_task(florence):
+    _, dest = florence
+    with load_engine_set(dest) as es:
+        reader = es.cascade.stages[0].reader
+        reader.max_new_tokens = 8
+        regions = reader.read_regions(np.zeros((SIZE, SIZE, 3), np.uint8))  # random weights: whatever parses
+        assert isinstance(regions, list) and reader.prompt.tolist()[0] == reader.generation["prompts"]["<OCR>"]
