@@ -11,6 +11,7 @@ from streetcascade.runtime import decode_image, load_engine_set
 from support import SAMPLES, write_config
 
 from streetcascade.config import load_config
+from streetcascade.errors import CompileError
 from streetcascade.manifest import read_manifest
 
 
@@ -20,7 +21,12 @@ def test_every_family_declares_exports_checks_and_loads(name, tmp_path):
     checkpoint = family.write_test_checkpoint(tmp_path / "ckpt")
     cfg = write_config(tmp_path / "c.toml", [{"name": "s", "family": name, "source": str(checkpoint), "max_batch": 2}], tmp_path / "engines")
     declared = family.graphs(load_config(cfg).stages[0])
-    dest = compile_cascade(cfg, progress=False)
+    try:
+        dest = compile_cascade(cfg, progress=False)
+    except CompileError as exc:
+        if "pip download rapidocr" in str(exc):  # the OCR families' PP-OCR models need PyPI once
+            pytest.skip(f"NOT CHECKED: {exc}")
+        raise
     entry = read_manifest(dest).stages[0]
     assert entry.kind == family.kind and [g.role for g in entry.graphs] == [d.role for d in declared]
     for graph, decl in zip(entry.graphs, declared):
