@@ -20,6 +20,7 @@ from streetcascade.calibration.hard_cases import export_hard_cases
 from streetcascade.calibration.report import write_report
 from streetcascade.calibration.source import ChallengeSet
 from streetcascade.errors import BadInput
+from streetcascade.runtime.images import decode_image
 from streetcascade.progress import QUIET, Progress
 
 log = logging.getLogger(__name__)
@@ -54,10 +55,17 @@ def run_eval(engine_set, challenges: ChallengeSet, out_dir: str | Path, *, deadl
     cascade = engine_set.cascade
     names = [s.name for s in cascade.stages]
     probs, exit_idx, latencies = [], [], []
-    per_stage: dict[str, list[float]] = {n: [] for n in names}
-    for rgb in progress.track(challenges.images, f"eval: the cascade on {len(challenges)} challenges, one at a time"):
+    per_stage: dict[str, list[float]] = {"decode": [], **{n: [] for n in names}}
+    # Timed as served: from the challenge's JPEG bytes (decode + resize + stages) when the set
+    # keeps them, else from the decoded image.
+    jpegs = challenges.jpegs if len(challenges.jpegs) == len(challenges.images) else [None] * len(challenges.images)
+    draft = getattr(cascade.stages[0], "input_size", None)
+    for rgb, jpeg in progress.track(list(zip(challenges.images, jpegs)), f"eval: the cascade on {len(challenges)} challenges, one at a time"):
         t0 = time.perf_counter()
         try:
+            if jpeg is not None:
+                rgb = decode_image(jpeg, draft_size=draft)
+                per_stage["decode"].append((time.perf_counter() - t0) * 1000.0)
             decision = cascade.classify(rgb, deadline_ms=deadline_ms)
         except Exception as exc:  # a failed challenge is a -1 answer, as on the subnet
             log.warning("cascade failed on a challenge: %s", exc)

@@ -180,7 +180,10 @@ class AxonApp:
         if cache.max_entries > 0:
             cache.inflight[key] = fut
         try:
-            decision = await state.scheduler.submit(priority, deadline, state.job, image)
+            t_decode = time.perf_counter()
+            rgb = await asyncio.get_running_loop().run_in_executor(state.decode_pool, state.decode, image)
+            state.metrics.stage_latency.labels("decode").observe(time.perf_counter() - t_decode)
+            decision = await state.scheduler.submit(priority, deadline, state.job, rgb)
             answer = Answer(float(decision.probability), decision.stage, decision.fallback)
             for stage, ms in decision.timings_ms.items():
                 if stage != "total":

@@ -160,7 +160,7 @@ class MinerServer:
             await asyncio.gather(*tasks, return_exceptions=True)
             if refresher is not None:
                 await refresher
-            await loop.run_in_executor(None, state.scheduler.close)
+            await loop.run_in_executor(None, state.close)
             if install_signal_handlers:
                 for sig in (signal.SIGINT, signal.SIGTERM):
                     try:

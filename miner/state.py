@@ -4,6 +4,9 @@ cache, the metagraph view, the admission policy and the metrics."""
 from __future__ import annotations
 
 import time
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
 
 from streetcascade.errors import DeadlineExceeded
 from streetcascade.runtime.cascade import Cascade, Decision
@@ -38,6 +41,9 @@ class MinerState:
         # One inference thread per slot: each thread runs the cascade through its own engine slots.
         self.scheduler = Scheduler(slots, policy.max_queue, on_reject=self._count_overload)
         self.cache = AnswerCache(limits.cache_entries)
+        # Decoding (CPU-bound, untrusted bytes) runs here, outside the inference threads, so it
+        # overlaps inference; one thread keeps a flood of large images from taking every core.
+        self.decode_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="decode")
         self.image_limits = ImageLimits(max_bytes=limits.max_image_bytes, max_pixels=limits.max_pixels, formats=limits.image_formats)
         first = cascade.stages[0]
         self.draft_size = getattr(first, "input_size", None)
@@ -47,14 +53,24 @@ class MinerState:
     def _count_overload(self, reason: str) -> None:
         self.metrics.rejected.labels(f"overload_{reason}").inc()
 
-    def job(self, image_bytes: bytes, deadline: float) -> Decision:
-        """Decode + cascade on a worker thread. `deadline` (time.monotonic() seconds) is when the
-        caller stops waiting; the cascade keeps its safety margin free before it."""
+    def decode(self, image_bytes: bytes) -> np.ndarray:
+        """Untrusted bytes -> RGB, with the limits (runs on the decode thread, before the
+        inference queue: one request's decode overlaps another's inference)."""
+        return decode_image(image_bytes, self.image_limits, draft_size=self.draft_size)
+
+    def job(self, image: bytes | np.ndarray, deadline: float) -> Decision:
+        """The cascade on a worker thread (decoding first when given bytes). `deadline`
+        (time.monotonic() seconds) is when the caller stops waiting; the cascade keeps its safety
+        margin free before it."""
         if time.monotonic() >= deadline:
             raise DeadlineExceeded("deadline passed before inference could start")
-        rgb = decode_image(image_bytes, self.image_limits, draft_size=self.draft_size)
+        rgb = self.decode(image) if isinstance(image, (bytes, bytearray, memoryview)) else image
         remaining_ms = (deadline - time.monotonic()) * 1000.0
         return self.cascade.classify(rgb, deadline_ms=max(remaining_ms, 0.0))
+
+    def close(self) -> None:
+        self.scheduler.close()
+        self.decode_pool.shutdown(wait=True)
 
     def health(self) -> dict:
         view = self.view

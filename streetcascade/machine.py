@@ -10,7 +10,7 @@ import sys
 from functools import lru_cache
 
 # Features that change which kernels ONNX Runtime's optimiser and MLAS pick.
-RELEVANT_CPU_FEATURES = ("avx", "avx2", "fma", "avx512f", "avx512bw", "avx512_vnni", "avx_vnni", "amx_tile", "amx_int8", "amx_bf16", "asimd", "sve")
+RELEVANT_CPU_FEATURES = ("avx", "avx2", "fma", "avx512f", "avx512bw", "avx512_vnni", "avx512_bf16", "avx_vnni", "amx_tile", "amx_int8", "amx_bf16", "asimd", "sve")
 
 
 @lru_cache(maxsize=1)

@@ -245,3 +245,44 @@ def test_miner_imports_without_heavy_packages():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr
+
+
+def test_decode_overlaps_another_requests_inference(server_factory, keys, jpeg, monkeypatch):
+    """Decoding runs on its own thread before the inference queue: while one request is being
+    inferred, the next one is already decoded (bad images fail there, before the queue)."""
+    import concurrent.futures as cf
+    import threading
+
+    from streetcascade.miner.state import MinerState
+
+    events = []
+    real_decode, real_job = MinerState.decode, MinerState.job
+
+    def decode(self, data):
+        events.append(("decode", threading.current_thread().name, time.perf_counter()))
+        return real_decode(self, data)
+
+    def job(self, image, deadline):
+        start = time.perf_counter()
+        out = real_job(self, image, deadline)
+        events.append(("infer", start, time.perf_counter()))
+        return out
+
+    monkeypatch.setattr(MinerState, "decode", decode)
+    monkeypatch.setattr(MinerState, "job", job)
+    stages = [ClassifierStage("stage1", FakeEngine(latency_ms=300), 224, prior_ms=300)]
+    srv = server_factory(stages=stages, policy=PolicyConfig(rate_per_s=1e6, rate_burst=10**6), limits=LimitsConfig(cache_entries=0))
+
+    def one(value):
+        with httpx.Client(timeout=10) as client:
+            return post(client, srv.ports[0], keys, b64(jpeg(value))).status_code
+
+    with cf.ThreadPoolExecutor(2) as pool:
+        first = pool.submit(one, 10)
+        time.sleep(0.1)  # the first is inferring now
+        second = pool.submit(one, 20)
+        assert first.result() == 200 and second.result() == 200
+    decodes = [e for e in events if e[0] == "decode"]
+    infers = [e for e in events if e[0] == "infer"]
+    assert all(name.startswith("decode") for _, name, _ in decodes)
+    assert decodes[1][2] < infers[0][2]  # the second image was decoded while the first was inferred
