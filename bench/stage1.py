@@ -24,6 +24,7 @@ MODELS = {
     "vitb16": ("dinov3", "random:vitb16", "DINOv3 ViT-B/16 + head"),
     "vit-b16-cls": ("hf-classifier", "random:vitb16", "HF ViT-B/16 classifier (2 labels)"),
     "tiny": ("dinov3", "random:tiny", "DINOv3 tiny (test size)"),
+    "vit-tiny-cls": ("hf-classifier", "random:tiny", "HF ViT classifier tiny (test size)"),
 }
 
 

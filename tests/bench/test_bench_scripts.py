@@ -34,3 +34,13 @@ def test_gpu_bench_plumbing_on_the_cpu():
     assert variants == {"eager fp32", "torch.compile default", "aoti (cpu)"}
     assert all(r["median_ms"] > 0 and r["vs_eager"] > 0 for r in rows)
     assert any(line.startswith("| tiny | 1 | aoti (cpu)") for line in lines)
+
+
+def test_end_to_end_bench_tiny_prints_ratios():
+    from bench.end_to_end import run
+
+    lines = []
+    rows = run(("fp32",), runs=3, model="vit-tiny-cls", out=lines.append)
+    assert {r["input"] for r in rows} == {"224x224 JPEG (validator)", "320x240 photo"}
+    assert {r["path"] for r in rows} == {"reference (PIL + ViTImageProcessor + torch eager)", "streetcascade onnxruntime fp32"}
+    assert all(r["median_ms"] > 0 and r["vs_reference"] > 0 for r in rows) and any("x reference" in line for line in lines)
