@@ -46,7 +46,8 @@ def _build(model_key: str, precision: str, workdir: Path, threads: int, max_batc
         export_graph(graph, raw)
     runtime = RuntimeConfig(intra_op_threads=threads)
     target = get_target("onnxruntime")
-    built = target.build(BuildJob(stage, CascadeConfig(stages=[stage], runtime=runtime), config_path, graph.decl.io, raw, workdir / f"{model_key}.{precision}.onnx"))
+    built = target.build(BuildJob(stage, CascadeConfig(stages=[stage], runtime=runtime), config_path, graph.decl.io, raw,
+                                  workdir / f"{model_key}.{precision}.onnx", graph=graph))
     backend = get_backend(target.backend)
     return graph.module, backend.load(str(built.path), graph.decl.io, backend.options_for(runtime, "cpu"))
 
