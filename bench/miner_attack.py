@@ -173,9 +173,8 @@ def run(idle: int = 1100, requests: int = 60, nofile: int = 0, out=print) -> dic
             rss_end = rss_mb(proc.pid)
         finally:
             stop(proc)
-    result = {"server_nofile": nofile or "default", "attacked": attacked, "attack": stats, "idle_target": idle,
+    result = {"server_nofile": nofile or "default", "quiet": quiet, "attacked": attacked, "attack": stats, "idle_target": idle,
               "rss_mb": {"start": rss_start, "peak": peak[0], "end": rss_end}}
-    result["quiet"] = quiet
     out(f"server open-files limit: {nofile or 'as inherited, raised to [edge] nofile'}")
     out("| validator requests | n | non-200 | p50 ms | p99 ms | max ms |")
     out("|---|---|---|---|---|---|")

@@ -67,22 +67,25 @@ class _Stage:
         out = self.workdir / f"{stage.name}.{decl.role}.{stage.precision}{self.target.suffix}"
         built = self.target.build(BuildJob(stage, self.config, self.config_path, decl.io, raw, out, progress, graph))
         tolerance = stage.parity_tolerance or parity_gate.DEFAULT_TOLERANCE.get(stage.precision, 1e-2)
-        if decl.parity == "tensor":
-            return self.build_tensor_graph(graph, built, tolerance)
-        folder = resolve_relative(self.config_path, self.config.parity_images) if self.config.parity_images else None
-        images, n_real = parity_gate.parity_images(stage.input_size, folder, seed=stage.seed)
         backend = get_backend(self.target.backend)
         with _closing(backend), backend.load(str(built.path), decl.io, backend.options_for_target(self.config.runtime, self.info)) as engine:
             memory = engine.memory()  # first: it measures a fresh engine's peak at max_batch
-            progress.step(
-                f"{stage.name}: memory at batch {decl.io.max_batch}: weights {memory.weights_bytes / 2**20:.0f} MiB, "
-                f"activations {memory.activations_bytes / 2**20:.0f} MiB; parity vs PyTorch on {n_real} sample + "
-                f"{len(images) - n_real} synthetic images (tolerance {tolerance:g})"
-            )
-            parity = parity_gate.check_classifier_parity(engine, graph.reference, images, tolerance, f"{stage.name}/{decl.role}")
             parity_ort = None
-            if self.info.device == "cuda" and raw.exists():
-                parity_ort = self.parity_vs_onnxruntime(engine, raw, decl, images, tolerance)
+            if decl.parity == "tensor":  # not a classifier (OCR): every output vs its source graph
+                progress.step(f"{stage.name}: {decl.role}: weights {memory.weights_bytes / 2**20:.0f} MiB; parity vs the source graph "
+                              f"on {len(graph.parity_feeds or [])} example inputs (tolerance {tolerance:g})")
+                parity = parity_gate.check_tensor_parity(engine, graph.reference, graph.parity_feeds or [], tolerance, f"{stage.name}/{decl.role}")
+            else:
+                folder = resolve_relative(self.config_path, self.config.parity_images) if self.config.parity_images else None
+                images, n_real = parity_gate.parity_images(stage.input_size, folder, seed=stage.seed)
+                progress.step(
+                    f"{stage.name}: memory at batch {decl.io.max_batch}: weights {memory.weights_bytes / 2**20:.0f} MiB, "
+                    f"activations {memory.activations_bytes / 2**20:.0f} MiB; parity vs PyTorch on {n_real} sample + "
+                    f"{len(images) - n_real} synthetic images (tolerance {tolerance:g})"
+                )
+                parity = parity_gate.check_classifier_parity(engine, graph.reference, images, tolerance, f"{stage.name}/{decl.role}")
+                if self.info.device == "cuda" and raw.exists():
+                    parity_ort = self.parity_vs_onnxruntime(engine, raw, decl, images, tolerance)
         return GraphEntry(
             role=decl.role,
             file=built.path.name,
@@ -95,28 +98,6 @@ class _Stage:
             accuracy_gate=built.accuracy_gate,
             build=built.build,
             parity_onnxruntime=parity_ort,
-        )
-
-    def build_tensor_graph(self, graph: ExportableGraph, built, tolerance: float) -> GraphEntry:
-        """A graph that is not a classifier (OCR): memory, then tensor parity vs its source."""
-        stage, decl = self.stage, graph.decl
-        backend = get_backend(self.target.backend)
-        with _closing(backend), backend.load(str(built.path), decl.io, backend.options_for_target(self.config.runtime, self.info)) as engine:
-            memory = engine.memory()
-            self.progress.step(f"{stage.name}: {decl.role}: weights {memory.weights_bytes / 2**20:.0f} MiB; parity vs the source graph "
-                               f"on {len(graph.parity_feeds or [])} example inputs (tolerance {tolerance:g})")
-            parity = parity_gate.check_tensor_parity(engine, graph.reference, graph.parity_feeds or [], tolerance, f"{stage.name}/{decl.role}")
-        return GraphEntry(
-            role=decl.role,
-            file=built.path.name,
-            sha256=sha256_file(built.path),
-            size_bytes=built.path.stat().st_size,
-            precision=stage.precision,
-            io=decl.io,
-            parity=parity,
-            memory=memory,
-            accuracy_gate=built.accuracy_gate,
-            build=built.build,
         )
 
     def parity_vs_onnxruntime(self, engine, raw: Path, decl, images, tolerance: float):

@@ -54,6 +54,21 @@ def setup_logging(level: str = "INFO", as_json: bool = False) -> None:
         raise ConfigError(f"log_level {level!r}: use DEBUG, INFO, WARNING or ERROR") from None
 
 
+def load_miner_engine_set(cfg: MinerConfig, warmup: bool = True):
+    """[engine] engine loaded with this file's [runtime], and the exit thresholds, temperatures
+    and combination rules of [engine] cascade_config when one is named (serve and doctor)."""
+    from streetcascade.runtime.load import load_engine_set
+
+    eng = cfg.engine
+    thresholds, rules = None, None
+    if eng.cascade_config:
+        from streetcascade.config import load_config, stage_rules, stage_thresholds
+
+        cascade_cfg = load_config(eng.cascade_config)
+        thresholds, rules = stage_thresholds(cascade_cfg), stage_rules(cascade_cfg)
+    return load_engine_set(eng.engine, cfg.runtime, thresholds, warmup=warmup, rules=rules)
+
+
 def build_cascade(cfg: MinerConfig):
     """(cascade, closer) from [engine]: a real engine set, or the fake instant model."""
     eng = cfg.engine
@@ -64,15 +79,7 @@ def build_cascade(cfg: MinerConfig):
         log.warning("engine = \"fake\": answering with a deterministic test model, NOT a detector")
         stage = ClassifierStage("stage1", FakeEngine(224, eng.fake_latency_ms), 224, prior_ms=max(eng.fake_latency_ms, 0.1))
         return Cascade([stage], safety_margin_ms=cfg.runtime.safety_margin_ms), (lambda: None)
-    from streetcascade.runtime.load import load_engine_set
-
-    thresholds, rules = None, None
-    if eng.cascade_config:
-        from streetcascade.config import load_config, stage_rules, stage_thresholds
-
-        cascade_cfg = load_config(eng.cascade_config)
-        thresholds, rules = stage_thresholds(cascade_cfg), stage_rules(cascade_cfg)
-    engine_set = load_engine_set(eng.engine, cfg.runtime, thresholds, rules=rules)
+    engine_set = load_miner_engine_set(cfg)
     for name in engine_set.placeholder_stages:
         log.warning("stage %s has placeholder weights: do not mine with this engine set", name)
     return engine_set.cascade, engine_set.close

@@ -54,16 +54,10 @@ def _check_engine(cfg: MinerConfig) -> list[Check]:
     if eng.engine == "fake":
         return [Check("engine set", FAIL, 'engine = "fake": answers come from a test model, not a roadwork detector',
                       "compile an engine set (`streetcascade compile --config configs/default.toml`) and set [engine] engine to its folder")]
-    from streetcascade.runtime.load import load_engine_set
+    from .cli import load_miner_engine_set
 
     try:
-        thresholds, rules = None, None
-        if eng.cascade_config:
-            from streetcascade.config import load_config, stage_rules, stage_thresholds
-
-            cascade_cfg = load_config(eng.cascade_config)
-            thresholds, rules = stage_thresholds(cascade_cfg), stage_rules(cascade_cfg)
-        engine_set = load_engine_set(eng.engine, cfg.runtime, thresholds, warmup=False, rules=rules)
+        engine_set = load_miner_engine_set(cfg, warmup=False)
     except BudgetExceeded as exc:
         return [Check("memory budget", FAIL, str(exc), "raise [runtime] budget_bytes if the machine has the memory, lower [runtime] slots, or compile a smaller / quantized set")]
     except EngineMismatch as exc:

@@ -10,6 +10,8 @@ import logging
 import time
 from pathlib import Path
 
+import msgspec
+
 from streetcascade.errors import EngineMismatch
 from streetcascade.evidence import LogOddsRule
 from streetcascade.manifest import Manifest, read_manifest, verify_files
@@ -88,10 +90,9 @@ def load_engine_set(
                 engine = backend.load(str(engine_dir / graph.file), graph.io, options)
                 engines.append(engine)
                 by_role[graph.role] = engine
-            stage = build_stage(entry, by_role, (thresholds or {}).get(entry.name, entry.thresholds))
-            if rules and entry.name in rules and hasattr(stage, "rule"):
-                stage.rule = rules[entry.name]
-            stages.append(stage)
+            if rules and entry.name in rules:  # the config's (tuned) rule in place of the compile-time one
+                entry = msgspec.structs.replace(entry, combine=rules[entry.name])
+            stages.append(build_stage(entry, by_role, (thresholds or {}).get(entry.name, entry.thresholds)))
             if entry.placeholder_weights:
                 log.warning("stage %s runs PLACEHOLDER (random) weights: its answers are not a detector", entry.name)
         if warmup:  # first runs allocate (arena, kernels): pay for them here, not in a request

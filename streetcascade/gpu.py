@@ -77,11 +77,7 @@ def probe_gpus() -> tuple[GpuInfo, ...]:
             continue
         p = props[1]
         name = p.name.decode(errors="replace").rstrip("\x00") if isinstance(p.name, bytes) else str(p.name)
-        free, total = 0, int(p.totalGlobalMem)
-        if _ok(rt.cudaSetDevice(i), rt):
-            mem = rt.cudaMemGetInfo()
-            if _ok(mem, rt):
-                free, total = int(mem[1]), int(mem[2])
+        free, total = _mem_info(rt, i) or (0, int(p.totalGlobalMem))
         gpus.append(GpuInfo(
             index=i,
             name=name,
@@ -104,13 +100,19 @@ def require_gpu(index: int = 0, what: str = "this target") -> GpuInfo:
     return gpus[index]
 
 
-def free_bytes(index: int = 0) -> int:
-    """Free device memory on GPU `index` now (cudaMemGetInfo), 0 if unknown."""
-    rt = cuda_runtime()
-    if rt is None or not _ok(rt.cudaSetDevice(index), rt):
-        return 0
+def _mem_info(rt, index: int) -> tuple[int, int] | None:
+    """(free, total) bytes of GPU `index` now (cudaMemGetInfo), None if the runtime cannot say."""
+    if not _ok(rt.cudaSetDevice(index), rt):
+        return None
     mem = rt.cudaMemGetInfo()
-    return int(mem[1]) if _ok(mem, rt) else 0
+    return (int(mem[1]), int(mem[2])) if _ok(mem, rt) else None
+
+
+def free_bytes(index: int = 0) -> int:
+    """Free device memory on GPU `index` now, 0 if unknown."""
+    rt = cuda_runtime()
+    info = _mem_info(rt, index) if rt is not None else None
+    return info[0] if info else 0
 
 
 def check_sm(manifest, engine_dir) -> None:

@@ -242,14 +242,10 @@ class Florence2Family(ModelFamily):
         norm = processor_normalization(directory, CLIP_NORM)
         modules = [VisionGraph(model, norm), EmbedGraph(model), EncoderGraph(model), DecoderGraph(model, s["layers"]), DecoderWithPastGraph(model, s["layers"])]
         feeds = self._example_feeds(modules, decls[1:], prompts["<OCR>"], stage)
-        from .ppocr import _onnx_io, _reference, detector_io, locate_models
+        from .ppocr import detector_graph, locate_models
 
         det, _ = locate_models("rapidocr", config_path)
-        det_in, det_out, _ = _onnx_io(det)
-        det_decl = GraphDecl("detector", detector_io(det_in, det_out), decls[0].opset, "tensor", decls[0].preprocessing)
-        rng = np.random.default_rng(stage.seed)
-        graphs = [ExportableGraph(det_decl, None, _reference(det, det_decl.io), onnx_source=det,
-                                  parity_feeds=[{det_in: rng.uniform(-1, 1, (1, 3, 320, 320)).astype(np.float32)}])]
+        graphs = [detector_graph(decls[0], det, np.random.default_rng(stage.seed))]
         for module, decl, f in zip(modules, decls[1:], feeds):
             metadata = {"tokenizer.json": tok_path.read_text(encoding="utf-8"), "generation.json": json.dumps(generation)} if decl.role == "embed" else {}
             graphs.append(ExportableGraph(decl, module.eval(), _torch_reference(module.eval(), decl), parity_feeds=f, metadata=metadata))

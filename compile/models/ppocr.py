@@ -23,6 +23,7 @@ import os
 import subprocess
 import sys
 import zipfile
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -148,6 +149,24 @@ def _reference(path: Path, io: GraphIO):
     return run
 
 
+def source_graph(decl: GraphDecl, path: Path, rng: np.random.Generator) -> ExportableGraph:
+    """A ready ONNX graph as the pipeline takes it: copied as the "export", parity-checked
+    against itself run by ONNX Runtime on random inputs at two widths (and batch 2 if allowed)."""
+    spec = decl.io.inputs[0]
+    feeds = []
+    for batch, width in ((1, 320), (min(2, decl.io.max_batch), 480)):
+        shape = [batch, 3, 320 if "height" in spec.shape else 48, width]
+        feeds.append({spec.name: rng.uniform(-1, 1, shape).astype(np.float32)})
+    return ExportableGraph(decl, None, _reference(path, decl.io), onnx_source=path, parity_feeds=feeds)
+
+
+def detector_graph(declared: GraphDecl, path: Path, rng: np.random.Generator) -> ExportableGraph:
+    """PP-OCR's text detector from `path`, its IO names read from the file (ppocr's stage and
+    florence2's text-presence gate)."""
+    det_in, det_out, _ = _onnx_io(path)
+    return source_graph(replace(declared, io=detector_io(det_in, det_out)), path, rng)
+
+
 class PpOcrFamily(ModelFamily):
     name = "ppocr"
     kind = "ocr"
@@ -164,25 +183,16 @@ class PpOcrFamily(ModelFamily):
 
     def load(self, stage: StageConfig, config_path: Path, progress=None) -> ExportableModel:
         det, rec = locate_models(stage.source, config_path, progress)
-        det_in, det_out, _ = _onnx_io(det)
         rec_in, rec_out, classes = _onnx_io(rec)
         if not classes:
             raise CompileError(f"{rec.name}: the recognizer's output has no fixed class axis")
         decls = self.graphs(stage)
-        det_decl = GraphDecl("detector", detector_io(det_in, det_out), decls[0].opset, "tensor", decls[0].preprocessing)
-        rec_decl = GraphDecl("recognizer", recognizer_io(rec_in, rec_out, stage.max_batch), decls[1].opset, "tensor", decls[1].preprocessing)
         digest = hashlib.sha256()
         for path in (det, rec):
             digest.update(path.read_bytes())
         rng = np.random.default_rng(stage.seed)
-        graphs = []
-        for decl, path in ((det_decl, det), (rec_decl, rec)):
-            feeds = []
-            for batch, width in ((1, 320), (min(2, decl.io.max_batch), 480)):
-                spec = decl.io.inputs[0]
-                shape = [batch, 3, 320 if "height" in spec.shape else 48, width]
-                feeds.append({spec.name: rng.uniform(-1, 1, shape).astype(np.float32)})
-            graphs.append(ExportableGraph(decl, None, _reference(path, decl.io), onnx_source=path, parity_feeds=feeds))
+        rec_decl = replace(decls[1], io=recognizer_io(rec_in, rec_out, stage.max_batch))
+        graphs = [detector_graph(decls[0], det, rng), source_graph(rec_decl, rec, rng)]
         return ExportableModel(graphs, digest.hexdigest(), placeholder=False,
                                notes=[f"PP-OCR models: {det.name}, {rec.name} (from {stage.source})"])
 

@@ -18,7 +18,7 @@ import numpy as np
 
 from streetcascade.errors import BackendUnavailable, EngineMismatch, InferenceError
 from streetcascade.gpu import check_sm
-from streetcascade.machine import cpu_features, physical_cores, rss_bytes
+from streetcascade.machine import cpu_features, rss_bytes
 from streetcascade.manifest import GraphIO, Manifest, MemoryAccount
 from streetcascade.settings import RuntimeConfig
 
@@ -113,7 +113,7 @@ class AotiEngine(Engine):
         self.stats = {"graph_launches": 0, "graph_fallbacks": 0}
         self.runs = 0
         if options.device == "cpu" and options.intra_op_threads:
-            torch.set_num_threads(options.intra_op_threads or physical_cores())
+            torch.set_num_threads(options.intra_op_threads)
         before = self._used()
         try:
             self.model = aoti_load_package(path)
