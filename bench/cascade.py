@@ -23,9 +23,9 @@ def run(config: str, images: str, repeat: int, out=print) -> dict:
     from streetcascade.runtime.images import IMAGE_SUFFIXES
 
     cfg = load_config(config)
-    from streetcascade.compile.targets import get_target
+    from streetcascade.compile.targets import engine_set_name
 
-    engine_dir = resolve_relative(Path(config), cfg.engines_dir) / get_target(cfg.target.backend).describe(cfg).name
+    engine_dir = resolve_relative(Path(config), cfg.engines_dir) / engine_set_name(cfg)
     files = sorted(p for p in Path(images).rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
     blobs = [p.read_bytes() for p in files]
     totals, exits, stage_ms = [], Counter(), defaultdict(list)

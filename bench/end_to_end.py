@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from .stage1 import _build
-from .timing import interleaved, summary
+from streetcascade.timing import interleaved, summary
 
 
 def run(precisions=("fp32", "int8-dynamic"), runs: int = 30, model: str = "vit-b16-cls", out=print) -> list[dict]:

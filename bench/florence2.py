@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .timing import interleaved
+from streetcascade.timing import interleaved
 
 
 def run(checkpoint: str | None, size: int, tokens: int, runs: int, out=print) -> dict:
@@ -58,7 +58,7 @@ def run(checkpoint: str | None, size: int, tokens: int, runs: int, out=print) ->
                 return reader.generate(image)
 
             assert ours(tokens) == hf(tokens), "token sequences differ"
-            # Interleaved rounds (bench/timing.py): the same machine noise hits both paths.
+            # Interleaved rounds (streetcascade/timing.py): the same machine noise hits both paths.
             fns = {"transformers eager": hf, "streetcascade onnxruntime": ours}
             ones = interleaved({n: (lambda f=f: f(1)) for n, f in fns.items()}, runs=runs * 2, warmup=2, rounds=4)
             fulls = interleaved({n: (lambda f=f: f(tokens)) for n, f in fns.items()}, runs=runs * 2, warmup=2, rounds=4)

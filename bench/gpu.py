@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .timing import interleaved, summary
+from streetcascade.timing import interleaved, summary
 
 MODELS = {
     "vits16": ("random:vits16", "DINOv3 ViT-S/16 + head"),

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .timing import interleaved, summary
+from streetcascade.timing import interleaved, summary
 
 
 def main(argv=None) -> int:

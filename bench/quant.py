@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .timing import interleaved
+from streetcascade.timing import interleaved
 
 MODELS = {"vits16": "DINOv3 ViT-S/16 + head", "vitb16": "DINOv3 ViT-B/16 + head", "tiny": "DINOv3 tiny (test size)"}
 

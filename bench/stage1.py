@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .timing import interleaved, summary
+from streetcascade.timing import interleaved, summary
 
 MODELS = {
     # name: (family, source, human name)

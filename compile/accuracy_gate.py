@@ -38,11 +38,14 @@ class AccuracyGateFailed(CompileError):
         self.gate = gate
 
 
-def engine_logits(path: Path, io: GraphIO, images: np.ndarray, runtime: RuntimeConfig = RuntimeConfig(), optimize: bool = False) -> np.ndarray:
-    """Logits of the ONNX Runtime graph at `path` over `images`, through the runtime's backend.
-    `optimize`: run ORT's optimiser at load (graphs that were not optimised offline)."""
-    backend = get_backend("onnxruntime")
-    options = msgspec.structs.replace(backend.options_for(runtime, "cpu"), optimize=optimize)
+def engine_logits(path: Path, io: GraphIO, images: np.ndarray, runtime: RuntimeConfig = RuntimeConfig(), optimize: bool = False,
+                  backend_name: str = "onnxruntime") -> np.ndarray:
+    """Logits of the CPU engine at `path` over `images`, through the runtime's backend.
+    `optimize` (ONNX Runtime): run its optimiser at load (graphs not optimised offline)."""
+    backend = get_backend(backend_name)
+    options = backend.options_for(runtime, "cpu")
+    if optimize:
+        options = msgspec.structs.replace(options, optimize=True)
     with backend.load(str(path), io, options) as engine, engine.slot() as slot:
         return slot.logits(images)
 
@@ -62,10 +65,12 @@ def compare(
     limits,
     quantized_nodes: int,
     kept_fp32: Sequence[str] = (),
+    reference: str = "onnxruntime-fp32",
 ) -> AccuracyGate:
-    """Gate figures for one quantized engine; `limits` is a CalibrationConfig (max_* fields)."""
+    """Gate figures for one quantized (or bf16) engine against the FP32 engine `reference`;
+    `limits` is a CalibrationConfig (max_* fields)."""
     if not np.all(np.isfinite(quant_logits)):
-        raise CompileError("the quantized engine produced non-finite logits on the validation split")
+        raise CompileError("the quantized (or bf16) engine produced non-finite logits on the validation split")
     p32, pq = sigmoid(fp32_logits), sigmoid(quant_logits)
     y = np.asarray(labels, dtype=np.int64)
     dp = np.abs(pq - p32)
@@ -73,7 +78,7 @@ def compare(
     mcc32, mccq = metrics.mcc(y, p32), metrics.mcc(y, pq)
     auc32, aucq = _auc(y, p32), _auc(y, pq)
     gate = AccuracyGate(
-        reference="onnxruntime-fp32",
+        reference=reference,
         split="validation",
         n_images=int(y.size),
         n_calibration=int(n_calibration),
@@ -124,10 +129,10 @@ def with_harm(gate: AccuracyGate, harm: Sequence[LayerHarm]) -> AccuracyGate:
     return _with(gate, harmful_layers=list(harm))
 
 
-def failure_message(stage: str, gate: AccuracyGate, violations: Sequence[str], top: int = 5) -> str:
+def failure_message(stage: str, gate: AccuracyGate, violations: Sequence[str], top: int = 5, precision: str = "int8-static") -> str:
     lines = [
-        f"{stage}: int8-static engine refused by the accuracy gate ({'; '.join(violations)}) on {gate.n_images} validation "
-        f"challenges vs the FP32 engine ({gate.method} calibration on {gate.n_calibration}); not written."
+        f"{stage}: {precision} engine refused by the accuracy gate ({'; '.join(violations)}) on {gate.n_images} validation "
+        f"challenges vs the FP32 engine ({gate.method}{f' calibration on {gate.n_calibration}' if gate.n_calibration else ''}); not written."
     ]
     if gate.harmful_layers:
         worst = ", ".join(f"{h.name} (flips {h.flip_rate:.1%}, mean |dp| {h.mean_abs_prob_error:.2e})" for h in gate.harmful_layers[:top])

@@ -23,10 +23,11 @@ from pathlib import Path
 import msgspec
 
 from streetcascade.config import CascadeConfig, StageConfig, TargetConfig, load_config, resolve_relative
-from streetcascade.errors import CompileError
+from streetcascade.errors import CompileError, ConfigError, StreetcascadeError
 from streetcascade.evidence import LogOddsRule, Vocabulary
 from streetcascade.machine import version_of
-from streetcascade.manifest import FORMAT_VERSION, GraphEntry, Manifest, StageEntry, TargetInfo, sha256_file, write_manifest
+from streetcascade.manifest import (FORMAT_VERSION, CompanionFile, GraphEntry, Manifest, StageEntry, TargetInfo, TargetSelection, sha256_file,
+                                    write_manifest)
 from streetcascade.progress import Progress
 from streetcascade.runtime.backends import get_backend
 
@@ -34,7 +35,7 @@ from . import parity as parity_gate
 from .export import export_graph
 from .models import get_family
 from .models.base import ExportableGraph
-from .targets import BuildJob, Target, get_target
+from .targets import AUTO, CPU_TARGETS, BuildJob, Target, engine_set_name, get_target
 
 log = logging.getLogger(__name__)
 
@@ -42,7 +43,7 @@ log = logging.getLogger(__name__)
 # loader compares, `Backend.package`).
 LIBRARIES = ("onnxruntime", "torch", "transformers", "onnx", "numpy")
 # Intermediate files a build leaves in its work folder (kept with --keep-raw).
-INTERMEDIATES = ("*.raw.onnx", "*.int8.onnx", "*.qdq.onnx", "*.kept.onnx", "*.fp32-ref.onnx", "*.tmp.onnx", "*.ort-int8.onnx")
+INTERMEDIATES = ("*.raw.onnx", "*.int8.onnx", "*.qdq.onnx", "*.kept.onnx", "*.fp32-ref.*", "*.tmp.onnx", "*.ort-int8.onnx")
 
 
 @dataclass
@@ -61,7 +62,7 @@ class _Stage:
         stage, decl, progress = self.stage, graph.decl, self.progress
         raw = self.workdir / f"{stage.name}.{decl.role}.raw.onnx"
         shapes = ", ".join(f"{s.name} {s.dtype}{s.shape}" for s in decl.io.inputs)
-        if self.target.needs_onnx:
+        if self.target.needs_onnx and not raw.exists():  # another candidate target (auto) exported it already
             progress.step(f"{stage.name}: exporting the {decl.role} graph to ONNX (opset {decl.opset}; {shapes})")
             export_graph(graph, raw)
         out = self.workdir / f"{stage.name}.{decl.role}.{stage.precision}{self.target.suffix}"
@@ -98,6 +99,7 @@ class _Stage:
             accuracy_gate=built.accuracy_gate,
             build=built.build,
             parity_onnxruntime=parity_ort,
+            companions=[CompanionFile(file=p.name, sha256=sha256_file(p), size_bytes=p.stat().st_size) for p in built.companions],
         )
 
     def parity_vs_onnxruntime(self, engine, raw: Path, decl, images, tolerance: float):
@@ -144,15 +146,24 @@ def compile_cascade(config_path: str | Path, out_dir: str | Path | None = None, 
     config = load_config(config_path)
     if target is not None:
         config = msgspec.structs.replace(config, target=target)
-    target = get_target(config.target.backend)
-    info = target.describe(config)
-    dest = Path(out_dir) if out_dir else resolve_relative(config_path, config.engines_dir) / info.name
-    dest.parent.mkdir(parents=True, exist_ok=True)
     reporter = Progress(progress)
-    reporter.step(f"compiling {len(config.stages)} stage(s) for {info.name} into {dest}")
+    candidates, skipped = auto_candidates(config) if config.target.backend == AUTO else ([config.target.backend], {})
+    name = engine_set_name(config)
+    dest = Path(out_dir) if out_dir else resolve_relative(config_path, config.engines_dir) / name
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    reporter.step(f"compiling {len(config.stages)} stage(s) for {name} into {dest}"
+                  + (f" (target auto: {', '.join(candidates)}{'; not ' + ', '.join(skipped) if skipped else ''})" if config.target.backend == AUTO else ""))
     workdir = Path(tempfile.mkdtemp(prefix=f".{dest.name}.building-", dir=dest.parent))
     try:
-        stages = [_Stage(stage, config_path, config, target, info, workdir, reporter).build() for stage in config.stages]
+        done: dict[int, StageEntry] = {}
+        if len(candidates) > 1:
+            target, info, timed, done[timed] = _choose_target(candidates, skipped, name, config_path, config, workdir, reporter)
+        else:
+            target = get_target(candidates[0])
+            info = target.describe(config)
+            if config.target.backend == AUTO:
+                info = msgspec.structs.replace(info, name=name, selection=TargetSelection(stage="", batch=1, runs=0, median_ms={}, skipped=skipped))
+        stages = [done.get(i) or _Stage(stage, config_path, config, target, info, workdir, reporter).build() for i, stage in enumerate(config.stages)]
         if not keep_raw:
             for pattern in INTERMEDIATES:
                 for p in workdir.glob(pattern):
@@ -183,6 +194,81 @@ def compile_cascade(config_path: str | Path, out_dir: str | Path | None = None, 
         if stage.placeholder_weights:
             reporter.step(f"NOTE {stage.name} uses PLACEHOLDER (random) weights: not a roadwork detector; point `source`/`head` at real checkpoints")
     return dest
+
+
+AUTO_TIMED_RUNS = 60
+
+
+def auto_candidates(config: CascadeConfig) -> tuple[list[str], dict[str, str]]:
+    """The CPU targets that can build every stage at its precision here, and why the others
+    cannot (not installed, precision not offered, no bf16 in this CPU)."""
+    if config.target.device != "cpu":
+        raise ConfigError("[target] backend = \"auto\" chooses between CPU targets; for a GPU use `streetcascade compile-engines --target auto`")
+    ok, skipped = [], {}
+    for name in CPU_TARGETS:
+        target = get_target(name)
+        try:
+            target.describe(msgspec.structs.replace(config, target=msgspec.structs.replace(config.target, backend=name)))
+            for stage in config.stages:
+                target.check_precision(stage, "cpu")
+        except StreetcascadeError as exc:
+            skipped[name] = str(exc)
+            continue
+        ok.append(name)
+    if not ok:
+        raise CompileError("no CPU target can build this cascade here: " + "; ".join(f"{k}: {v}" for k, v in skipped.items()))
+    return ok, skipped
+
+
+def _choose_target(candidates, skipped, name, config_path, config, workdir, progress):
+    """Build the first classifier stage with every candidate, time the engines at batch 1 side
+    by side (interleaved rounds in one process: on a small shared box the noise moves from
+    minute to minute, so only a same-run comparison means anything), keep the fastest; the
+    losers' files are removed."""
+    index = next((i for i, s in enumerate(config.stages) if get_family(s.family).kind == "classifier"), 0)
+    stage = config.stages[index]
+    built: dict[str, tuple[Target, TargetInfo, StageEntry]] = {}
+    for backend_name in candidates:
+        target = get_target(backend_name)
+        info = msgspec.structs.replace(target.describe(config), name=name)
+        progress.step(f"target auto: building {stage.name} with {backend_name}")
+        built[backend_name] = (target, info, _Stage(stage, config_path, config, target, info, workdir, progress).build())
+    progress.step(f"target auto: timing {stage.name} at batch 1 with {', '.join(candidates)} side by side ({AUTO_TIMED_RUNS} runs each)")
+    median = _time_candidates(built, workdir, config)
+    winner = min(median, key=median.get)
+    progress.step("target auto: " + ", ".join(f"{k} {v:.2f} ms" for k, v in median.items()) + f" -> {winner}")
+    for backend_name, (_, _, entry) in built.items():
+        if backend_name != winner:
+            for graph in entry.graphs:
+                for file in [graph.file, *(c.file for c in graph.companions)]:
+                    (workdir / file).unlink(missing_ok=True)
+    target, info, entry = built[winner]
+    selection = TargetSelection(stage=stage.name, batch=1, runs=AUTO_TIMED_RUNS, median_ms={k: round(v, 3) for k, v in median.items()}, skipped=skipped)
+    return target, msgspec.structs.replace(info, selection=selection), index, entry
+
+
+def _time_candidates(built, workdir: Path, config: CascadeConfig) -> dict[str, float]:
+    import numpy as np
+
+    from streetcascade.runtime.backends.base import concrete_shape
+    from streetcascade.timing import interleaved
+
+    calls, opened = {}, []
+    try:
+        for backend_name, (target, info, entry) in built.items():
+            graph = entry.graphs[0]
+            backend = get_backend(target.backend)
+            engine = backend.load(str(workdir / graph.file), graph.io, backend.options_for_target(config.runtime, info))
+            slot = engine.slot()
+            opened += [slot, engine, backend]
+            rng = np.random.default_rng(0)
+            feeds = {s.name: rng.integers(0, 256, concrete_shape(s, 1, graph.io.axis_sizes)).astype(s.dtype) for s in graph.io.inputs}
+            calls[backend_name] = lambda slot=slot, feeds=feeds: slot.infer(feeds)
+        samples = interleaved(calls, runs=AUTO_TIMED_RUNS, warmup=3, rounds=3)
+    finally:
+        for thing in opened:
+            thing.close()
+    return {k: float(np.median(v)) for k, v in samples.items()}
 
 
 @contextmanager

@@ -34,12 +34,12 @@ def _engine_dir(args) -> Path:
     if getattr(args, "engines", None):
         return Path(args.engines)
     if getattr(args, "config", None):
-        from streetcascade.compile.targets import get_target  # torch-free: the target registry only
+        from streetcascade.compile.targets import engine_set_name  # torch-free: the target registry only
         from streetcascade.config import load_config, resolve_relative
         from streetcascade.manifest import MANIFEST_NAME
 
         config = load_config(args.config)
-        path = resolve_relative(args.config, config.engines_dir) / get_target(config.target.backend).describe(config).name
+        path = resolve_relative(args.config, config.engines_dir) / engine_set_name(config)
         if not (path / MANIFEST_NAME).exists():
             raise ConfigError(f"no engine set at {path}; build it with `streetcascade compile --config {args.config}`")
         return path
@@ -49,7 +49,15 @@ def _engine_dir(args) -> Path:
 def cmd_compile(args) -> int:
     from streetcascade.compile.pipeline import compile_cascade
 
-    dest = compile_cascade(args.config, out_dir=args.out, progress=not args.quiet, keep_raw=args.keep_raw)
+    target = None
+    if args.target:
+        import msgspec
+
+        from streetcascade.config import load_config
+
+        config = load_config(args.config)
+        target = msgspec.structs.replace(config.target, backend=args.target, device="cpu")
+    dest = compile_cascade(args.config, out_dir=args.out, progress=not args.quiet, keep_raw=args.keep_raw, target=target)
     print(dest)
     return 0
 
@@ -205,6 +213,12 @@ def cmd_info(args) -> int:
     t = manifest.target
     print(f"engine set  {engine_dir}")
     print(f"target      {t.name}: {t.backend} on {t.device} ({t.arch}; {', '.join(t.cpu_features) or 'no ISA flags'})")
+    if t.selection is not None:
+        sel = t.selection
+        timed = ", ".join(f"{k} {v:.2f} ms" for k, v in sel.median_ms.items())
+        skipped = "; ".join(f"{k}: {v}" for k, v in sel.skipped.items())
+        print(f"chosen      by target auto: {timed + f' median at batch {sel.batch} ({sel.stage})' if timed else 'the only candidate'}"
+              + (f"; not candidates: {skipped}" if skipped else ""))
     print(f"built       {manifest.built_at} in {manifest.build_seconds:.1f} s with " + ", ".join(f"{k} {v}" for k, v in manifest.library_versions.items()))
     for s in manifest.stages:
         flag = "  PLACEHOLDER WEIGHTS" if s.placeholder_weights else ""
@@ -213,7 +227,9 @@ def cmd_info(args) -> int:
               f"temperature {t.temperature:g}{flag}")
         for g in s.graphs:
             p, m = g.parity, g.memory
-            print(f"  graph     {g.role}: {g.file} {g.precision}, {g.size_bytes / 2**20:.1f} MiB on disk, max batch {g.io.max_batch}")
+            on_disk = g.size_bytes + sum(c.size_bytes for c in g.companions)
+            files = " + ".join([g.file, *(c.file for c in g.companions)])
+            print(f"  graph     {g.role}: {files} {g.precision}, {on_disk / 2**20:.1f} MiB on disk, max batch {g.io.max_batch}")
             print(f"  memory    weights {m.weights_bytes / 2**20:.0f} MiB + activations {m.activations_bytes / 2**20:.0f} MiB on {m.device}, "
                   f"host buffers {m.host_buffers_bytes / 2**20:.2f} MiB per slot ({m.method})")
             if p.reference == "onnx-source-onnxruntime":  # tensor parity (OCR graphs): every output value
@@ -365,6 +381,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", required=True, help="cascade config (TOML), e.g. configs/default.toml")
     p.add_argument("--out", help="output folder (default: <engines_dir>/<target> from the config)")
     p.add_argument("--keep-raw", action="store_true", help="keep the unoptimised ONNX export next to the engine")
+    p.add_argument("--target", choices=["auto", "onnxruntime", "openvino", "aoti"], default="",
+                   help="CPU target, instead of the config's [target] backend; auto: build the first classifier stage with "
+                   "each installed CPU target (onnxruntime, openvino), time them side by side, keep the fastest")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress lines")
     p.set_defaults(func=cmd_compile)
 

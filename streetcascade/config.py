@@ -35,6 +35,9 @@ from streetcascade.structs import load_toml
 # What a target can build is its own list (Target.precisions); bf16, fp8 and int4 are planned
 # (`streetcascade plan`) before a target builds them.
 Precision = Literal["fp32", "fp16", "bf16", "fp8", "int8-dynamic", "int8-static", "int4"]
+# Precisions whose engines pass the accuracy gate (flips, MCC, accuracy, AUC vs the FP32 engine
+# on the validation split) before they are written: they need [calibration] data.
+GATED_PRECISIONS = ("int8-static", "bf16")
 Fraction = Annotated[float, msgspec.Meta(ge=0.0, le=1.0)]
 Limit = Annotated[float, msgspec.Meta(ge=0.0, le=2.0)]
 
@@ -42,7 +45,9 @@ _THRESHOLD_DEFAULTS = StageThresholds()
 
 
 class TargetConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
-    backend: str = "onnxruntime"  # a compile.targets / runtime.backends registry name
+    # A compile.targets / runtime.backends registry name, or "auto" (cpu): build the first
+    # classifier stage with each CPU target installed, time them side by side, keep the fastest.
+    backend: str = "onnxruntime"
     device: Literal["cpu", "cuda"] = "cpu"
     # Folder name under engines/; "" = derived from the machine (e.g. cpu-x86_64, sm89-rtx4090).
     name: str = ""
@@ -172,9 +177,10 @@ def load_config(path: str | Path) -> CascadeConfig:
     if len(set(names)) != len(names):
         raise ConfigError(f"{path}: stage names must be unique, got {names}")
     for i, stage in enumerate(config.stages):
-        if stage.precision == "int8-static" and (config.calibration is None or not config.calibration.has_data()):
+        if stage.precision in GATED_PRECISIONS and (config.calibration is None or not config.calibration.has_data()):
             raise ConfigError(
-                f"{path}: $.stages[{i}].precision: int8-static needs labelled calibration data: add a [calibration] table with "
+                f"{path}: $.stages[{i}].precision: {stage.precision} is gated against FP32 on labelled data (and int8 calibrated on it): "
+                "add a [calibration] table with "
                 "`data = \"FOLDER\"` (roadwork/ + no_roadwork/) or `parquet = [\"FILE.parquet\"]`"
             )
     return config

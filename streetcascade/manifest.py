@@ -70,6 +70,27 @@ class TargetInfo(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     driver_version: str = ""  # CUDA driver API version, e.g. "12.8"
     cuda_version: str = ""  # CUDA runtime version, e.g. "12.8"
     execution_provider: str = ""  # onnxruntime on cuda: "cuda" or "tensorrt"
+    # `backend = "auto"`: how this backend was chosen (each candidate's measured latency).
+    selection: "TargetSelection | None" = None
+
+
+class TargetSelection(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """`[target] backend = "auto"` on a CPU: every candidate built the first classifier stage,
+    and the one with the lowest median batch-1 latency, measured side by side, was kept."""
+
+    stage: str  # the stage that was timed
+    batch: int
+    runs: int  # timed runs per candidate (interleaved rounds)
+    median_ms: dict[str, float]  # backend -> median latency
+    skipped: dict[str, str] = {}  # backend -> why it was not a candidate (not installed, precision)
+
+
+class CompanionFile(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """A file an engine file needs next to it (an OpenVINO graph's weights `.bin`)."""
+
+    file: str  # relative to the engine-set folder
+    sha256: str
+    size_bytes: int
 
 
 class Parity(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
@@ -135,6 +156,8 @@ class GraphEntry(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     # GPU targets built from ONNX: the engine vs the FP32 ONNX Runtime engine of the same graph
     # on the CPU, on the parity images (over tolerance, the build is refused).
     parity_onnxruntime: Parity | None = None
+    # Files the engine file loads from beside it; hashed and checked like it.
+    companions: list[CompanionFile] = []
 
 
 class BuildInfo(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
@@ -228,12 +251,17 @@ def iter_graphs(manifest: Manifest):
 def verify_files(engine_dir: str | Path, manifest: Manifest) -> None:
     """Every graph file exists and has the recorded hash."""
     for stage, graph in iter_graphs(manifest):
-        path = Path(engine_dir) / graph.file
-        if not path.exists():
-            raise EngineMismatch(f"{path}: listed in the manifest (stage {stage.name}) but missing")
-        digest = sha256_file(path)
-        if digest != graph.sha256:
-            raise EngineMismatch(
-                f"{path}: sha256 {digest[:16]}... differs from the manifest's {graph.sha256[:16]}...; "
-                "the file was changed or replaced: rebuild with `streetcascade compile`"
-            )
+        _check_file(Path(engine_dir) / graph.file, graph.sha256, stage.name)
+        for companion in graph.companions:
+            _check_file(Path(engine_dir) / companion.file, companion.sha256, stage.name)
+
+
+def _check_file(path: Path, sha256: str, stage: str) -> None:
+    if not path.exists():
+        raise EngineMismatch(f"{path}: listed in the manifest (stage {stage}) but missing")
+    digest = sha256_file(path)
+    if digest != sha256:
+        raise EngineMismatch(
+            f"{path}: sha256 {digest[:16]}... differs from the manifest's {sha256[:16]}...; "
+            "the file was changed or replaced: rebuild with `streetcascade compile`"
+        )

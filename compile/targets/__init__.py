@@ -12,7 +12,23 @@ TARGETS = Registry("compile target (target.backend)", {
     "fake": "streetcascade.compile.targets.fake:TARGET",
     "tensorrt": "streetcascade.compile.targets.tensorrt:TARGET",
     "aoti": "streetcascade.compile.targets.aoti:TARGET",
+    "openvino": "streetcascade.compile.targets.openvino:TARGET",
 })
+
+
+AUTO = "auto"
+# What `[target] backend = "auto"` chooses between on a CPU (compile.pipeline times them).
+CPU_TARGETS = ("onnxruntime", "openvino")
+
+
+def engine_set_name(config) -> str:
+    """The engine set's folder name under engines_dir: the target's own name, or for auto the
+    machine's CPU name (one engine set per machine, whichever backend won)."""
+    from streetcascade.machine import default_target_name
+
+    if config.target.backend == AUTO:
+        return config.target.name or default_target_name("cpu")
+    return get_target(config.target.backend).describe(config).name
 
 
 def target_names() -> list[str]:
@@ -57,4 +73,4 @@ def detect_gpu_target() -> str:
     raise BackendUnavailable(f"{gpu.name} found, but nothing here can build for it: {'; '.join(tried)}")
 
 
-__all__ = ["BuildJob", "BuiltGraph", "Target", "detect_gpu_target", "get_target", "target_names"]
+__all__ = ["AUTO", "CPU_TARGETS", "BuildJob", "BuiltGraph", "Target", "detect_gpu_target", "engine_set_name", "get_target", "target_names"]

@@ -38,6 +38,7 @@ class BuiltGraph:
     path: Path
     accuracy_gate: AccuracyGate | None = None  # quantized with calibration data: the gate's figures
     build: BuildInfo | None = None  # engine-per-GPU targets: profiles, library figures, build time
+    companions: list[Path] = field(default_factory=list)  # files the engine loads from beside it (OpenVINO's .bin)
 
 
 class Target(ABC):

@@ -13,6 +13,7 @@ BACKENDS = Registry("backend", {
     "fake": "streetcascade.runtime.backends.fake:FakeBackend",
     "tensorrt": "streetcascade.runtime.backends.tensorrt:TensorRTBackend",
     "aoti": "streetcascade.runtime.backends.aoti:AotiBackend",
+    "openvino": "streetcascade.runtime.backends.openvino:OpenVinoBackend",
 })
 
 

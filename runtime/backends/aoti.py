@@ -18,11 +18,11 @@ import numpy as np
 
 from streetcascade.errors import BackendUnavailable, EngineMismatch, InferenceError
 from streetcascade.gpu import check_sm
-from streetcascade.machine import cpu_features, rss_bytes
+from streetcascade.machine import rss_bytes
 from streetcascade.manifest import GraphIO, Manifest, MemoryAccount
 from streetcascade.settings import RuntimeConfig
 
-from .base import Backend, Engine, Slot, example_feeds, host_bytes
+from .base import Backend, Engine, Slot, check_cpu_features, example_feeds, host_bytes
 
 try:
     import torch
@@ -177,6 +177,4 @@ class AotiBackend(Backend):
         if target.device == "cuda":
             check_sm(manifest, engine_dir)
         else:
-            missing = sorted(set(target.cpu_features) - set(cpu_features()))
-            if missing:
-                raise EngineMismatch(f"{engine_dir}: compiled for a CPU with {', '.join(missing)}, which this CPU lacks; recompile here")
+            check_cpu_features(manifest, engine_dir)

@@ -18,11 +18,11 @@ import msgspec
 import numpy as np
 
 from streetcascade.errors import BadInput, EngineMismatch
-from streetcascade.machine import arch, version_of
+from streetcascade.machine import arch, cpu_features, version_of
 from streetcascade.manifest import GraphIO, Manifest, MemoryAccount, TargetInfo, TensorSpec
 from streetcascade.settings import RuntimeConfig
 
-__all__ = ["Backend", "Closeable", "Engine", "GraphIO", "MemoryAccount", "Slot", "TensorSpec", "example_feeds", "has_free_axes", "host_bytes"]
+__all__ = ["Backend", "Closeable", "Engine", "GraphIO", "MemoryAccount", "Slot", "TensorSpec", "check_cpu_features", "example_feeds", "has_free_axes", "host_bytes"]
 
 
 class Closeable:
@@ -67,6 +67,15 @@ def host_bytes(specs: list[TensorSpec], batch: int, sizes: dict[str, int] | None
 def example_feeds(io: GraphIO, batch: int) -> dict[str, np.ndarray]:
     """Zero-filled inputs at `batch` (warm-up, memory measurement), named axes at io.axis_sizes."""
     return {s.name: np.zeros(concrete_shape(s, batch, io.axis_sizes), dtype=s.dtype) for s in io.inputs}
+
+
+def check_cpu_features(manifest: Manifest, engine_dir) -> None:
+    """Refuse a CPU engine set compiled on a CPU with ISA features this one lacks (kernels and
+    layouts picked for AVX-512, VNNI, AMX or bf16 at build time)."""
+    missing = sorted(set(manifest.target.cpu_features) - set(cpu_features()))
+    if missing:
+        raise EngineMismatch(f"{engine_dir}: built on a CPU with {', '.join(missing)}, which this CPU lacks; "
+                             "recompile on this machine (`streetcascade compile`)")
 
 
 class Slot(Closeable, ABC):

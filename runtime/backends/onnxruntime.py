@@ -16,11 +16,11 @@ import numpy as np
 
 from streetcascade.errors import BackendUnavailable, BadInput, EngineMismatch, InferenceError, StreetcascadeError
 from streetcascade.gpu import check_sm, free_bytes
-from streetcascade.machine import cpu_features, physical_cores, rss_bytes
+from streetcascade.machine import physical_cores, rss_bytes
 from streetcascade.manifest import GraphIO, Manifest, MemoryAccount, TargetInfo
 from streetcascade.settings import RuntimeConfig
 
-from .base import Backend, Engine, Slot, example_feeds, has_free_axes, host_bytes
+from .base import Backend, Engine, Slot, check_cpu_features, example_feeds, has_free_axes, host_bytes
 
 try:
     import onnxruntime as ort
@@ -310,9 +310,4 @@ class OnnxRuntimeBackend(Backend):
         if target.device == "cuda":
             check_sm(manifest, engine_dir)
         if target.device == "cpu":
-            missing = sorted(set(target.cpu_features) - set(cpu_features()))
-            if missing:
-                raise EngineMismatch(
-                    f"{engine_dir}: built on a CPU with {', '.join(missing)}, which this CPU lacks; "
-                    "recompile on this machine (`streetcascade compile`)"
-                )
+            check_cpu_features(manifest, engine_dir)

@@ -43,9 +43,9 @@ def _config(tmp_path, source, calibration, name="c.toml", **stage):
 def test_int8_static_without_data_is_a_config_error(tmp_path):
     from streetcascade.config import load_config
 
-    with pytest.raises(ConfigError, match="int8-static needs labelled calibration data"):
+    with pytest.raises(ConfigError, match="int8-static is gated against FP32 on labelled data"):
         load_config(_config(tmp_path, "random:tiny", None))
-    with pytest.raises(ConfigError, match="int8-static needs"):
+    with pytest.raises(ConfigError, match="int8-static is gated"):
         load_config(_config(tmp_path, "random:tiny", {"method": "entropy"}, name="d.toml"))
 
 

@@ -5,7 +5,7 @@ import time
 
 import numpy as np
 
-from bench.timing import interleaved
+from streetcascade.timing import interleaved
 from streetcascade.runtime import decode_image, load_engine_set
 from streetcascade.runtime.images import resize_to
 

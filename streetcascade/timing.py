@@ -1,4 +1,5 @@
-"""Timing helpers shared by benchmarks and latency-regression tests."""
+"""Timing helpers: side-by-side latency measurement for `backend = "auto"` (compile picks the
+fastest CPU target), the benchmarks in bench/ and the latency-regression tests."""
 
 from __future__ import annotations
 

@@ -1,0 +1,158 @@
+"""OpenVINO target (CPU): the exported ONNX graph -> an OpenVINO IR pair (`.xml` graph +
+`.bin` weights, the weights kept FP32), at one of three precisions:
+
+- fp32: computed in f32 (asked for explicitly: OpenVINO's default on bf16-capable CPUs is bf16);
+- bf16: the same IR computed in bf16 by the CPU plugin (AMX / AVX512_BF16 only), gated against
+  the FP32 engine on the validation split like INT8;
+- int8-static: NNCF post-training quantization (transformer preset: SmoothQuant, fast bias
+  correction) calibrated on the calibration split, the rest computed in f32, gated the same way.
+
+The compute precision is written into the IR (rt_info, runtime/backends/openvino.py reads it),
+so the engine runs as it was gated on any machine that loads it. The ONNX graph's metadata
+(an OCR model's character set, a tokenizer) is carried into the IR too.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+from streetcascade.config import CascadeConfig
+from streetcascade.errors import BackendUnavailable, CompileError, ConfigError
+from streetcascade.machine import arch, cpu_features
+from streetcascade.manifest import AccuracyGate, TargetInfo
+
+from .base import BuildJob, BuiltGraph, Target
+
+log = logging.getLogger(__name__)
+
+OPENVINO = "openvino"
+# Our precision -> the compute precision recorded in the IR.
+COMPUTE = {"fp32": "f32", "bf16": "bf16", "int8-static": "f32"}
+
+
+def _openvino():
+    try:
+        from streetcascade.runtime.backends import openvino as backend_module
+    except BackendUnavailable as exc:
+        raise BackendUnavailable(f"the openvino target needs OpenVINO: {exc}") from None
+    return backend_module
+
+
+def weights_file(xml: Path) -> Path:
+    """The `.bin` OpenVINO writes beside a `.xml`."""
+    return xml.with_suffix(".bin")
+
+
+def save_ir(model, xml: Path, compute: str, metadata: dict[str, str]) -> Path:
+    """Write `model` as IR with its compute precision and metadata in rt_info; weights stay FP32."""
+    import openvino as ov
+
+    mod = _openvino()
+    model.set_rt_info(compute, mod.PRECISION_KEY)
+    if metadata:
+        model.set_rt_info(json.dumps(metadata, sort_keys=True), mod.METADATA_KEY)
+    ov.save_model(model, str(xml), compress_to_fp16=False)
+    return xml
+
+
+def onnx_metadata(path: Path) -> dict[str, str]:
+    import onnx
+
+    return {p.key: p.value for p in onnx.load(str(path), load_external_data=False).metadata_props}
+
+
+def count_ops(model, types: tuple[str, ...]) -> int:
+    return sum(1 for op in model.get_ops() if op.get_type_name() in types)
+
+
+def nncf_int8(model, images, progress) -> object:
+    """NNCF post-training INT8 (transformer preset), one calibration image per item."""
+    try:
+        import nncf
+    except ImportError as exc:
+        raise BackendUnavailable(f"int8-static on the openvino target needs NNCF (pip install 'streetcascade[openvino]'): {exc}") from None
+    nncf.set_log_level(logging.WARNING)
+    progress.step(f"NNCF post-training INT8 (transformer preset) on {len(images)} calibration images")
+    try:
+        return nncf.quantize(model, nncf.Dataset([img[None] for img in images]), model_type=nncf.ModelType.TRANSFORMER,
+                             subset_size=len(images))
+    except Exception as exc:  # NNCF raises many kinds; the stage and the cause are what matter
+        raise CompileError(f"NNCF could not quantize the graph: {type(exc).__name__}: {str(exc)[:500]}") from exc
+
+
+class OpenVinoTarget(Target):
+    backend = OPENVINO
+    precisions = ("fp32", "bf16", "int8-static")
+    suffix = ".xml"
+
+    def describe(self, config: CascadeConfig) -> TargetInfo:
+        if config.target.device != "cpu":
+            raise ConfigError(f"target.device {config.target.device!r}: the openvino target builds for the CPU")
+        _openvino()
+        return TargetInfo(name=config.target.name or f"cpu-{arch()}-openvino", backend=self.backend, device="cpu", arch=arch(),
+                          cpu_features=list(cpu_features()))
+
+    def check_precision(self, stage, device: str = "cpu") -> None:
+        super().check_precision(stage, device)
+        if stage.precision == "bf16" and not _openvino().has_bf16():
+            raise CompileError(f"stage {stage.name}: bf16 needs a CPU with {' or '.join(_openvino().BF16_FEATURES)} "
+                               "(without, OpenVINO computes in f32); use fp32 or int8-static here")
+
+    def build(self, job: BuildJob) -> BuiltGraph:
+        mod = _openvino()
+        precision = job.stage.precision
+        job.progress.step(f"{job.stage.name}: OpenVINO IR, {precision} (computed in {COMPUTE[precision]})")
+        try:
+            model = mod.core().read_model(str(job.raw))
+        except Exception as exc:
+            raise CompileError(f"openvino could not read {job.raw.name}: {str(exc)[:500]}") from exc
+        metadata = onnx_metadata(job.raw)
+        gate = None
+        if precision == "fp32":
+            save_ir(model, job.out, "f32", metadata)
+        else:
+            gate = self._gated(job, model, metadata)
+        return BuiltGraph(job.out, gate, companions=[weights_file(job.out)])
+
+    def _gated(self, job: BuildJob, model, metadata: dict[str, str]) -> AccuracyGate:
+        """bf16 / int8-static: build, then hold against the FP32 IR on the validation split."""
+        from .. import accuracy_gate as gate_mod
+        from ..static_int8 import load_split_images
+
+        stage, config, progress = job.stage, job.config, job.progress
+        cal = config.calibration
+        if cal is None or not cal.has_data():  # load_config refuses this already
+            raise ConfigError(f"{stage.name}: {stage.precision} needs a [calibration] table with data for its accuracy gate")
+        val, val_images = load_split_images(job.config_path, config, "validation", cal.validation_samples, stage.input_size, progress)
+        ref = job.out.with_name(job.out.name.replace(f".{stage.precision}{self.suffix}", f".fp32-ref{self.suffix}"))
+        try:
+            save_ir(model.clone(), ref, "f32", metadata)
+            fp32_logits = gate_mod.engine_logits(ref, job.io, val_images, config.runtime, backend_name=OPENVINO)
+        finally:
+            ref.unlink(missing_ok=True)
+            weights_file(ref).unlink(missing_ok=True)
+        n_calibration, method = 0, "bf16"
+        if stage.precision == "int8-static":
+            calib, calib_images = load_split_images(job.config_path, config, "calibration", cal.calibration_samples, stage.input_size, progress)
+            model = nncf_int8(model, calib_images, progress)
+            n_calibration, method = len(calib), "nncf-transformer"
+            quantized = count_ops(model, ("FakeQuantize",))
+        else:
+            quantized = count_ops(model, ("MatMul", "Convolution"))
+        save_ir(model, job.out, COMPUTE[stage.precision], metadata)
+        quant_logits = gate_mod.engine_logits(job.out, job.io, val_images, config.runtime, backend_name=OPENVINO)
+        gate = gate_mod.compare(fp32_logits, quant_logits, val.labels, method=method, n_calibration=n_calibration, limits=cal,
+                                quantized_nodes=quantized, reference="openvino-fp32")
+        progress.step(f"{stage.name}: gate vs FP32: flips {gate.flip_rate:.2%} (limit {cal.max_flip_rate:.2%}), MCC {gate.mcc_fp32:.4f} -> "
+                      f"{gate.mcc_quant:.4f}, accuracy {gate.accuracy_fp32:.4f} -> {gate.accuracy_quant:.4f}, max |dp| {gate.max_abs_prob_error:.3g}")
+        violations = gate_mod.check(gate)
+        if violations:
+            job.out.unlink(missing_ok=True)
+            weights_file(job.out).unlink(missing_ok=True)
+            raise gate_mod.AccuracyGateFailed(gate_mod.failure_message(stage.name, gate, violations, precision=stage.precision), gate)
+        return gate
+
+
+TARGET = OpenVinoTarget()

@@ -1,0 +1,187 @@
+"""OpenVINO backend (CPU): loads an OpenVINO IR pair (graph `.xml` + weights `.bin`, written
+by compile/targets/openvino.py), compiles it for this CPU once per engine, and runs one infer
+request per slot.
+
+The precision the CPU plugin computes in is part of the engine, not of the machine: OpenVINO's
+default on CPUs with bf16 (AMX, AVX512_BF16) is bf16, so an FP32 engine would silently run in
+bf16 there. The target writes the precision it was built and gated for into the IR's rt_info
+(`streetcascade/inference_precision`), and this backend asks the plugin for exactly that,
+then checks the compiled model took it.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+from pathlib import Path
+from typing import Annotated
+
+import msgspec
+import numpy as np
+
+from streetcascade.errors import BackendUnavailable, EngineMismatch, InferenceError
+from streetcascade.machine import cpu_features, physical_cores, rss_bytes
+from streetcascade.manifest import GraphIO, Manifest, MemoryAccount
+from streetcascade.settings import RuntimeConfig
+
+from .base import Backend, Engine, Slot, check_cpu_features, example_feeds, host_bytes
+
+try:
+    import openvino as ov
+except ImportError as exc:  # the `openvino` extra installs it
+    raise BackendUnavailable(f"openvino is not installed (pip install 'streetcascade[openvino]'): {exc}") from exc
+
+log = logging.getLogger(__name__)
+
+# Our names -> the CPU plugin's INFERENCE_PRECISION_HINT values.
+PLUGIN_PRECISION = {"f32": ov.Type.f32, "bf16": ov.Type.bf16}
+
+# Where the target records the engine's compute precision in the IR (rt_info path).
+PRECISION_KEY = ["streetcascade", "inference_precision"]
+METADATA_KEY = ["streetcascade", "metadata_json"]
+# CPU features that make the plugin's bf16 real (without them it computes in f32).
+BF16_FEATURES = ("avx512_bf16", "amx_bf16")
+
+_core_lock = threading.Lock()
+_core: "ov.Core | None" = None
+
+
+def core() -> "ov.Core":
+    """One OpenVINO Core per process (it holds the plugin and its caches)."""
+    global _core
+    with _core_lock:
+        if _core is None:
+            _core = ov.Core()
+        return _core
+
+
+def has_bf16(features=None) -> bool:
+    return any(f in (features if features is not None else cpu_features()) for f in BF16_FEATURES)
+
+
+def inference_precision(model: "ov.Model") -> str:
+    """The precision the target recorded in the IR ("f32" or "bf16")."""
+    if not model.has_rt_info(PRECISION_KEY):
+        raise EngineMismatch("the OpenVINO IR has no streetcascade/inference_precision: not built by `streetcascade compile`")
+    value = model.get_rt_info(PRECISION_KEY).astype(str)
+    if value not in PLUGIN_PRECISION:
+        raise EngineMismatch(f"the OpenVINO IR asks for inference precision {value!r}; known: {', '.join(PLUGIN_PRECISION)}")
+    return value
+
+
+class OvOptions(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    device: str = "cpu"
+    intra_op_threads: Annotated[int, msgspec.Meta(ge=0)] = 0  # 0 = one per core
+
+
+def plugin_config(options: OvOptions, precision: str) -> dict[str, object]:
+    """Latency settings for a small CPU box: one stream (one request runs on all the threads),
+    one thread per core, threads pinned, and the engine's own compute precision."""
+    return {
+        "PERFORMANCE_HINT": "LATENCY",
+        "NUM_STREAMS": 1,
+        "INFERENCE_NUM_THREADS": options.intra_op_threads or physical_cores(),
+        "INFERENCE_PRECISION_HINT": PLUGIN_PRECISION[precision],
+    }
+
+
+class OvSlot(Slot):
+    def __init__(self, engine: "OvEngine"):
+        super().__init__(engine)
+        self.request = engine.compiled.create_infer_request()
+
+    def infer(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        self.check_feeds(feeds)
+        engine = self.engine
+        try:
+            # share_inputs: no copy of the (contiguous) input; outputs come back as new arrays.
+            result = self.request.infer({s.name: np.ascontiguousarray(feeds[s.name]) for s in engine.io.inputs}, share_inputs=True)
+        except Exception as exc:  # OpenVINO raises RuntimeError subclasses of its own
+            raise InferenceError(f"openvino failed: {exc}") from exc
+        engine.runs += 1
+        by_name = {next(iter(port.get_names())): value for port, value in result.items()}
+        return {s.name: np.array(by_name[s.name], dtype=s.dtype, copy=True) for s in engine.io.outputs}
+
+    def close(self) -> None:
+        self.request = None
+
+
+class OvEngine(Engine):
+    def __init__(self, path: str, io: GraphIO, options: OvOptions):
+        super().__init__(path, io)
+        self.options = options
+        self.runs = 0
+        before = rss_bytes()
+        try:
+            # The weights named explicitly: OpenVINO then reads the file as IR, and never guesses
+            # another frontend (TensorFlow, PaddlePaddle) for a damaged one.
+            model = core().read_model(path, str(Path(path).with_suffix(".bin")))
+        except Exception as exc:
+            raise EngineMismatch(f"{path}: openvino cannot read it: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") from exc
+        self.precision = inference_precision(model)
+        if self.precision == "bf16" and not has_bf16():
+            raise EngineMismatch(f"{path}: a bf16 engine, and this CPU has none of {', '.join(BF16_FEATURES)}; recompile here")
+        names_in = [i.get_any_name() for i in model.inputs]
+        names_out = [o.get_any_name() for o in model.outputs]
+        if names_in != [s.name for s in io.inputs] or names_out != [s.name for s in io.outputs]:
+            raise EngineMismatch(
+                f"{path}: graph has inputs {names_in} / outputs {names_out}, the manifest says "
+                f"{[s.name for s in io.inputs]} / {[s.name for s in io.outputs]}"
+            )
+        # The ONNX graph's metadata (an OCR model's character set, a tokenizer), kept by the target.
+        self._metadata = json.loads(model.get_rt_info(METADATA_KEY).astype(str)) if model.has_rt_info(METADATA_KEY) else {}
+        try:
+            self.compiled = core().compile_model(model, "CPU", plugin_config(options, self.precision))
+        except Exception as exc:
+            raise EngineMismatch(f"{path}: openvino cannot compile it for this CPU: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") from exc
+        took = self.compiled.get_property("INFERENCE_PRECISION_HINT")
+        if took != PLUGIN_PRECISION[self.precision]:
+            raise EngineMismatch(f"{path}: asked openvino for {self.precision}, it compiled for {took}")
+        self._weights_bytes = max(rss_bytes() - before, Path(path).with_suffix(".bin").stat().st_size)
+        self._activations_bytes: int | None = None
+
+    def slot(self) -> OvSlot:
+        return OvSlot(self)
+
+    def metadata(self) -> dict[str, str]:
+        return dict(self._metadata)
+
+    def memory(self) -> MemoryAccount:
+        """Like ONNX Runtime's: the RSS growth of compiling, then of the first run at max_batch."""
+        if self._activations_bytes is None:
+            if self.runs:
+                raise InferenceError(f"{self.path}: memory must be measured before the engine's first run")
+            before = rss_bytes()
+            with self.slot() as slot:
+                slot.infer(example_feeds(self.io, self.io.max_batch))
+            self._activations_bytes = max(0, rss_bytes() - before)
+        return MemoryAccount(
+            device="cpu",
+            weights_bytes=self._weights_bytes,
+            activations_bytes=self._activations_bytes,
+            host_buffers_bytes=host_bytes(self.io.outputs, self.io.max_batch, self.io.axis_sizes),
+            method="rss-delta",
+        )
+
+    def close(self) -> None:
+        self.compiled = None
+
+
+class OpenVinoBackend(Backend):
+    name = "openvino"
+    Options = OvOptions
+    package = "openvino"
+
+    @classmethod
+    def options_for(cls, runtime: RuntimeConfig, device: str) -> OvOptions:
+        if device != "cpu":
+            raise BackendUnavailable(f"the openvino backend runs on the CPU; device {device!r} is not supported")
+        return OvOptions(device=device, intra_op_threads=runtime.intra_op_threads)
+
+    def load(self, path: str, io: GraphIO, options: OvOptions) -> OvEngine:
+        return OvEngine(path, io, options)
+
+    def check_target(self, manifest: Manifest, engine_dir) -> None:
+        super().check_target(manifest, engine_dir)  # arch, openvino major.minor
+        check_cpu_features(manifest, engine_dir)
