@@ -3,7 +3,7 @@ miner's kind of model: a transformers ViT-B/16 classifier, PIL decode, its image
 PyTorch eager, softmax) vs streetcascade (decode with limits and JPEG draft scaling, resize,
 the ONNX Runtime engine `streetcascade compile` builds for the same model, sigmoid).
 
-    python -m bench.end_to_end [--precisions fp32,int8-dynamic] [--runs 30]
+    python -m bench.end_to_end [--precisions fp32,int8-dynamic,openvino:bf16] [--runs 30]
 
 Inputs: a 224 x 224 JPEG like the validators send, and the samples' 320 x 240 street photo.
 Random weights of the real ViT-B/16 shape (speed does not depend on them).
@@ -62,7 +62,7 @@ def run(precisions=("fp32", "int8-dynamic"), runs: int = 30, model: str = "vit-b
                     rgb = resize_to(decode_image(data, draft_size=224), 224)[None]
                     return float(sigmoid(slot.infer({engine.io.inputs[0].name: rgb})["logit"])[0])
 
-                fns[f"streetcascade onnxruntime {p}"] = ours
+                fns[f"streetcascade {p if ':' in p else 'onnxruntime:' + p}"] = ours
             times = interleaved(fns, runs=runs, warmup=3, rounds=3)
             base = summary(times[next(iter(fns))])[0]
             for name, ms in times.items():

@@ -1,5 +1,5 @@
-"""INT8 benchmark: torch eager vs ORT FP32 vs ORT dynamic INT8 vs ORT static INT8 (QDQ) on the
-same stage-1 model, same inputs, same threads, in one run; with agreement vs FP32 measured on
+"""INT8 / bf16 benchmark: torch eager vs ORT FP32 vs ORT dynamic INT8 vs ORT static INT8 (QDQ)
+vs OpenVINO FP32 / bf16 / NNCF INT8 (when installed) on the same stage-1 model, same inputs, same threads, in one run; with agreement vs FP32 measured on
 the validation split of a synthetic labelled set under the validator mix.
 
 The DINOv3 backbones are random (real architectures); the head is fitted on synthetic scenes
@@ -9,7 +9,9 @@ The DINOv3 backbones are random (real architectures); the head is fitted on synt
     python -m bench.quant --models tiny --runs 6 --variants   # + the investigation's variants
 
 Every static variant is built by `compile.quantize.build_static`, the builder `compile` runs for
-`precision = "int8-static"`; FP32 and dynamic INT8 by the onnxruntime target, like `compile`.
+`precision = "int8-static"`; FP32 and dynamic INT8 by the onnxruntime target, like `compile`;
+the OpenVINO engines by the openvino target's own steps (compile/targets/openvino.py: the IR with
+its compute precision, NNCF on the same calibration split). bf16 rows appear where the CPU has it.
 """
 
 from __future__ import annotations
@@ -90,8 +92,30 @@ def _data(workdir: Path, n_per_class: int, seed: int):
     return {split: load_challenges(open_samples(spec), split) for split in ("calibration", "validation", "test")}
 
 
+def _label(engine_key: str) -> str:
+    return engine_key if engine_key.startswith("ov-") else f"ort-{engine_key}"
+
+
+def _engine_key(label: str) -> str:
+    return label[4:] if label.startswith("ort-") else label
+
+
+def _openvino_engines(raw: Path, stem: Path, calib: np.ndarray) -> dict[str, Path]:
+    """ov-fp32, ov-bf16 (CPUs with bf16), ov-int8 (NNCF on `calib`): IRs as the openvino target writes them."""
+    from streetcascade.compile.targets.openvino import nncf_int8, onnx_metadata, save_ir
+    from streetcascade.progress import QUIET
+    from streetcascade.runtime.backends.openvino import core, has_bf16
+
+    meta = onnx_metadata(raw)
+    out = {"ov-fp32": save_ir(core().read_model(str(raw)), stem.with_suffix(".ov-fp32.xml"), "f32", meta)}
+    if has_bf16():
+        out["ov-bf16"] = save_ir(core().read_model(str(raw)), stem.with_suffix(".ov-bf16.xml"), "bf16", meta)
+    out["ov-int8"] = save_ir(nncf_int8(core().read_model(str(raw)), calib, QUIET), stem.with_suffix(".ov-int8.xml"), "f32", meta)
+    return out
+
+
 def run_quant_bench(models, runs=60, rounds=6, warmup=3, threads=0, n_per_class=150, variants=False, seed=0, layerscale=1.0,
-                    only=(), calib_samples=0, sensitivity_samples=64) -> list[dict]:
+                    only=(), calib_samples=0, sensitivity_samples=64, openvino=None) -> list[dict]:
     import torch
 
     from streetcascade.calibration import metrics
@@ -110,6 +134,10 @@ def run_quant_bench(models, runs=60, rounds=6, warmup=3, threads=0, n_per_class=
     threads = threads or physical_cores()
     runtime = RuntimeConfig(intra_op_threads=threads)
     io = classifier_io(224, 8)
+    if openvino is None:
+        import importlib.util
+
+        openvino = importlib.util.find_spec("openvino") is not None and importlib.util.find_spec("nncf") is not None
     backend = get_backend("onnxruntime")
     torch.set_num_threads(threads)
     print(f"# INT8 benchmark: {threads} thread(s), batch 1, {runs} timed runs per variant in {rounds} interleaved rounds; "
@@ -132,7 +160,8 @@ def run_quant_bench(models, runs=60, rounds=6, warmup=3, threads=0, n_per_class=
 
             def slot(name):
                 if name not in slots:
-                    engines[name] = backend.load(str(paths[name]), io, backend.options_for(runtime, "cpu"))
+                    b = ov_backend if name.startswith("ov-") else backend
+                    engines[name] = b.load(str(paths[name]), io, b.options_for(runtime, "cpu"))
                     slots[name] = engines[name].slot()
                 return slots[name]
 
@@ -166,6 +195,9 @@ def run_quant_bench(models, runs=60, rounds=6, warmup=3, threads=0, n_per_class=
             for name in names:
                 kept = _fp32_nodes(name, raw, harm)
                 paths[name] = build_static(raw, workdir / f"{key}.{name}.onnx", calib, every[name], io, runtime, kept).path
+            if openvino:
+                paths.update(_openvino_engines(raw, workdir / key, calib))
+            ov_backend = get_backend("openvino") if openvino else None
             for n in paths:
                 slot(n)
 
@@ -176,22 +208,25 @@ def run_quant_bench(models, runs=60, rounds=6, warmup=3, threads=0, n_per_class=
                 with torch.inference_mode():
                     return classifier(xt)
 
-            fns = {"torch-eager": eager, **{f"ort-{n}": (lambda n=n: slots[n].infer({"pixels": x1})) for n in paths}}
+            fns = {"torch-eager": eager, **{_label(n): (lambda n=n: slots[n].infer({"pixels": x1})) for n in paths}}
             times = interleaved(fns, runs, warmup, rounds)
             y = data["validation"].labels
             p32 = sigmoid(logits("fp32", val))
             base = float(np.median(times["ort-fp32"]))
+            eager_ms = float(np.median(times["torch-eager"]))
             print(f"\n## {MODELS[key]} (head train accuracy {stats['train_accuracy']:.3f}; FP32 logit std on validation {np.std(np.log(p32 / (1 - p32))):.2f})", flush=True)
             for name, ms in times.items():
                 med = float(np.median(ms))
-                row = {"model": MODELS[key], "variant": name, "median_ms": med, "p90_ms": float(np.percentile(ms, 90)), "x_fp32": base / med}
-                if name.startswith("ort-"):
-                    p = sigmoid(logits(name[4:], val))
+                row = {"model": MODELS[key], "variant": name, "median_ms": med, "min_ms": float(ms.min()), "p90_ms": float(np.percentile(ms, 90)),
+                       "x_fp32": base / med, "x_eager": eager_ms / med}
+                if name != "torch-eager":
+                    engine_key = _engine_key(name)
+                    p = sigmoid(logits(engine_key, val))
                     flipped = np.round(p) != np.round(p32)
                     row.update(n_flips=int(flipped.sum()), n_val=len(p), flips_heldout=int(flipped[len(x_sens):].sum()) if "-keep" in name else None,
                                flips=float(np.mean(flipped)), max_dp=float(np.abs(p - p32).max()),
                                mean_dp=float(np.abs(p - p32).mean()), accuracy=metrics.accuracy(y, p), mcc=metrics.mcc(y, p))
-                    ops = op_histogram(paths[name[4:]])
+                    ops = op_histogram(paths[engine_key]) if name.startswith("ort-") else {}
                     row["ops"] = {k: v for k, v in ops.items() if k in ("MatMul", "DynamicQuantizeMatMul", "MatMulIntegerToFloat", "QLinearMatMul",
                                                                       "QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear", "Add", "Conv", "QLinearConv", "Gemm")}
                 rows.append(row)
@@ -199,16 +234,17 @@ def run_quant_bench(models, runs=60, rounds=6, warmup=3, threads=0, n_per_class=
                 if "flips" in row:
                     held = f" (after the {len(x_sens)} sensitivity images: {row['flips_heldout']}/{row['n_val'] - len(x_sens)})" if row["flips_heldout"] is not None else ""
                     extra = f"  flips {row['n_flips']}/{row['n_val']} = {row['flips']:.2%}{held}  max|dp| {row['max_dp']:.3g}  acc {row['accuracy']:.3f}  MCC {row['mcc']:.3f}  {row['ops']}"
-                print(f"{name:<20} median {med:8.2f} ms  p90 {row['p90_ms']:8.2f}  {row['x_fp32']:5.2f}x fp32{extra}", flush=True)
+                print(f"{name:<20} median {med:8.2f} ms  min {row['min_ms']:8.2f}  p90 {row['p90_ms']:8.2f}  {row['x_fp32']:5.2f}x ORT fp32  "
+                      f"{row['x_eager']:5.2f}x eager{extra}", flush=True)
             for s in slots.values():
                 s.close()
             for e in engines.values():
                 e.close()
-    print("\n| model | variant | median ms | x ORT FP32 | flips vs FP32 | max abs dp | accuracy | MCC |")
-    print("|---|---|---|---|---|---|---|---|")
+    print("\n| model | variant | median ms | min ms | x eager | x ORT FP32 | flips vs FP32 | max abs dp | accuracy | MCC |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         f = lambda k, fmt: format(r[k], fmt) if k in r else "-"  # noqa: E731
-        print(f"| {r['model']} | {r['variant']} | {r['median_ms']:.1f} | {r['x_fp32']:.2f}x | {f('flips', '.2%')} | {f('max_dp', '.3g')} | {f('accuracy', '.3f')} | {f('mcc', '.3f')} |")
+        print(f"| {r['model']} | {r['variant']} | {r['median_ms']:.1f} | {r['min_ms']:.1f} | {r['x_eager']:.2f}x | {r['x_fp32']:.2f}x | {f('flips', '.2%')} | {f('max_dp', '.3g')} | {f('accuracy', '.3f')} | {f('mcc', '.3f')} |")
     return rows
 
 
@@ -225,9 +261,11 @@ def main(argv=None) -> int:
     parser.add_argument("--calib-samples", type=int, default=0, help="calibrate on the first N calibration challenges (0 = all)")
     parser.add_argument("--sensitivity-samples", type=int, default=64, help="validation prefix for the static-keepN variants' sensitivity pass")
     parser.add_argument("--layerscale", type=float, default=1.0, help="random backbone's layerscale (DINOv3 init: 1e-5; see _classifier)")
+    parser.add_argument("--no-openvino", action="store_true", help="leave out the OpenVINO rows")
     a = parser.parse_args(argv)
     run_quant_bench([m.strip() for m in a.models.split(",") if m.strip()], a.runs, a.rounds, a.warmup, a.threads, a.per_class, a.variants, layerscale=a.layerscale,
-                    only=[v.strip() for v in a.only.split(",") if v.strip()], calib_samples=a.calib_samples, sensitivity_samples=a.sensitivity_samples)
+                    only=[v.strip() for v in a.only.split(",") if v.strip()], calib_samples=a.calib_samples, sensitivity_samples=a.sensitivity_samples,
+                    openvino=False if a.no_openvino else None)
     return 0
 
 

@@ -28,15 +28,20 @@ MODELS = {
 }
 
 
-def _build(model_key: str, precision: str, workdir: Path, threads: int, max_batch: int):
-    """The family's torch module + the engine `streetcascade compile` would build for it."""
+def _build(model_key: str, variant: str, workdir: Path, threads: int, max_batch: int):
+    """The family's torch module + the engine `streetcascade compile` would build for it.
+    `variant`: a precision ("fp32", "int8-dynamic": the onnxruntime target) or "TARGET:PRECISION"
+    ("openvino:bf16", "openvino:int8-static"). Gated precisions calibrate and gate on synthetic
+    scenes with the limits opened (a benchmark measures; the figures are printed, not enforced)."""
     from streetcascade.compile.export import export_graph
     from streetcascade.compile.models import get_family
     from streetcascade.compile.targets import BuildJob, get_target
-    from streetcascade.config import CascadeConfig, StageConfig
+    from streetcascade.config import GATED_PRECISIONS, CalibrationConfig, CascadeConfig, StageConfig
     from streetcascade.runtime.backends import get_backend
     from streetcascade.settings import RuntimeConfig
 
+    target_name, _, precision = variant.rpartition(":")
+    target_name = target_name or "onnxruntime"
     family, source, _ = MODELS[model_key]
     stage = StageConfig(name=model_key, family=family, source=source, precision=precision, max_batch=max_batch)
     config_path = workdir / "bench.toml"
@@ -45,11 +50,30 @@ def _build(model_key: str, precision: str, workdir: Path, threads: int, max_batc
     if not raw.exists():
         export_graph(graph, raw)
     runtime = RuntimeConfig(intra_op_threads=threads)
-    target = get_target("onnxruntime")
-    built = target.build(BuildJob(stage, CascadeConfig(stages=[stage], runtime=runtime), config_path, graph.decl.io, raw,
-                                  workdir / f"{model_key}.{precision}.onnx", graph=graph))
+    calibration = None
+    if precision in GATED_PRECISIONS:
+        from streetcascade.calibration.synthetic import write_scene_folder
+
+        scenes = workdir / "scenes"
+        if not scenes.exists():
+            write_scene_folder(scenes, 40, seed=0)
+        calibration = CalibrationConfig(data=str(scenes), calibration_samples=32, validation_samples=32, max_flip_rate=1.0, max_mcc_drop=2.0,
+                                        max_accuracy_drop=1.0, max_auc_drop=1.0, sensitivity_keep_fp32=0)
+    target = get_target(target_name)
+    suffix = target.suffix
+    built = target.build(BuildJob(stage, CascadeConfig(stages=[stage], runtime=runtime, calibration=calibration), config_path, graph.decl.io, raw,
+                                  workdir / f"{model_key}.{target_name}.{precision}{suffix}", graph=graph))
+    if built.accuracy_gate is not None:
+        g = built.accuracy_gate
+        print(f"# {model_key} {variant}: vs FP32 on {g.n_images} synthetic validation images: flips {g.flip_rate:.1%}, max |dp| {g.max_abs_prob_error:.3g}")
     backend = get_backend(target.backend)
     return graph.module, backend.load(str(built.path), graph.decl.io, backend.options_for(runtime, "cpu"))
+
+
+def _variant_name(variant: str) -> str:
+    """"fp32" -> "ort-fp32", "openvino:bf16" -> "ov-bf16"."""
+    target, _, precision = variant.rpartition(":")
+    return {"": "ort", "onnxruntime": "ort", "openvino": "ov"}.get(target, target) + "-" + precision
 
 
 def run_stage1_bench(models, batches, runs=30, warmup=5, threads=0, precisions=("fp32", "int8-dynamic"), markdown=False, seed=0) -> list[dict]:
@@ -86,7 +110,7 @@ def run_stage1_bench(models, batches, runs=30, warmup=5, threads=0, precisions=(
 
                 fns = {"torch-eager": eager}
                 for p, slot in slots.items():
-                    fns[f"ort-{p}"] = (lambda s=slot, e=engines[p]: s.infer({e.io.inputs[0].name: x}))
+                    fns[_variant_name(p)] = (lambda s=slot, e=engines[p]: s.infer({e.io.inputs[0].name: x}))
                 times = interleaved(fns, runs, warmup)
                 # Agreement with FP32 on this batch (and on the probability scale).
                 with torch.inference_mode():
@@ -96,8 +120,9 @@ def run_stage1_bench(models, batches, runs=30, warmup=5, threads=0, precisions=(
                     med, p99 = summary(ms)
                     row = {"model": MODELS[key][2], "batch": batch, "variant": name, "median_ms": med, "p99_ms": p99,
                            "speedup_vs_eager": base_ms / med, "per_image_ms": med / batch}
-                    if name.startswith("ort-"):
-                        out = slots[name[4:]].infer({engines[name[4:]].io.inputs[0].name: x})["logit"]
+                    if name != "torch-eager":
+                        key_ = next(p for p in engines if _variant_name(p) == name)
+                        out = slots[key_].infer({engines[key_].io.inputs[0].name: x})["logit"]
                         prob = sigmoid(out.astype(np.float64))
                         row["max_abs_prob_diff_vs_torch"] = float(np.abs(prob - ref).max())
                         row["same_decision"] = float(np.mean(np.round(prob) == np.round(ref)))
@@ -128,7 +153,8 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--models", default="vits16,vitb16")
     parser.add_argument("--batch", default="1,8")
-    parser.add_argument("--precision", default="fp32,int8-dynamic")
+    parser.add_argument("--precision", default="fp32,int8-dynamic",
+                        help="comma-separated; TARGET:PRECISION for other targets, e.g. openvino:fp32,openvino:bf16,openvino:int8-static")
     parser.add_argument("--runs", type=int, default=30)
     parser.add_argument("--warmup", type=int, default=5)
     parser.add_argument("--threads", type=int, default=0)

@@ -29,6 +29,7 @@ def quantize_dynamic_int8(src: Path, dst: Path) -> Path:
     Only MatMul/Gemm (where the time goes); LayerNorm, Softmax, GELU and the head's
     normalisation stay FP32, which is what keeps ViTs accurate under INT8.
     """
+    import onnx
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
     from ..quantize import quiet_preprocess_advice
@@ -41,11 +42,26 @@ def quantize_dynamic_int8(src: Path, dst: Path) -> Path:
                 weight_type=QuantType.QInt8,
                 op_types_to_quantize=["MatMul", "Gemm"],
                 per_channel=False,
-                extra_options={"MatMulConstBOnly": True},
+                # DefaultTensorType: shape inference types no contrib-op output (a fused attention op's).
+                extra_options={"MatMulConstBOnly": True, "DefaultTensorType": onnx.TensorProto.FLOAT},
             )
     except Exception as exc:
         raise CompileError(f"dynamic INT8 quantization of {src.name} failed: {exc}") from exc
+    _drop_untyped_value_info(dst)
     return dst
+
+
+def _drop_untyped_value_info(path: Path) -> None:
+    """The quantizer writes value_info without a type for contrib-op outputs (fused attention,
+    bench/fused_attention.py), which ONNX Runtime refuses to load; those entries carry nothing."""
+    import onnx
+
+    model = onnx.load(str(path))
+    keep = [v for v in model.graph.value_info if v.type.tensor_type.elem_type != 0]
+    if len(keep) != len(model.graph.value_info):
+        del model.graph.value_info[:]
+        model.graph.value_info.extend(keep)
+        onnx.save(model, str(path))
 
 
 def optimize_offline(src: Path, dst: Path, io: GraphIO, runtime: RuntimeConfig = RuntimeConfig()) -> Path:

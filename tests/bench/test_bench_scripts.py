@@ -14,6 +14,28 @@ def test_stage1_bench_tiny_prints_ratios(capsys):
     assert len(fp32) == 2 and all(r["max_abs_prob_diff_vs_torch"] < 1e-4 and r["same_decision"] == 1.0 for r in fp32)
 
 
+def test_stage1_bench_openvino_variants(capsys):
+    """OpenVINO rows built by the openvino target (bf16 and NNCF INT8 gated on synthetic scenes,
+    limits open): same inputs, agreement with torch measured."""
+    pytest.importorskip("openvino")
+    pytest.importorskip("nncf")
+    rows = run_stage1_bench(["tiny"], [1], runs=3, warmup=1, precisions=("fp32", "openvino:fp32", "openvino:int8-static"))
+    out = capsys.readouterr().out
+    by = {r["variant"]: r for r in rows}
+    assert set(by) == {"torch-eager", "ort-fp32", "ov-fp32", "ov-int8-static"}
+    assert by["ov-fp32"]["max_abs_prob_diff_vs_torch"] < 1e-4 and by["ov-int8-static"]["speedup_vs_eager"] > 0
+    assert "tiny openvino:int8-static: vs FP32 on" in out and "flips" in out
+
+
+def test_cpu_limits_counts_and_measures():
+    from bench.cpu_limits import gemm_table, model_gops
+
+    g = model_gops("vits16")
+    assert abs(g["linear"] - 2 * 12 * 12 * 384**2 * 201 / 1e9) < 1e-9 and 9.0 < g["total"] < 10.0  # ViT-S/16 at 224: ~4.7 GMAC
+    rows = gemm_table(1, runs=3, shapes=((64, 64, 64),))
+    assert {"ort-fp32", "ort-u8s8", "torch-fp32", "torch-bf16"} <= {r["variant"] for r in rows} and all(r["gops"] > 0 for r in rows)
+
+
 def test_gpu_check_script_parses():
     import subprocess
     from pathlib import Path
@@ -42,5 +64,17 @@ def test_end_to_end_bench_tiny_prints_ratios():
     lines = []
     rows = run(("fp32",), runs=3, model="vit-tiny-cls", out=lines.append)
     assert {r["input"] for r in rows} == {"224x224 JPEG (validator)", "320x240 photo"}
-    assert {r["path"] for r in rows} == {"reference (PIL + ViTImageProcessor + torch eager)", "streetcascade onnxruntime fp32"}
+    assert {r["path"] for r in rows} == {"reference (PIL + ViTImageProcessor + torch eager)", "streetcascade onnxruntime:fp32"}
     assert all(r["median_ms"] > 0 and r["vs_reference"] > 0 for r in rows) and any("x reference" in line for line in lines)
+
+
+def test_fused_attention_bench_keeps_parity():
+    """The MultiHeadAttention export replaces every attention (one per layer) and keeps the
+    outputs (rotary included, DINOv3 with layerscale 1 so attention matters)."""
+    from bench.fused_attention import run
+
+    lines = []
+    result = run("dinov3", "tiny", runs=4, out=lines.append)
+    assert result["fused_ops"] == 2 and result["max_abs_logit_diff"]["fp32"] < 1e-4
+    assert set(result["median_ms"]) == {"plain-fp32", "plain-int8", "fused-fp32", "fused-int8"}
+    assert any("MultiHeadAttention ops" in line for line in lines)
