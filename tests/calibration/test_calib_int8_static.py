@@ -181,9 +181,18 @@ def test_modelopt_path_refuses_cleanly_without_modelopt(tmp_path, monkeypatch):
 def test_quant_bench_tiny_runs_side_by_side(capsys):
     from bench.quant import run_quant_bench
 
+    import importlib.util
+
+    from streetcascade.machine import cpu_features
+
     rows = run_quant_bench(["tiny"], runs=2, rounds=1, warmup=1, n_per_class=12)
     variants = {r["variant"] for r in rows}
-    assert variants == {"torch-eager", "ort-fp32", "ort-int8-dynamic", "ort-int8-static"}
+    expected = {"torch-eager", "ort-fp32", "ort-int8-dynamic", "ort-int8-static"}
+    if importlib.util.find_spec("openvino") and importlib.util.find_spec("nncf"):  # the OpenVINO rows come along when installed
+        expected |= {"ov-fp32", "ov-int8"} | ({"ov-bf16"} if {"avx512_bf16", "amx_bf16"} & set(cpu_features()) else set())
+        ov32 = next(r for r in rows if r["variant"] == "ov-fp32")
+        assert ov32["n_flips"] == 0 and ov32["max_dp"] < 1e-4
+    assert variants == expected
     static = next(r for r in rows if r["variant"] == "ort-int8-static")
     assert "MatMulIntegerToFloat" in static["ops"] and 0.0 <= static["flips"] <= 1.0
     assert "| ort-int8-static |" in capsys.readouterr().out.replace("DINOv3 tiny (test size) ", "")

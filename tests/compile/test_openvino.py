@@ -239,3 +239,21 @@ def test_cli_compile_target_flag(tmp_path, tiny_dinov3_dir, capsys):
     assert out.name == "cpu-x86_64-openvino" and read_manifest(out).target.backend == "openvino"
     assert main(["info", "--engines", str(out)]) == 0
     assert "stage1.classifier.fp32.xml + stage1.classifier.fp32.bin" in capsys.readouterr().out
+
+
+def test_openvino_engine_set_runs_without_heavy_packages(ov_engine_dir):
+    """The online side with an OpenVINO engine set: no torch, transformers, onnx or NNCF."""
+    from support import REPO, SAMPLES, run_python
+
+    block = "import sys\nfor name in ('torch', 'transformers', 'onnx', 'onnxscript', 'safetensors', 'nncf'):\n    sys.modules[name] = None\n"
+    code = block + f"""
+sys.path.insert(0, {str(REPO / 'tests')!r})
+from streetcascade.runtime import load_engine_set, decode_image
+with load_engine_set({str(ov_engine_dir)!r}) as es:
+    d = es.cascade.classify(decode_image(open({str(SAMPLES / 'street-barrier.jpg')!r}, 'rb').read()))
+    print(round(d.probability, 6), d.stage)
+"""
+    r = run_python(code)
+    assert r.returncode == 0, r.stderr
+    p, stage = r.stdout.split()
+    assert 0.0 <= float(p) <= 1.0 and stage == "stage1"
