@@ -100,6 +100,22 @@ def test_the_sign_decides_when_stage_one_is_unsure(ocr_set):
     assert d_parking.stage == "ocr" and d_parking.label == 0 and "PARKING" in d_parking.text.upper()
 
 
+def test_the_openvino_target_reads_the_same_text(ocr_set, tmp_path, tiny_dinov3_dir):
+    """PP-OCR's detector (free height/width axes) and recognizer through the OpenVINO target:
+    tensor parity vs the source graphs at compile time, then the same lines as ONNX Runtime."""
+    pytest.importorskip("openvino")
+    cfg = write_config(tmp_path / "c.toml", [
+        {"name": "stage1", "family": "dinov3", "source": str(tiny_dinov3_dir), "max_batch": 2, "exit_low": 0.01, "exit_high": 0.99},
+        {"name": "ocr", "family": "ppocr", "source": "rapidocr", "max_batch": 6, "exit_low": 0.5, "exit_high": 0.5},
+    ], tmp_path / "engines", target={"backend": "openvino", "device": "cpu"})
+    with load_engine_set(compile_cascade(cfg, progress=False)) as es:
+        assert es.manifest.target.backend == "openvino"
+        assert all(g.parity.max_abs_logit_error < 1e-3 for g in es.manifest.stages[1].graphs)
+        for img in (sign_on_photo("ROAD WORK AHEAD"), decode_image((SAMPLES / "parking-sign.jpg").read_bytes())):
+            ours = [t for t, _ in ocr_stage(es).read(img)]
+            assert ours and ours == [t for t, _ in ocr_stage(ocr_set).read(img)]
+
+
 def test_a_failing_or_late_ocr_stage_keeps_stage_one(ocr_set, monkeypatch):
     cascade = ocr_set.cascade
     img = sign_on_photo("ROAD WORK AHEAD")
