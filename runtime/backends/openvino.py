@@ -96,12 +96,12 @@ class OvSlot(Slot):
         engine = self.engine
         try:
             # share_inputs: no copy of the (contiguous) input; outputs come back as new arrays.
-            result = self.request.infer({s.name: np.ascontiguousarray(feeds[s.name]) for s in engine.io.inputs}, share_inputs=True)
+            # By position: the load checked that the ports are the manifest's tensors, in order.
+            result = self.request.infer([np.ascontiguousarray(feeds[s.name]) for s in engine.io.inputs], share_inputs=True).to_tuple()
         except Exception as exc:  # OpenVINO raises RuntimeError subclasses of its own
             raise InferenceError(f"openvino failed: {exc}") from exc
         engine.runs += 1
-        by_name = {next(iter(port.get_names())): value for port, value in result.items()}
-        return {s.name: np.array(by_name[s.name], dtype=s.dtype, copy=True) for s in engine.io.outputs}
+        return {s.name: np.array(value, dtype=s.dtype, copy=True) for s, value in zip(engine.io.outputs, result)}
 
     def close(self) -> None:
         self.request = None
@@ -122,11 +122,14 @@ class OvEngine(Engine):
         self.precision = inference_precision(model)
         if self.precision == "bf16" and not has_bf16():
             raise EngineMismatch(f"{path}: a bf16 engine, and this CPU has none of {', '.join(BF16_FEATURES)}; recompile here")
-        names_in = [i.get_any_name() for i in model.inputs]
-        names_out = [o.get_any_name() for o in model.outputs]
-        if names_in != [s.name for s in io.inputs] or names_out != [s.name for s in io.outputs]:
+        # A port may carry several tensor names (an output that is also another tensor): match
+        # the manifest's names against all of them, in the manifest's order.
+        names_in = [set(i.get_names()) for i in model.inputs]
+        names_out = [set(o.get_names()) for o in model.outputs]
+        if len(names_in) != len(io.inputs) or len(names_out) != len(io.outputs) or any(
+                s.name not in names for s, names in zip([*io.inputs, *io.outputs], [*names_in, *names_out])):
             raise EngineMismatch(
-                f"{path}: graph has inputs {names_in} / outputs {names_out}, the manifest says "
+                f"{path}: graph has inputs {[sorted(n) for n in names_in]} / outputs {[sorted(n) for n in names_out]}, the manifest says "
                 f"{[s.name for s in io.inputs]} / {[s.name for s in io.outputs]}"
             )
         # The ONNX graph's metadata (an OCR model's character set, a tokenizer), kept by the target.

@@ -114,6 +114,11 @@ def test_ir_not_built_by_us_or_not_an_ir_is_refused(ov_engine_dir, tmp_path):
     shutil.copyfile(ov_engine_dir / graph.companions[0].file, foreign.with_suffix(".bin"))
     with pytest.raises(EngineMismatch, match="inference_precision"):
         backend.load(str(foreign), graph.io, options)
+    import msgspec
+
+    renamed = msgspec.structs.replace(graph.io, outputs=[msgspec.structs.replace(graph.io.outputs[0], name="probability")])
+    with pytest.raises(EngineMismatch, match="the manifest says"):
+        backend.load(str(ov_engine_dir / graph.file), renamed, options)
     junk = tmp_path / "junk.xml"
     junk.write_text("<net>not really</net>")
     with pytest.raises(EngineMismatch, match="cannot read"):

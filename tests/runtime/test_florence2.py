@@ -63,6 +63,24 @@ def test_the_compared_sequences_were_not_trivial():
     assert len(SEEN) >= 3, SEEN
 
 
+def test_the_openvino_target_decodes_the_same_tokens(florence, tmp_path):
+    """The six graphs through the OpenVINO target (tokenizer and generation settings carried in
+    the IR's metadata, the decoder's cache through numpy): token-identical to transformers."""
+    pytest.importorskip("openvino")
+    ckpt, _ = florence
+    cfg = write_config(tmp_path / "c.toml", [{"name": "ocr", "family": "florence2", "source": str(ckpt), "input_size": SIZE, "max_batch": 1}],
+                       tmp_path / "engines", target={"backend": "openvino", "device": "cpu"})
+    image = np.random.default_rng(0).integers(0, 255, (SIZE, SIZE, 3), dtype=np.uint8)
+    with load_engine_set(compile_cascade(cfg, progress=False)) as es:
+        assert es.manifest.target.backend == "openvino"
+        reader = es.cascade.stages[0].reader
+        eos = reader.generation["eos_token_id"]
+        reader.suppress, reader.max_new_tokens = (eos,), 20
+        ours = reader.generate(image)
+        prompt = reader.generation["prompts"]["<OCR>"]
+    assert ours == transformers_tokens(ckpt, prompt, image, 20, [eos])
+
+
 def test_stops_at_the_end_token_or_the_cap(florence):
     ckpt, dest = florence
     image = np.full((SIZE, SIZE, 3), 90, np.uint8)
