@@ -18,7 +18,6 @@ import argparse
 import asyncio
 import json
 import socket
-import subprocess
 import tempfile
 import threading
 import time

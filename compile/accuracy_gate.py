@@ -125,6 +125,12 @@ def check(gate: AccuracyGate) -> list[str]:
     return out
 
 
+def summary(stage: str, gate: AccuracyGate) -> str:
+    """One progress line: the gate's figures against its limit on flips."""
+    return (f"{stage}: gate vs FP32: flips {gate.flip_rate:.2%} (limit {gate.max_flip_rate:.2%}), MCC {gate.mcc_fp32:.4f} -> {gate.mcc_quant:.4f}, "
+            f"accuracy {gate.accuracy_fp32:.4f} -> {gate.accuracy_quant:.4f}, max |dp| {gate.max_abs_prob_error:.3g}")
+
+
 def with_harm(gate: AccuracyGate, harm: Sequence[LayerHarm]) -> AccuracyGate:
     return _with(gate, harmful_layers=list(harm))
 

@@ -147,21 +147,22 @@ def compile_cascade(config_path: str | Path, out_dir: str | Path | None = None, 
     if target is not None:
         config = msgspec.structs.replace(config, target=target)
     reporter = Progress(progress)
-    candidates, skipped = auto_candidates(config) if config.target.backend == AUTO else ([config.target.backend], {})
-    name = engine_set_name(config)
+    auto = config.target.backend == AUTO
+    infos, skipped = auto_candidates(config) if auto else ({config.target.backend: get_target(config.target.backend).describe(config)}, {})
+    candidates = list(infos)
+    name = engine_set_name(config) if auto else infos[candidates[0]].name
     dest = Path(out_dir) if out_dir else resolve_relative(config_path, config.engines_dir) / name
     dest.parent.mkdir(parents=True, exist_ok=True)
     reporter.step(f"compiling {len(config.stages)} stage(s) for {name} into {dest}"
-                  + (f" (target auto: {', '.join(candidates)}{'; not ' + ', '.join(skipped) if skipped else ''})" if config.target.backend == AUTO else ""))
+                  + (f" (target auto: {', '.join(candidates)}{'; not ' + ', '.join(skipped) if skipped else ''})" if auto else ""))
     workdir = Path(tempfile.mkdtemp(prefix=f".{dest.name}.building-", dir=dest.parent))
     try:
         done: dict[int, StageEntry] = {}
         if len(candidates) > 1:
-            target, info, timed, done[timed] = _choose_target(candidates, skipped, name, config_path, config, workdir, reporter)
+            target, info, timed, done[timed] = _choose_target(infos, skipped, name, config_path, config, workdir, reporter)
         else:
-            target = get_target(candidates[0])
-            info = target.describe(config)
-            if config.target.backend == AUTO:
+            target, info = get_target(candidates[0]), infos[candidates[0]]
+            if auto:
                 info = msgspec.structs.replace(info, name=name, selection=TargetSelection(stage="", batch=1, runs=0, median_ms={}, skipped=skipped))
         stages = [done.get(i) or _Stage(stage, config_path, config, target, info, workdir, reporter).build() for i, stage in enumerate(config.stages)]
         if not keep_raw:
@@ -199,28 +200,29 @@ def compile_cascade(config_path: str | Path, out_dir: str | Path | None = None, 
 AUTO_TIMED_RUNS = 60
 
 
-def auto_candidates(config: CascadeConfig) -> tuple[list[str], dict[str, str]]:
-    """The CPU targets that can build every stage at its precision here, and why the others
-    cannot (not installed, precision not offered, no bf16 in this CPU)."""
+def auto_candidates(config: CascadeConfig) -> tuple[dict[str, TargetInfo], dict[str, str]]:
+    """The CPU targets that can build every stage at its precision here (each with this machine
+    described as that target), and why the others cannot (not installed, precision not
+    offered, no bf16 in this CPU)."""
     if config.target.device != "cpu":
         raise ConfigError("[target] backend = \"auto\" chooses between CPU targets; for a GPU use `streetcascade compile-engines --target auto`")
-    ok, skipped = [], {}
+    ok, skipped = {}, {}
     for name in CPU_TARGETS:
         target = get_target(name)
         try:
-            target.describe(msgspec.structs.replace(config, target=msgspec.structs.replace(config.target, backend=name)))
+            info = target.describe(msgspec.structs.replace(config, target=msgspec.structs.replace(config.target, backend=name)))
             for stage in config.stages:
                 target.check_precision(stage, "cpu")
         except StreetcascadeError as exc:
             skipped[name] = str(exc)
             continue
-        ok.append(name)
+        ok[name] = info
     if not ok:
         raise CompileError("no CPU target can build this cascade here: " + "; ".join(f"{k}: {v}" for k, v in skipped.items()))
     return ok, skipped
 
 
-def _choose_target(candidates, skipped, name, config_path, config, workdir, progress):
+def _choose_target(infos: dict[str, TargetInfo], skipped, name, config_path, config, workdir, progress):
     """Build the first classifier stage with every candidate, time the engines at batch 1 side
     by side (interleaved rounds in one process: on a small shared box the noise moves from
     minute to minute, so only a same-run comparison means anything), keep the fastest; the
@@ -228,12 +230,12 @@ def _choose_target(candidates, skipped, name, config_path, config, workdir, prog
     index = next((i for i, s in enumerate(config.stages) if get_family(s.family).kind == "classifier"), 0)
     stage = config.stages[index]
     built: dict[str, tuple[Target, TargetInfo, StageEntry]] = {}
-    for backend_name in candidates:
+    for backend_name, described in infos.items():
         target = get_target(backend_name)
-        info = msgspec.structs.replace(target.describe(config), name=name)
+        info = msgspec.structs.replace(described, name=name)
         progress.step(f"target auto: building {stage.name} with {backend_name}")
         built[backend_name] = (target, info, _Stage(stage, config_path, config, target, info, workdir, progress).build())
-    progress.step(f"target auto: timing {stage.name} at batch 1 with {', '.join(candidates)} side by side ({AUTO_TIMED_RUNS} runs each)")
+    progress.step(f"target auto: timing {stage.name} at batch 1 with {', '.join(infos)} side by side ({AUTO_TIMED_RUNS} runs each)")
     median = _time_candidates(built, workdir, config)
     winner = min(median, key=median.get)
     progress.step("target auto: " + ", ".join(f"{k} {v:.2f} ms" for k, v in median.items()) + f" -> {winner}")

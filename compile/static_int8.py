@@ -91,10 +91,7 @@ def build_gated_static(job: BuildJob) -> AccuracyGate:
     )
     if harm:
         gate = gate_mod.with_harm(gate, harm[:10])
-    progress.step(
-        f"{stage.name}: gate vs FP32: flips {gate.flip_rate:.2%} (limit {cal.max_flip_rate:.2%}), MCC {gate.mcc_fp32:.4f} -> {gate.mcc_quant:.4f}, "
-        f"accuracy {gate.accuracy_fp32:.4f} -> {gate.accuracy_quant:.4f}, max |dp| {gate.max_abs_prob_error:.3g}"
-    )
+    progress.step(gate_mod.summary(stage.name, gate))
     violations = gate_mod.check(gate)
     if violations:
         if not harm:

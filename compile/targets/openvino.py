@@ -25,7 +25,6 @@ from streetcascade.manifest import AccuracyGate, TargetInfo
 
 from .base import BuildJob, BuiltGraph, Target
 
-log = logging.getLogger(__name__)
 
 OPENVINO = "openvino"
 # Our precision -> the compute precision recorded in the IR.
@@ -145,8 +144,7 @@ class OpenVinoTarget(Target):
         quant_logits = gate_mod.engine_logits(job.out, job.io, val_images, config.runtime, backend_name=OPENVINO)
         gate = gate_mod.compare(fp32_logits, quant_logits, val.labels, method=method, n_calibration=n_calibration, limits=cal,
                                 quantized_nodes=quantized, reference="openvino-fp32")
-        progress.step(f"{stage.name}: gate vs FP32: flips {gate.flip_rate:.2%} (limit {cal.max_flip_rate:.2%}), MCC {gate.mcc_fp32:.4f} -> "
-                      f"{gate.mcc_quant:.4f}, accuracy {gate.accuracy_fp32:.4f} -> {gate.accuracy_quant:.4f}, max |dp| {gate.max_abs_prob_error:.3g}")
+        progress.step(gate_mod.summary(stage.name, gate))
         violations = gate_mod.check(gate)
         if violations:
             job.out.unlink(missing_ok=True)

@@ -22,7 +22,7 @@ from streetcascade.machine import rss_bytes
 from streetcascade.manifest import GraphIO, Manifest, MemoryAccount
 from streetcascade.settings import RuntimeConfig
 
-from .base import Backend, Engine, Slot, check_cpu_features, example_feeds, host_bytes
+from .base import Backend, Engine, Slot, check_cpu_features, example_feeds, first_run_growth, host_bytes
 
 try:
     import torch
@@ -111,7 +111,6 @@ class AotiEngine(Engine):
         self.options = options
         self.device = torch.device(f"cuda:{options.gpu_index}" if options.device == "cuda" else "cpu")
         self.stats = {"graph_launches": 0, "graph_fallbacks": 0}
-        self.runs = 0
         if options.device == "cpu" and options.intra_op_threads:
             torch.set_num_threads(options.intra_op_threads)
         before = self._used()
@@ -141,10 +140,7 @@ class AotiEngine(Engine):
                     slot.infer(example_feeds(self.io, self.io.max_batch))
                 self._activations_bytes = int(torch.cuda.max_memory_allocated(self.device) - base)
             else:
-                before = rss_bytes()
-                with self.slot() as slot:
-                    slot.infer(example_feeds(self.io, self.io.max_batch))
-                self._activations_bytes = max(0, rss_bytes() - before)
+                self._activations_bytes = first_run_growth(self, rss_bytes)
         return MemoryAccount(
             device=self.device.type,
             weights_bytes=self._weights_bytes,

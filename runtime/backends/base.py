@@ -12,17 +12,17 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from pathlib import Path
-from typing import ClassVar
+from typing import Callable, ClassVar
 
 import msgspec
 import numpy as np
 
-from streetcascade.errors import BadInput, EngineMismatch
+from streetcascade.errors import BadInput, EngineMismatch, InferenceError
 from streetcascade.machine import arch, cpu_features, version_of
 from streetcascade.manifest import GraphIO, Manifest, MemoryAccount, TargetInfo, TensorSpec
 from streetcascade.settings import RuntimeConfig
 
-__all__ = ["Backend", "Closeable", "Engine", "GraphIO", "MemoryAccount", "Slot", "TensorSpec", "check_cpu_features", "example_feeds", "has_free_axes", "host_bytes"]
+__all__ = ["Backend", "Closeable", "Engine", "GraphIO", "MemoryAccount", "Slot", "TensorSpec", "check_cpu_features", "example_feeds", "first_run_growth", "has_free_axes", "host_bytes"]
 
 
 class Closeable:
@@ -76,6 +76,17 @@ def check_cpu_features(manifest: Manifest, engine_dir) -> None:
     if missing:
         raise EngineMismatch(f"{engine_dir}: built on a CPU with {', '.join(missing)}, which this CPU lacks; "
                              "recompile on this machine (`streetcascade compile`)")
+
+
+def first_run_growth(engine: "Engine", used: Callable[[], int]) -> int:
+    """What the first run at max_batch adds to `used()` (resident memory, or device memory
+    taken): the activations an engine's arena keeps at its peak. Only a fresh engine shows it."""
+    if engine.runs:
+        raise InferenceError(f"{engine.path}: memory must be measured before the engine's first run (its arena is already grown)")
+    before = used()
+    with engine.slot() as slot:
+        slot.infer(example_feeds(engine.io, engine.io.max_batch))
+    return max(0, used() - before)
 
 
 class Slot(Closeable, ABC):
@@ -134,6 +145,7 @@ class Engine(Closeable, ABC):
     def __init__(self, path: str, io: GraphIO):
         self.path = path
         self.io = io
+        self.runs = 0  # inference calls so far, for backends that count them (see first_run_growth)
 
     @abstractmethod
     def slot(self) -> Slot: ...

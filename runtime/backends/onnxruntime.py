@@ -20,7 +20,7 @@ from streetcascade.machine import physical_cores, rss_bytes
 from streetcascade.manifest import GraphIO, Manifest, MemoryAccount, TargetInfo
 from streetcascade.settings import RuntimeConfig
 
-from .base import Backend, Engine, Slot, check_cpu_features, example_feeds, has_free_axes, host_bytes
+from .base import Backend, Engine, Slot, check_cpu_features, first_run_growth, has_free_axes, host_bytes
 
 try:
     import onnxruntime as ort
@@ -233,7 +233,6 @@ class OrtEngine(Engine):
     def __init__(self, path: str, io: GraphIO, options: OrtOptions):
         super().__init__(path, io)
         self.options = options
-        self.runs = 0
         # Host RAM on a CPU; on a GPU what the device lost (cudaMemGetInfo), as measured figures.
         self._used = rss_bytes if options.device == "cpu" else (lambda: -free_bytes(options.gpu_index))
         before = self._used()
@@ -265,12 +264,7 @@ class OrtEngine(Engine):
         """Weights: the RSS growth of creating the session. Activations: the RSS growth of the
         first run at max_batch (ORT's arena keeps its peak), so measure on a fresh engine."""
         if self._activations_bytes is None:
-            if self.runs:
-                raise InferenceError(f"{self.path}: memory must be measured before the engine's first run (its arena is already grown)")
-            before = self._used()
-            with self.slot() as slot:
-                slot.infer(example_feeds(self.io, self.io.max_batch))
-            self._activations_bytes = max(0, self._used() - before)
+            self._activations_bytes = first_run_growth(self, self._used)
         return MemoryAccount(
             device=self.options.device,
             weights_bytes=self._weights_bytes,

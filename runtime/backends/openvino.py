@@ -12,7 +12,6 @@ then checks the compiled model took it.
 from __future__ import annotations
 
 import json
-import logging
 import threading
 from pathlib import Path
 from typing import Annotated
@@ -25,14 +24,12 @@ from streetcascade.machine import cpu_features, physical_cores, rss_bytes
 from streetcascade.manifest import GraphIO, Manifest, MemoryAccount
 from streetcascade.settings import RuntimeConfig
 
-from .base import Backend, Engine, Slot, check_cpu_features, example_feeds, host_bytes
+from .base import Backend, Engine, Slot, check_cpu_features, first_run_growth, host_bytes
 
 try:
     import openvino as ov
 except ImportError as exc:  # the `openvino` extra installs it
     raise BackendUnavailable(f"openvino is not installed (pip install 'streetcascade[openvino]'): {exc}") from exc
-
-log = logging.getLogger(__name__)
 
 # Our names -> the CPU plugin's INFERENCE_PRECISION_HINT values.
 PLUGIN_PRECISION = {"f32": ov.Type.f32, "bf16": ov.Type.bf16}
@@ -56,8 +53,8 @@ def core() -> "ov.Core":
         return _core
 
 
-def has_bf16(features=None) -> bool:
-    return any(f in (features if features is not None else cpu_features()) for f in BF16_FEATURES)
+def has_bf16() -> bool:
+    return any(f in cpu_features() for f in BF16_FEATURES)
 
 
 def inference_precision(model: "ov.Model") -> str:
@@ -111,7 +108,6 @@ class OvEngine(Engine):
     def __init__(self, path: str, io: GraphIO, options: OvOptions):
         super().__init__(path, io)
         self.options = options
-        self.runs = 0
         before = rss_bytes()
         try:
             # The weights named explicitly: OpenVINO then reads the file as IR, and never guesses
@@ -153,12 +149,7 @@ class OvEngine(Engine):
     def memory(self) -> MemoryAccount:
         """Like ONNX Runtime's: the RSS growth of compiling, then of the first run at max_batch."""
         if self._activations_bytes is None:
-            if self.runs:
-                raise InferenceError(f"{self.path}: memory must be measured before the engine's first run")
-            before = rss_bytes()
-            with self.slot() as slot:
-                slot.infer(example_feeds(self.io, self.io.max_batch))
-            self._activations_bytes = max(0, rss_bytes() - before)
+            self._activations_bytes = first_run_growth(self, rss_bytes)
         return MemoryAccount(
             device="cpu",
             weights_bytes=self._weights_bytes,

@@ -226,7 +226,7 @@ def test_auto_with_a_precision_only_one_target_builds(tmp_path, tiny_dinov3_dir)
 
     config = load_config(_config(tmp_path, tiny_dinov3_dir, "int8-dynamic", backend="auto"))
     ok, skipped = auto_candidates(config)
-    assert ok == ["onnxruntime"] and "int8-dynamic" in skipped["openvino"]
+    assert list(ok) == ["onnxruntime"] and ok["onnxruntime"].backend == "onnxruntime" and "int8-dynamic" in skipped["openvino"]
     gpu = load_config(_config(tmp_path, tiny_dinov3_dir, backend="auto", name="g.toml"))
     import msgspec
 
