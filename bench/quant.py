@@ -23,6 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
+from bench.cpu_limits import VITS, gemm_fns, kind_of, limit, model_gops
 from streetcascade.timing import interleaved
 
 MODELS = {"vits16": "DINOv3 ViT-S/16 + head", "vitb16": "DINOv3 ViT-B/16 + head", "tiny": "DINOv3 tiny (test size)"}
@@ -101,21 +102,23 @@ def _engine_key(label: str) -> str:
 
 
 def _openvino_engines(raw: Path, stem: Path, calib: np.ndarray) -> dict[str, Path]:
-    """ov-fp32, ov-bf16 (CPUs with bf16), ov-int8 (NNCF on `calib`): IRs as the openvino target writes them."""
-    from streetcascade.compile.targets.openvino import nncf_int8, onnx_metadata, save_ir
+    """ov-fp32, ov-bf16 (CPUs with bf16), ov-int8 (NNCF on `calib`, the rest in bf16 where the CPU has it): IRs as the
+    openvino target writes them (and the backend runs batch 1 through its fixed-shape copy, as the runtime does)."""
+    from streetcascade.compile.targets.openvino import compute_precision, nncf_int8, onnx_metadata, save_ir
     from streetcascade.progress import QUIET
     from streetcascade.runtime.backends.openvino import core, has_bf16
 
     meta = onnx_metadata(raw)
     out = {"ov-fp32": save_ir(core().read_model(str(raw)), stem.with_suffix(".ov-fp32.xml"), "f32", meta)}
     if has_bf16():
-        out["ov-bf16"] = save_ir(core().read_model(str(raw)), stem.with_suffix(".ov-bf16.xml"), "bf16", meta)
-    out["ov-int8"] = save_ir(nncf_int8(core().read_model(str(raw)), calib, QUIET), stem.with_suffix(".ov-int8.xml"), "f32", meta)
+        out["ov-bf16"] = save_ir(core().read_model(str(raw)), stem.with_suffix(".ov-bf16.xml"), "bf16", meta, fixed_batch1=True)
+    int8 = nncf_int8(core().read_model(str(raw)), calib, QUIET)
+    out["ov-int8"] = save_ir(int8, stem.with_suffix(".ov-int8.xml"), compute_precision("int8-static"), meta, fixed_batch1=True)
     return out
 
 
 def run_quant_bench(models, runs=60, rounds=6, warmup=3, threads=0, n_per_class=150, variants=False, seed=0, layerscale=1.0,
-                    only=(), calib_samples=0, sensitivity_samples=64, openvino=None) -> list[dict]:
+                    only=(), calib_samples=0, sensitivity_samples=64, openvino=None, limits=False) -> list[dict]:
     import torch
 
     from streetcascade.calibration import metrics
@@ -209,7 +212,19 @@ def run_quant_bench(models, runs=60, rounds=6, warmup=3, threads=0, n_per_class=
                     return classifier(xt)
 
             fns = {"torch-eager": eager, **{_label(n): (lambda n=n: slots[n].infer({"pixels": x1})) for n in paths}}
+            gemm_ops = {}
+            if limits and key in VITS:  # the GEMM limits timed in the same rounds as the models
+                d = VITS[key][0]
+                for m, k, n in ((1024, 1024, 1024), (201, d, 4 * d)):
+                    for name, fn in gemm_fns(workdir, threads, m, k, n).items():
+                        fns[f"gemm:{name}:{m}x{k}x{n}"] = fn
+                        gemm_ops[f"gemm:{name}:{m}x{k}x{n}"] = (name, 2 * m * k * n)
             times = interleaved(fns, runs, warmup, rounds)
+            peak = {}
+            for label, (name, ops) in gemm_ops.items():
+                peak[name] = max(peak.get(name, 0.0), ops / float(np.median(times.pop(label))) / 1e6)
+            if peak:
+                print("# GEMM limits in the same rounds, GOP/s: " + ", ".join(f"{k} {v:.0f}" for k, v in peak.items()), flush=True)
             y = data["validation"].labels
             p32 = sigmoid(logits("fp32", val))
             base = float(np.median(times["ort-fp32"]))
@@ -229,22 +244,26 @@ def run_quant_bench(models, runs=60, rounds=6, warmup=3, threads=0, n_per_class=
                     ops = op_histogram(paths[engine_key]) if name.startswith("ort-") else {}
                     row["ops"] = {k: v for k, v in ops.items() if k in ("MatMul", "DynamicQuantizeMatMul", "MatMulIntegerToFloat", "QLinearMatMul",
                                                                       "QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear", "Add", "Conv", "QLinearConv", "Gemm")}
+                if peak:
+                    row["gops"] = model_gops(key)["total"] / med * 1e3
+                    row["limit_gops"], row["limit_of"] = limit(peak, kind_of(name))
+                    row["of_limit"] = row["gops"] / row["limit_gops"]
                 rows.append(row)
-                extra = ""
+                extra = f"  {row['gops']:.0f} GOP/s = {row['of_limit']:.0%} of the {kind_of(name)} limit ({row['limit_of']})" if peak else ""
                 if "flips" in row:
                     held = f" (after the {len(x_sens)} sensitivity images: {row['flips_heldout']}/{row['n_val'] - len(x_sens)})" if row["flips_heldout"] is not None else ""
-                    extra = f"  flips {row['n_flips']}/{row['n_val']} = {row['flips']:.2%}{held}  max|dp| {row['max_dp']:.3g}  acc {row['accuracy']:.3f}  MCC {row['mcc']:.3f}  {row['ops']}"
+                    extra += f"  flips {row['n_flips']}/{row['n_val']} = {row['flips']:.2%}{held}  max|dp| {row['max_dp']:.3g}  acc {row['accuracy']:.3f}  MCC {row['mcc']:.3f}  {row['ops']}"
                 print(f"{name:<20} median {med:8.2f} ms  min {row['min_ms']:8.2f}  p90 {row['p90_ms']:8.2f}  {row['x_fp32']:5.2f}x ORT fp32  "
                       f"{row['x_eager']:5.2f}x eager{extra}", flush=True)
             for s in slots.values():
                 s.close()
             for e in engines.values():
                 e.close()
-    print("\n| model | variant | median ms | min ms | x eager | x ORT FP32 | flips vs FP32 | max abs dp | accuracy | MCC |")
-    print("|---|---|---|---|---|---|---|---|---|---|")
+    print("\n| model | variant | median ms | min ms | x eager | x ORT FP32 | flips vs FP32 | max abs dp | accuracy | MCC | of its GEMM limit |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         f = lambda k, fmt: format(r[k], fmt) if k in r else "-"  # noqa: E731
-        print(f"| {r['model']} | {r['variant']} | {r['median_ms']:.1f} | {r['min_ms']:.1f} | {r['x_eager']:.2f}x | {r['x_fp32']:.2f}x | {f('flips', '.2%')} | {f('max_dp', '.3g')} | {f('accuracy', '.3f')} | {f('mcc', '.3f')} |")
+        print(f"| {r['model']} | {r['variant']} | {r['median_ms']:.1f} | {r['min_ms']:.1f} | {r['x_eager']:.2f}x | {r['x_fp32']:.2f}x | {f('flips', '.2%')} | {f('max_dp', '.3g')} | {f('accuracy', '.3f')} | {f('mcc', '.3f')} | {f('of_limit', '.0%')} |")
     return rows
 
 
@@ -262,10 +281,12 @@ def main(argv=None) -> int:
     parser.add_argument("--sensitivity-samples", type=int, default=64, help="validation prefix for the static-keepN variants' sensitivity pass")
     parser.add_argument("--layerscale", type=float, default=1.0, help="random backbone's layerscale (DINOv3 init: 1e-5; see _classifier)")
     parser.add_argument("--no-openvino", action="store_true", help="leave out the OpenVINO rows")
+    parser.add_argument("--limits", action="store_true", help="time the GEMM limits (bench.cpu_limits) in the same rounds and print "
+                                                              "each variant's GOP/s as a fraction of its precision's limit")
     a = parser.parse_args(argv)
     run_quant_bench([m.strip() for m in a.models.split(",") if m.strip()], a.runs, a.rounds, a.warmup, a.threads, a.per_class, a.variants, layerscale=a.layerscale,
                     only=[v.strip() for v in a.only.split(",") if v.strip()], calib_samples=a.calib_samples, sensitivity_samples=a.sensitivity_samples,
-                    openvino=False if a.no_openvino else None)
+                    openvino=False if a.no_openvino else None, limits=a.limits)
     return 0
 
 

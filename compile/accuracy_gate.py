@@ -50,6 +50,15 @@ def engine_logits(path: Path, io: GraphIO, images: np.ndarray, runtime: RuntimeC
         return slot.logits(images)
 
 
+def engine_logits_each_batch(path: Path, io: GraphIO, images: np.ndarray, runtime: RuntimeConfig = RuntimeConfig(),
+                             backend_name: str = "onnxruntime") -> list[np.ndarray]:
+    """Logits over `images` run one at a time, and (max_batch > 1) in batches of max_batch: an
+    engine may run batch 1 through other kernels (the OpenVINO backend's fixed-shape copy)."""
+    backend = get_backend(backend_name)
+    with backend.load(str(path), io, backend.options_for(runtime, "cpu")) as engine, engine.slot() as slot:
+        return [slot.logits(images, batch) for batch in sorted({1, io.max_batch})]
+
+
 def _auc(labels: np.ndarray, probs: np.ndarray) -> float | None:
     value = metrics.auc(labels, probs)
     return None if math.isnan(value) else float(value)

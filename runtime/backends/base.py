@@ -127,14 +127,15 @@ class Slot(Closeable, ABC):
             raise BadInput(f"batch of {batch} images; the engine runs 1..{io.max_batch}")
         return batch
 
-    def logits(self, images: np.ndarray) -> np.ndarray:
-        """A one-input, one-output graph over any number of images, in batches of at most the
-        engine's max_batch: the output flattened to float64, one value per image."""
+    def logits(self, images: np.ndarray, batch: int | None = None) -> np.ndarray:
+        """A one-input, one-output graph over any number of images, in batches of `batch`
+        (default: the engine's max_batch): the output flattened to float64, one value per image."""
         io = self.engine.io
+        batch = batch or io.max_batch
         name_in, name_out = io.inputs[0].name, io.outputs[0].name
         out = np.empty(len(images), dtype=np.float64)
-        for start in range(0, len(images), io.max_batch):
-            chunk = images[start : start + io.max_batch]
+        for start in range(0, len(images), batch):
+            chunk = images[start : start + batch]
             out[start : start + len(chunk)] = self.infer({name_in: chunk})[name_out].reshape(-1)
         return out
 

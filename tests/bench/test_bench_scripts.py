@@ -1,5 +1,7 @@
 """The benchmark scripts (bench/, run from a checkout) still run and print side-by-side ratios."""
 
+import importlib.util
+
 import pytest
 
 from bench.stage1 import run_stage1_bench
@@ -34,6 +36,8 @@ def test_cpu_limits_counts_and_measures():
     assert abs(g["linear"] - 2 * 12 * 12 * 384**2 * 201 / 1e9) < 1e-9 and 9.0 < g["total"] < 10.0  # ViT-S/16 at 224: ~4.7 GMAC
     rows = gemm_table(1, runs=3, shapes=((64, 64, 64),))
     assert {"ort-fp32", "ort-u8s8", "torch-fp32", "torch-bf16"} <= {r["variant"] for r in rows} and all(r["gops"] > 0 for r in rows)
+    if importlib.util.find_spec("openvino") and importlib.util.find_spec("nncf"):
+        assert {"ov-f32", "ov-u8s8"} <= {r["variant"] for r in rows}
 
 
 def test_gpu_check_script_parses():

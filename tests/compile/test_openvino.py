@@ -82,6 +82,55 @@ def test_fp32_engine_is_compiled_f32_even_where_bf16_is_the_default(ov_engine_di
             slot.infer({"pixels": np.zeros((1, 224, 224, 3), np.float32)})
 
 
+def test_gated_engines_run_batch_one_through_a_fixed_shape_copy(ov_engine_dir, tmp_path):
+    import msgspec
+
+    import streetcascade.runtime.backends.openvino as ovb
+    from streetcascade.manifest import read_manifest
+    from streetcascade.settings import RuntimeConfig
+
+    graph = read_manifest(ov_engine_dir).stages[0].graphs[0]
+    backend = ovb.OpenVinoBackend()
+    options = backend.options_for(RuntimeConfig(intra_op_threads=1), "cpu")
+    with backend.load(str(ov_engine_dir / graph.file), graph.io, options) as engine:
+        assert engine.single is None  # fp32 engines keep exact f32 kernels: one dynamic graph
+    # The same IR marked as the target marks its gated (bf16, INT8) engines.
+    model = ovb.core().read_model(str(ov_engine_dir / graph.file))
+    model.set_rt_info("true", ovb.FIXED_BATCH1_KEY)
+    ov.save_model(model, str(tmp_path / "g.xml"), compress_to_fp16=False)
+    rng = np.random.default_rng(3)
+    images = rng.integers(0, 256, (3, 224, 224, 3), dtype=np.uint8)
+    with backend.load(str(tmp_path / "g.xml"), graph.io, options) as engine:
+        assert graph.io.max_batch == 4
+        assert list(engine.single.inputs[0].get_shape()) == [1, 224, 224, 3] and engine.single.get_property("INFERENCE_NUM_THREADS") == 1
+        assert engine.compiled.inputs[0].get_partial_shape()[0].is_dynamic  # batches of 2..4
+        account = engine.memory()  # both copies' first runs
+        with engine.slot() as slot:
+            one = [slot.infer({"pixels": images[i:i + 1]})["logit"] for i in range(3)]
+            three = slot.infer({"pixels": images})["logit"]
+    np.testing.assert_allclose(np.concatenate(one), three, rtol=1e-3, atol=1e-3)  # two plans of the same graph
+    assert account.weights_bytes > 0 and account.activations_bytes > 0
+    # A graph that only ever runs batch 1 keeps just the fixed-shape copy.
+    with backend.load(str(tmp_path / "g.xml"), msgspec.structs.replace(graph.io, max_batch=1), options) as engine:
+        assert engine.compiled is None and engine.single is not None
+        with engine.slot() as slot:
+            np.testing.assert_allclose(slot.infer({"pixels": images[:1]})["logit"], one[0], rtol=1e-5, atol=1e-5)
+            with pytest.raises(Exception, match="batch of 2"):
+                slot.infer({"pixels": images[:2]})
+
+
+def test_gate_logits_at_batch_one_and_max_batch(tiny_engine_dir):
+    from streetcascade.compile.accuracy_gate import engine_logits, engine_logits_each_batch
+    from streetcascade.manifest import read_manifest
+
+    graph = read_manifest(tiny_engine_dir).stages[0].graphs[0]
+    images = np.random.default_rng(4).integers(0, 256, (6, 224, 224, 3), dtype=np.uint8)
+    one, many = engine_logits_each_batch(tiny_engine_dir / graph.file, graph.io, images)
+    assert graph.io.max_batch > 1 and one.shape == many.shape == (6,)
+    np.testing.assert_allclose(one, many, atol=1e-4)
+    np.testing.assert_allclose(many, engine_logits(tiny_engine_dir / graph.file, graph.io, images), atol=1e-6)
+
+
 def test_damaged_or_missing_weights_are_refused(ov_engine_dir, tmp_path):
     from streetcascade.runtime import load_engine_set
 
@@ -180,17 +229,21 @@ def test_nncf_int8_gated_pass_and_refusal(tmp_path, tiny_dinov3_dir, scenes):
     from streetcascade.compile.accuracy_gate import AccuracyGateFailed
     from streetcascade.compile.pipeline import compile_cascade
     from streetcascade.manifest import read_manifest
+    from streetcascade.runtime import load_engine_set
 
     loose = {"data": str(scenes), "calibration_samples": 8, "validation_samples": 16, "max_flip_rate": 1.0, "max_mcc_drop": 2.0,
              "max_accuracy_drop": 1.0, "max_auc_drop": 1.0}
     dest = compile_cascade(_config(tmp_path, tiny_dinov3_dir, "int8-static", calibration=loose), progress=False)
     graph = read_manifest(dest).stages[0].graphs[0]
     gate = graph.accuracy_gate
-    assert gate.passed and gate.method == "nncf-transformer" and gate.n_calibration == 8 and gate.quantized_nodes > 0
-    assert gate.reference == "openvino-fp32" and _ir_precision(dest / graph.file) == "f32"
+    remainder = "bf16" if _has_bf16() else "f32"  # what NNCF leaves unquantized runs in bf16 where the CPU has it
+    assert gate.passed and gate.method == f"nncf-transformer-{remainder}" and gate.n_calibration == 8 and gate.quantized_nodes > 0
+    assert gate.reference == "openvino-fp32" and _ir_precision(dest / graph.file) == remainder
     from streetcascade.runtime.backends.openvino import core
 
     assert "FakeQuantize" in {op.get_type_name() for op in core().read_model(str(dest / graph.file)).get_ops()}
+    with load_engine_set(dest) as es:  # batch 1 through the fixed-shape copy the gate measured
+        assert es.engines[0].single is not None and es.engines[0].compiled is not None
 
     strict = {**loose, "max_prob_error": 1e-9}
     cfg = _config(tmp_path / "strict", tiny_dinov3_dir, "int8-static", calibration=strict)
