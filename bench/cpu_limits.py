@@ -25,16 +25,32 @@ import numpy as np
 
 from streetcascade.timing import interleaved
 
-# DINOv3 (hidden, layers, patch, registers) of the bench presets.
-VITS = {"vits16": (384, 12, 16, 4), "vitb16": (768, 12, 16, 4)}
+# The models whose work the table prints (any DINOv3 preset of compile/models/dinov3.py counts).
+VITS = ("vits16", "vitb16")
+
+
+def vit_shape(key: str) -> dict[str, int]:
+    """hidden, MLP width, layers, patch and register tokens of a DINOv3 preset."""
+    from streetcascade.compile.models.dinov3 import COMMON, RANDOM_PRESETS
+
+    p = RANDOM_PRESETS[key]
+    return {"d": p["hidden_size"], "mlp": p["intermediate_size"], "layers": p["num_hidden_layers"], "patch": COMMON["patch_size"],
+            "registers": COMMON["num_register_tokens"]}
+
+
+def tokens(key: str, size: int = 224) -> int:
+    v = vit_shape(key)
+    return (size // v["patch"]) ** 2 + 1 + v["registers"]
 
 
 def model_gops(key: str, size: int = 224) -> dict[str, float]:
-    """Giga-ops per image (1 MAC = 2 ops): linear layers, attention MatMuls, patch embedding."""
-    d, layers, patch, registers = VITS[key]
+    """Giga-ops per image (1 MAC = 2 ops): linear layers (QKV and output projections: 4 d^2, MLP:
+    2 d * mlp MACs per token per layer), attention MatMuls (2 n^2 d per layer), patch embedding."""
+    v = vit_shape(key)
+    d, layers, patch = v["d"], v["layers"], v["patch"]
     patches = (size // patch) ** 2
-    n = patches + 1 + registers
-    linear = layers * 12 * d * d * n
+    n = tokens(key, size)
+    linear = layers * (4 * d * d + 2 * d * v["mlp"]) * n
     attention = layers * 2 * n * n * d
     embed = patches * 3 * patch * patch * d
     return {"linear": 2 * linear / 1e9, "attention": 2 * attention / 1e9, "embed": 2 * embed / 1e9,

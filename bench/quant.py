@@ -7,6 +7,8 @@ The DINOv3 backbones are random (real architectures); the head is fitted on synt
 
     python -m bench.quant --models vits16,vitb16 --runs 60 --rounds 6
     python -m bench.quant --models tiny --runs 6 --variants   # + the investigation's variants
+    python -m bench.quant --models vits16 --limits            # + each variant as a fraction of its GEMM limit,
+                                                              #   the limits timed in the same rounds
 
 Every static variant is built by `compile.quantize.build_static`, the builder `compile` runs for
 `precision = "int8-static"`; FP32 and dynamic INT8 by the onnxruntime target, like `compile`;
@@ -23,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
-from bench.cpu_limits import VITS, gemm_fns, kind_of, limit, model_gops
+from bench.cpu_limits import gemm_fns, kind_of, limit, model_gops, tokens, vit_shape
 from streetcascade.timing import interleaved
 
 MODELS = {"vits16": "DINOv3 ViT-S/16 + head", "vitb16": "DINOv3 ViT-B/16 + head", "tiny": "DINOv3 tiny (test size)"}
@@ -213,9 +215,9 @@ def run_quant_bench(models, runs=60, rounds=6, warmup=3, threads=0, n_per_class=
 
             fns = {"torch-eager": eager, **{_label(n): (lambda n=n: slots[n].infer({"pixels": x1})) for n in paths}}
             gemm_ops = {}
-            if limits and key in VITS:  # the GEMM limits timed in the same rounds as the models
-                d = VITS[key][0]
-                for m, k, n in ((1024, 1024, 1024), (201, d, 4 * d)):
+            if limits:  # the GEMM limits timed in the same rounds as the models: square, and the model's MLP shape
+                shape = vit_shape(key)
+                for m, k, n in ((1024, 1024, 1024), (tokens(key), shape["d"], shape["mlp"])):
                     for name, fn in gemm_fns(workdir, threads, m, k, n).items():
                         fns[f"gemm:{name}:{m}x{k}x{n}"] = fn
                         gemm_ops[f"gemm:{name}:{m}x{k}x{n}"] = (name, 2 * m * k * n)

@@ -34,10 +34,16 @@ def test_cpu_limits_counts_and_measures():
 
     g = model_gops("vits16")
     assert abs(g["linear"] - 2 * 12 * 12 * 384**2 * 201 / 1e9) < 1e-9 and 9.0 < g["total"] < 10.0  # ViT-S/16 at 224: ~4.7 GMAC
+    tiny = model_gops("tiny")  # MLP 2x wide, 2 layers: 4 d^2 + 2 d * 128 MACs per token per layer
+    assert abs(tiny["linear"] - 2 * 2 * (4 * 64**2 + 2 * 64 * 128) * 201 / 1e9) < 1e-12
     rows = gemm_table(1, runs=3, shapes=((64, 64, 64),))
     assert {"ort-fp32", "ort-u8s8", "torch-fp32", "torch-bf16"} <= {r["variant"] for r in rows} and all(r["gops"] > 0 for r in rows)
     if importlib.util.find_spec("openvino") and importlib.util.find_spec("nncf"):
         assert {"ov-f32", "ov-u8s8"} <= {r["variant"] for r in rows}
+    from bench.cpu_limits import kind_of, limit
+
+    assert [kind_of(v) for v in ("ort-int8-dynamic", "ov-int8", "ov-bf16", "ov-fp32", "torch-eager")] == ["int8", "int8", "bf16", "fp32", "fp32"]
+    assert limit({"ort-u8s8": 900.0, "ov-u8s8": 1200.0, "torch-bf16": 5000.0}, "int8") == (1200.0, "ov-u8s8")
 
 
 def test_gpu_check_script_parses():

@@ -185,8 +185,12 @@ def test_quant_bench_tiny_runs_side_by_side(capsys):
 
     from streetcascade.machine import cpu_features
 
-    rows = run_quant_bench(["tiny"], runs=2, rounds=1, warmup=1, n_per_class=12)
+    rows = run_quant_bench(["tiny"], runs=2, rounds=1, warmup=1, n_per_class=12, limits=True)
     variants = {r["variant"] for r in rows}
+    # --limits: each variant's GOP/s held against its precision's GEMM limit timed in the same rounds.
+    by = {r["variant"]: r for r in rows}
+    assert by["ort-int8-dynamic"]["limit_of"] in ("ort-u8s8", "ov-u8s8") and by["ort-fp32"]["limit_of"] in ("ort-fp32", "torch-fp32", "ov-f32")
+    assert all(r["of_limit"] > 0 and r["gops"] > 0 for r in rows)
     expected = {"torch-eager", "ort-fp32", "ort-int8-dynamic", "ort-int8-static"}
     if importlib.util.find_spec("openvino") and importlib.util.find_spec("nncf"):  # the OpenVINO rows come along when installed
         expected |= {"ov-fp32", "ov-int8"} | ({"ov-bf16"} if {"avx512_bf16", "amx_bf16"} & set(cpu_features()) else set())
@@ -195,4 +199,5 @@ def test_quant_bench_tiny_runs_side_by_side(capsys):
     assert variants == expected
     static = next(r for r in rows if r["variant"] == "ort-int8-static")
     assert "MatMulIntegerToFloat" in static["ops"] and 0.0 <= static["flips"] <= 1.0
-    assert "| ort-int8-static |" in capsys.readouterr().out.replace("DINOv3 tiny (test size) ", "")
+    out = capsys.readouterr().out
+    assert "| ort-int8-static |" in out.replace("DINOv3 tiny (test size) ", "") and "of the int8 limit (" in out
