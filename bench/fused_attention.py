@@ -1,7 +1,8 @@
 """Does a fused attention op help ONNX Runtime on this CPU? The same model exported twice: as
 `compile` does (attention as MatMul / Softmax / MatMul), and with every
 `scaled_dot_product_attention` exported as ONNX Runtime's `com.microsoft.MultiHeadAttention`
-(rotary applied before it, as the model does); each optimised offline, FP32 and dynamic INT8,
+(rotary applied before it, as the model does; what `attention = "fused"` compiles, via
+compile/fused_attention.py); each optimised offline, FP32 and dynamic INT8,
 timed at batch 1 side by side, outputs compared. Also lists what OpenVINO's CPU plugin makes of
 the plain graph (its RoPE and attention fusions).
 
@@ -22,46 +23,6 @@ import numpy as np
 
 from streetcascade.timing import interleaved
 
-SDPA = "aten::scaled_dot_product_attention"
-OPSET = 17
-
-
-def mha_symbolic(num_heads: int, head_size: int):
-    """TorchScript-exporter symbolic: [B, N, S, H] q/k/v -> MultiHeadAttention on [B, S, N*H]."""
-    import torch
-    from torch.onnx import symbolic_helper as sh
-
-    def sdpa(g, query, key, value, attn_mask=None, dropout_p=0.0, is_causal=False, scale=None, enable_gqa=False):
-        if not sh._is_none(attn_mask) or sh._maybe_get_const(is_causal, "b"):
-            raise RuntimeError("masked or causal attention is not fused here")
-
-        def pack(x):
-            x = g.op("Transpose", x, perm_i=[0, 2, 1, 3])
-            return g.op("Reshape", x, g.op("Constant", value_t=torch.tensor([0, -1, num_heads * head_size], dtype=torch.int64)))
-
-        attrs = {"num_heads_i": num_heads}
-        if not sh._is_none(scale):
-            attrs["scale_f"] = float(sh._maybe_get_const(scale, "f"))
-        out = g.op("com.microsoft::MultiHeadAttention", pack(query), pack(key), pack(value), **attrs)
-        out = g.op("Reshape", out, g.op("Constant", value_t=torch.tensor([0, -1, num_heads, head_size], dtype=torch.int64)))
-        return g.op("Transpose", out, perm_i=[0, 2, 1, 3])
-
-    return sdpa
-
-
-def export_fused(graph, path: Path) -> Path:
-    from torch.onnx import register_custom_op_symbolic, unregister_custom_op_symbolic
-
-    from streetcascade.compile.export import export_graph
-
-    config = next(m.config for m in graph.module.modules() if hasattr(m, "config"))
-    register_custom_op_symbolic(SDPA, mha_symbolic(config.num_attention_heads, config.hidden_size // config.num_attention_heads), OPSET)
-    try:
-        return export_graph(graph, path)
-    finally:
-        unregister_custom_op_symbolic(SDPA, OPSET)
-
-
 def _model(family: str, key: str, layerscale: float):
     from streetcascade.compile.models import get_family
     from streetcascade.config import StageConfig
@@ -74,10 +35,10 @@ def _model(family: str, key: str, layerscale: float):
 
 
 def run(family="dinov3", key="vits16", runs=40, threads=0, layerscale=1.0, out=print) -> dict:
-    import onnx
     import onnxruntime as ort
 
     from streetcascade.compile.export import export_graph
+    from streetcascade.compile.fused_attention import count_fused
     from streetcascade.compile.targets.onnxruntime import optimize_offline, quantize_dynamic_int8
     from streetcascade.machine import physical_cores
     from streetcascade.runtime.classifier import classifier_io
@@ -87,8 +48,8 @@ def run(family="dinov3", key="vits16", runs=40, threads=0, layerscale=1.0, out=p
     io = classifier_io(224, 8)
     result = {}
     with tempfile.TemporaryDirectory(prefix="sc-mha-") as tmp:
-        raws = {"plain": export_graph(graph, Path(tmp) / "plain.onnx"), "fused": export_fused(graph, Path(tmp) / "fused.onnx")}
-        result["fused_ops"] = sum(n.op_type == "MultiHeadAttention" for n in onnx.load(str(raws["fused"])).graph.node)
+        raws = {"plain": export_graph(graph, Path(tmp) / "plain.onnx"), "fused": export_graph(graph, Path(tmp) / "fused.onnx", fused_attention=True)}
+        result["fused_ops"] = count_fused(raws["fused"])
         paths = {}
         for name, raw in raws.items():
             paths[f"{name}-fp32"] = optimize_offline(raw, raw.with_suffix(".opt.onnx"), io)

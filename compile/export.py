@@ -4,6 +4,7 @@ export. No If/Loop/Scan may remain: TensorRT and ORT's symbolic shape inference 
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import warnings
 from pathlib import Path
@@ -29,7 +30,9 @@ def _dynamic_axes(specs: list[TensorSpec]) -> dict[str, dict[int, str]]:
     return {s.name: {i: d for i, d in enumerate(s.shape) if isinstance(d, str)} for s in specs if any(isinstance(d, str) for d in s.shape)}
 
 
-def export_graph(graph: ExportableGraph, path: Path) -> Path:
+def export_graph(graph: ExportableGraph, path: Path, fused_attention: bool = False) -> Path:
+    """`fused_attention`: every scaled_dot_product_attention as ONNX Runtime's MultiHeadAttention
+    (compile/fused_attention.py); refused when the model has none."""
     decl = graph.decl
     if graph.onnx_source is not None:  # already ONNX (e.g. PP-OCR's models): copy it as the "export"
         import shutil
@@ -40,8 +43,14 @@ def export_graph(graph: ExportableGraph, path: Path) -> Path:
     # The TorchScript exporter restores the wrapper's training flag on every submodule
     # afterwards: make sure that flag is eval, or the shared HF model ends up in training mode.
     module = graph.module.eval()
+    if fused_attention and graph.onnx_source is None:
+        from .fused_attention import fused_attention_export
+
+        fusing = fused_attention_export(module, decl.opset)
+    else:
+        fusing = contextlib.nullcontext()
     try:
-        with warnings.catch_warnings():
+        with warnings.catch_warnings(), fusing:
             warnings.simplefilter("ignore")  # TracerWarnings about python ints; shapes are fixed by design
             torch.onnx.export(
                 module,
@@ -54,9 +63,17 @@ def export_graph(graph: ExportableGraph, path: Path) -> Path:
                 dynamic_axes=_dynamic_axes(decl.io.inputs + decl.io.outputs),
                 do_constant_folding=True,
             )
+    except CompileError:
+        raise
     except Exception as exc:
         raise CompileError(f"ONNX export of the {decl.role} graph failed: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}") from exc
     _check_no_control_flow(path)
+    if fused_attention:
+        from .fused_attention import type_fused_outputs
+
+        if not type_fused_outputs(path):
+            raise CompileError(f"attention = \"fused\": the {decl.role} graph has no scaled_dot_product_attention to fuse "
+                               "(a convolutional model, or attention not computed by SDPA)")
     if graph.metadata:
         _set_metadata(path, graph.metadata)
     return path

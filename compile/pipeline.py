@@ -63,8 +63,10 @@ class _Stage:
         raw = self.workdir / f"{stage.name}.{decl.role}.raw.onnx"
         shapes = ", ".join(f"{s.name} {s.dtype}{s.shape}" for s in decl.io.inputs)
         if self.target.needs_onnx and not raw.exists():  # another candidate target (auto) exported it already
-            progress.step(f"{stage.name}: exporting the {decl.role} graph to ONNX (opset {decl.opset}; {shapes})")
-            export_graph(graph, raw)
+            fused = stage.attention == "fused"
+            progress.step(f"{stage.name}: exporting the {decl.role} graph to ONNX (opset {decl.opset}; {shapes})"
+                          + ("; attention as ONNX Runtime's MultiHeadAttention" if fused else ""))
+            export_graph(graph, raw, fused_attention=fused)
         out = self.workdir / f"{stage.name}.{decl.role}.{stage.precision}{self.target.suffix}"
         built = self.target.build(BuildJob(stage, self.config, self.config_path, decl.io, raw, out, progress, graph))
         tolerance = stage.parity_tolerance or parity_gate.DEFAULT_TOLERANCE.get(stage.precision, 1e-2)
@@ -132,7 +134,8 @@ class _Stage:
             input_size=stage.input_size,
             thresholds=stage.thresholds,
             graphs=[self.build_graph(graph) for graph in model.graphs],
-            notes=model.notes + [f"{g.decl.role} input: {g.decl.preprocessing}" for g in model.graphs if g.decl.preprocessing],
+            notes=model.notes + [f"{g.decl.role} input: {g.decl.preprocessing}" for g in model.graphs if g.decl.preprocessing]
+            + (["attention fused: every scaled_dot_product_attention is ONNX Runtime's MultiHeadAttention"] if stage.attention == "fused" else []),
             evidence=(stage.evidence or Vocabulary()) if family.kind == "ocr" else None,
             combine=(stage.combine or LogOddsRule()) if family.kind == "ocr" else None,
         )

@@ -78,6 +78,9 @@ class StageConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     # Decoder stages: tokens their KV cache holds per sequence (0 = the model's default); used
     # by `streetcascade plan` before anything is built.
     max_tokens: Annotated[int, msgspec.Meta(ge=0, le=1 << 20)] = 0
+    # "fused": every scaled_dot_product_attention exported as ONNX Runtime's MultiHeadAttention
+    # contrib op (onnxruntime target only; compile/fused_attention.py). "plain": MatMul/Softmax/MatMul.
+    attention: Literal["plain", "fused"] = "plain"
     # Parity gate: max abs error on probabilities vs. PyTorch; 0 = the precision's default
     # (fp32 1e-4, int8-dynamic 0.15).
     parity_tolerance: Annotated[float, msgspec.Meta(ge=0.0, le=1.0)] = 0.0

@@ -56,8 +56,12 @@ class Target(ABC):
     def build(self, job: BuildJob) -> BuiltGraph: ...
 
     def check_precision(self, stage: StageConfig, device: str = "cpu") -> None:
+        """Can this target build `stage` as configured (precision, attention export)?"""
         if stage.precision not in self.precisions:
             raise CompileError(
                 f"stage {stage.name}: precision {stage.precision!r} is not available for the {self.backend} target "
                 f"(have: {', '.join(self.precisions)})"
             )
+        if stage.attention == "fused" and self.backend != "onnxruntime":
+            raise CompileError(f"stage {stage.name}: attention = \"fused\" exports ONNX Runtime's MultiHeadAttention contrib op, "
+                               f"which the {self.backend} target does not take; use backend = \"onnxruntime\" or attention = \"plain\"")
