@@ -241,7 +241,15 @@ def test_nncf_int8_gated_pass_and_refusal(tmp_path, tiny_dinov3_dir, scenes):
     assert gate.reference == "openvino-fp32" and _ir_precision(dest / graph.file) == remainder
     from streetcascade.runtime.backends.openvino import core
 
-    assert "FakeQuantize" in {op.get_type_name() for op in core().read_model(str(dest / graph.file)).get_ops()}
+    model = core().read_model(str(dest / graph.file))
+    assert "FakeQuantize" in {op.get_type_name() for op in model.get_ops()}
+    # The patch embedding and the head stay float: no FakeQuantize feeds them.
+    from streetcascade.compile.targets.openvino import edge_layers
+
+    edges = [op for op in model.get_ordered_ops() if op.get_friendly_name() in edge_layers(model)]
+    assert [op.get_type_name() for op in edges] == ["Convolution", "MatMul"]
+    for op in edges:
+        assert all(op.input_value(i).get_node().get_type_name() != "FakeQuantize" for i in range(2))
     with load_engine_set(dest) as es:  # batch 1 through the fixed-shape copy the gate measured
         assert es.engines[0].single is not None and es.engines[0].compiled is not None
 
