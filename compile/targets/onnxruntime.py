@@ -52,8 +52,9 @@ def quantize_dynamic_int8(src: Path, dst: Path) -> Path:
 
 
 def _drop_untyped_value_info(path: Path) -> None:
-    """The quantizer writes value_info without a type for contrib-op outputs (fused attention,
-    bench/fused_attention.py), which ONNX Runtime refuses to load; those entries carry nothing."""
+    """The quantizer writes value_info without a type for contrib-op outputs (`attention =
+    "fused"`, compile/fused_attention.py), which ONNX Runtime refuses to load; those entries
+    carry nothing."""
     import onnx
 
     model = onnx.load(str(path))
