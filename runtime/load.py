@@ -98,7 +98,8 @@ def load_engine_set(
         if warmup:  # first runs allocate (arena, kernels): pay for them here, not in a request
             for engine in engines:
                 with engine.slot() as slot:
-                    slot.infer(example_feeds(engine.io, 1))
+                    for batch in engine.warmup_batches():
+                        slot.infer(example_feeds(engine.io, batch))
     except BaseException:
         for engine in engines:
             engine.close()

@@ -155,6 +155,11 @@ class Engine(Closeable, ABC):
         """Key/value metadata stored in the engine file (e.g. an OCR model's character set)."""
         return {}
 
+    def warmup_batches(self) -> tuple[int, ...]:
+        """Batch sizes the loader runs once before serving, so no request pays a first run: one
+        per compiled plan the engine holds (most hold one, used at batch 1 first)."""
+        return (1,)
+
     @abstractmethod
     def memory(self) -> MemoryAccount:
         """What this engine needs at max_batch, measured or read from the library. Backends

@@ -175,6 +175,10 @@ class OvEngine(Engine):
     def slot(self) -> OvSlot:
         return OvSlot(self)
 
+    def warmup_batches(self) -> tuple[int, ...]:
+        # Both plans: the fixed batch-1 copy and the dynamic graph batches of 2..max_batch run on.
+        return (1, self.io.max_batch) if self.single is not None and self.compiled is not None else (1,)
+
     def metadata(self) -> dict[str, str]:
         return dict(self._metadata)
 

@@ -93,7 +93,7 @@ def test_gated_engines_run_batch_one_through_a_fixed_shape_copy(ov_engine_dir, t
     backend = ovb.OpenVinoBackend()
     options = backend.options_for(RuntimeConfig(intra_op_threads=1), "cpu")
     with backend.load(str(ov_engine_dir / graph.file), graph.io, options) as engine:
-        assert engine.single is None  # fp32 engines keep exact f32 kernels: one dynamic graph
+        assert engine.single is None and engine.warmup_batches() == (1,)  # fp32 engines keep exact f32 kernels: one dynamic graph
     # The same IR marked as the target marks its gated (bf16, INT8) engines.
     model = ovb.core().read_model(str(ov_engine_dir / graph.file))
     model.set_rt_info("true", ovb.FIXED_BATCH1_KEY)
@@ -251,7 +251,9 @@ def test_nncf_int8_gated_pass_and_refusal(tmp_path, tiny_dinov3_dir, scenes):
     for op in edges:
         assert all(op.input_value(i).get_node().get_type_name() != "FakeQuantize" for i in range(2))
     with load_engine_set(dest) as es:  # batch 1 through the fixed-shape copy the gate measured
-        assert es.engines[0].single is not None and es.engines[0].compiled is not None
+        engine = es.engines[0]
+        assert engine.single is not None and engine.compiled is not None
+        assert engine.warmup_batches() == (1, 4) and engine.runs == 2  # the loader warmed both plans
 
     strict = {**loose, "max_prob_error": 1e-9}
     cfg = _config(tmp_path / "strict", tiny_dinov3_dir, "int8-static", calibration=strict)
