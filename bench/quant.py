@@ -106,16 +106,15 @@ def _engine_key(label: str) -> str:
 def _openvino_engines(raw: Path, stem: Path, calib: np.ndarray) -> dict[str, Path]:
     """ov-fp32, ov-bf16 (CPUs with bf16), ov-int8 (NNCF on `calib`, the rest in bf16 where the CPU has it): IRs as the
     openvino target writes them (and the backend runs batch 1 through its fixed-shape copy, as the runtime does)."""
-    from streetcascade.compile.targets.openvino import compute_precision, nncf_int8, onnx_metadata, save_ir
+    from streetcascade.compile.targets.openvino import nncf_int8, onnx_metadata, save_gated_ir, save_ir
     from streetcascade.progress import QUIET
     from streetcascade.runtime.backends.openvino import core, has_bf16
 
     meta = onnx_metadata(raw)
     out = {"ov-fp32": save_ir(core().read_model(str(raw)), stem.with_suffix(".ov-fp32.xml"), "f32", meta)}
     if has_bf16():
-        out["ov-bf16"] = save_ir(core().read_model(str(raw)), stem.with_suffix(".ov-bf16.xml"), "bf16", meta, fixed_batch1=True)
-    int8 = nncf_int8(core().read_model(str(raw)), calib, QUIET)
-    out["ov-int8"] = save_ir(int8, stem.with_suffix(".ov-int8.xml"), compute_precision("int8-static"), meta, fixed_batch1=True)
+        out["ov-bf16"] = save_gated_ir(core().read_model(str(raw)), stem.with_suffix(".ov-bf16.xml"), "bf16", meta)
+    out["ov-int8"] = save_gated_ir(nncf_int8(core().read_model(str(raw)), calib, QUIET), stem.with_suffix(".ov-int8.xml"), "int8-static", meta)
     return out
 
 

@@ -43,7 +43,7 @@ def export_graph(graph: ExportableGraph, path: Path, fused_attention: bool = Fal
     # The TorchScript exporter restores the wrapper's training flag on every submodule
     # afterwards: make sure that flag is eval, or the shared HF model ends up in training mode.
     module = graph.module.eval()
-    if fused_attention and graph.onnx_source is None:
+    if fused_attention:
         from .fused_attention import fused_attention_export
 
         fusing = fused_attention_export(module, decl.opset)

@@ -69,6 +69,17 @@ def count_fused(path: Path) -> int:
     return sum(n.op_type == FUSED_OP for n in onnx.load(str(path), load_external_data=False).graph.node)
 
 
+def drop_untyped_value_info(model) -> bool:
+    """Remove value_info entries without a type (contrib-op outputs: they carry nothing, and
+    ONNX Runtime refuses to load a graph with them). True when any was removed."""
+    keep = [v for v in model.graph.value_info if v.type.tensor_type.elem_type != 0]
+    if len(keep) == len(model.graph.value_info):
+        return False
+    del model.graph.value_info[:]
+    model.graph.value_info.extend(keep)
+    return True
+
+
 def type_fused_outputs(path: Path) -> int:
     """Give every MultiHeadAttention output a float type in the graph's value_info: ONNX shape
     inference does not type contrib ops, and ONNX Runtime's static-INT8 calibrator refuses a
@@ -78,10 +89,8 @@ def type_fused_outputs(path: Path) -> int:
 
     model = onnx.load(str(path))
     fused = [n for n in model.graph.node if n.op_type == FUSED_OP]
-    typed = {v.name for v in model.graph.value_info if v.type.tensor_type.elem_type}
-    kept = [v for v in model.graph.value_info if v.type.tensor_type.elem_type]
-    del model.graph.value_info[:]
-    model.graph.value_info.extend(kept)
+    drop_untyped_value_info(model)
+    typed = {v.name for v in model.graph.value_info}
     for node in fused:
         for name in node.output:
             if name and name not in typed:

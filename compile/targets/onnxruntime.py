@@ -57,11 +57,10 @@ def _drop_untyped_value_info(path: Path) -> None:
     carry nothing."""
     import onnx
 
+    from ..fused_attention import drop_untyped_value_info
+
     model = onnx.load(str(path))
-    keep = [v for v in model.graph.value_info if v.type.tensor_type.elem_type != 0]
-    if len(keep) != len(model.graph.value_info):
-        del model.graph.value_info[:]
-        model.graph.value_info.extend(keep)
+    if drop_untyped_value_info(model):
         onnx.save(model, str(path))
 
 

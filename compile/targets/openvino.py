@@ -67,6 +67,12 @@ def save_ir(model, xml: Path, compute: str, metadata: dict[str, str], fixed_batc
     return xml
 
 
+def save_gated_ir(model, xml: Path, precision: str, metadata: dict[str, str]) -> Path:
+    """A bf16 / int8-static engine as the target writes it: its compute precision, and batch 1
+    through a fixed-shape copy (the gate measures both plans)."""
+    return save_ir(model, xml, compute_precision(precision), metadata, fixed_batch1=True)
+
+
 def onnx_metadata(path: Path) -> dict[str, str]:
     import onnx
 
@@ -175,8 +181,8 @@ class OpenVinoTarget(Target):
             n_calibration, method = len(calib), f"nncf-transformer-{compute_precision(stage.precision)}"
             quantized = count_ops(model, ("FakeQuantize",))
         else:
-            quantized = count_ops(model, ("MatMul", "Convolution"))
-        save_ir(model, job.out, compute_precision(stage.precision), metadata, fixed_batch1=True)
+            quantized = count_ops(model, WEIGHTED_OPS)
+        save_gated_ir(model, job.out, stage.precision, metadata)
         # Gated as it runs: batch 1 goes through the fixed-shape copy, larger batches through the
         # dynamic graph; the kernels differ, so both are measured and the worse one is recorded.
         gates = [gate_mod.compare(fp32_logits, quant_logits, val.labels, method=method, n_calibration=n_calibration, limits=cal,

@@ -78,14 +78,16 @@ def check_cpu_features(manifest: Manifest, engine_dir) -> None:
                              "recompile on this machine (`streetcascade compile`)")
 
 
-def first_run_growth(engine: "Engine", used: Callable[[], int]) -> int:
+def first_run_growth(engine: "Engine", used: Callable[[], int], also: tuple[int, ...] = ()) -> int:
     """What the first run at max_batch adds to `used()` (resident memory, or device memory
-    taken): the activations an engine's arena keeps at its peak. Only a fresh engine shows it."""
+    taken): the activations an engine's arena keeps at its peak. Only a fresh engine shows it.
+    `also`: batches that run through another plan of the engine (its own arena), added in."""
     if engine.runs:
         raise InferenceError(f"{engine.path}: memory must be measured before the engine's first run (its arena is already grown)")
     before = used()
     with engine.slot() as slot:
-        slot.infer(example_feeds(engine.io, engine.io.max_batch))
+        for batch in (engine.io.max_batch, *also):
+            slot.infer(example_feeds(engine.io, batch))
     return max(0, used() - before)
 
 

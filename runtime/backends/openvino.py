@@ -24,7 +24,7 @@ from streetcascade.machine import cpu_features, physical_cores, rss_bytes
 from streetcascade.manifest import GraphIO, Manifest, MemoryAccount
 from streetcascade.settings import RuntimeConfig
 
-from .base import Backend, Engine, Slot, check_cpu_features, example_feeds, first_run_growth, has_free_axes, host_bytes
+from .base import Backend, Engine, Slot, check_cpu_features, first_run_growth, has_free_axes, host_bytes
 
 try:
     import openvino as ov
@@ -175,9 +175,13 @@ class OvEngine(Engine):
     def slot(self) -> OvSlot:
         return OvSlot(self)
 
+    @property
+    def two_plans(self) -> bool:
+        """The fixed batch-1 copy and the dynamic graph batches of 2..max_batch run on."""
+        return self.single is not None and self.compiled is not None
+
     def warmup_batches(self) -> tuple[int, ...]:
-        # Both plans: the fixed batch-1 copy and the dynamic graph batches of 2..max_batch run on.
-        return (1, self.io.max_batch) if self.single is not None and self.compiled is not None else (1,)
+        return (1, self.io.max_batch) if self.two_plans else (1,)
 
     def metadata(self) -> dict[str, str]:
         return dict(self._metadata)
@@ -185,13 +189,8 @@ class OvEngine(Engine):
     def memory(self) -> MemoryAccount:
         """Like ONNX Runtime's: the RSS growth of compiling, then of the first run at max_batch."""
         if self._activations_bytes is None:
-            grown = first_run_growth(self, rss_bytes)  # max_batch: the dynamic model where there is one
-            if self.single is not None and self.compiled is not None:  # and the batch-1 copy's own arena
-                before = rss_bytes()
-                with self.slot() as slot:
-                    slot.infer(example_feeds(self.io, 1))
-                grown += max(0, rss_bytes() - before)
-            self._activations_bytes = grown
+            # max_batch through the dynamic graph where there is one, and the batch-1 copy's own arena.
+            self._activations_bytes = first_run_growth(self, rss_bytes, also=(1,) if self.two_plans else ())
         return MemoryAccount(
             device="cpu",
             weights_bytes=self._weights_bytes,
