@@ -62,6 +62,13 @@ class Target(ABC):
                 f"stage {stage.name}: precision {stage.precision!r} is not available for the {self.backend} target "
                 f"(have: {', '.join(self.precisions)})"
             )
+        if stage.attention == "fused":
+            from ..models import get_family
+
+            kind = get_family(stage.family).kind
+            if kind != "classifier":  # OCR graphs: ready-made ONNX (PP-OCR) or masked, causal attention (Florence-2)
+                raise CompileError(f"stage {stage.name}: attention = \"fused\" applies to classifier families (a ViT's attention); "
+                                   f"{stage.family} is an {kind} family")
         if stage.attention == "fused" and self.backend != "onnxruntime":
             raise CompileError(f"stage {stage.name}: attention = \"fused\" exports ONNX Runtime's MultiHeadAttention contrib op, "
                                f"which the {self.backend} target does not take; use backend = \"onnxruntime\" or attention = \"plain\"")

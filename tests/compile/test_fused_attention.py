@@ -102,3 +102,15 @@ def test_unknown_attention_value_is_a_config_error(tmp_path):
 
     with pytest.raises(ConfigError, match="attention"):
         load_config(_config(tmp_path, "random:tiny", attention="flash"))
+
+
+def test_refused_for_ocr_families():
+    """PP-OCR's graphs are ready-made ONNX and Florence-2's attention is masked or causal: the
+    option would otherwise be ignored or fail deep in the export."""
+    from streetcascade.compile.targets import get_target
+    from streetcascade.config import StageConfig
+
+    for family in ("ppocr", "florence2"):
+        stage = StageConfig(name="ocr", family=family, source="random:tiny", attention="fused")
+        with pytest.raises(CompileError, match=f"applies to classifier families.*{family} is an ocr family"):
+            get_target("onnxruntime").check_precision(stage)
