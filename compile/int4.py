@@ -40,9 +40,12 @@ import fnmatch
 import hashlib
 import json
 import logging
+import os
 import shutil
+import tempfile
 from collections import Counter
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Sequence
 
@@ -525,6 +528,11 @@ class AwqLinear:
         z = self.zeros().astype(np.float32)[:, :, None]
         return ((q - z) * self.group_scales()[:, :, None]).reshape(self.out_features, self.in_features)
 
+    @cached_property
+    def weight_hash(self) -> str:
+        """Hash of the exact dequantized weight (computed once: a stage's graphs all look it up)."""
+        return _weight_hash(self.dequantize())
+
 
 def _check_shape(directory, name: str, what: str, found, expected) -> None:
     if tuple(found) != tuple(expected):
@@ -691,7 +699,7 @@ def import_awq(model: "onnx.ModelProto", awq: dict[str, AwqLinear], *, accuracy_
     by_hash: dict[str, list[str]] = {}
     shapes = set()
     for name, layer in awq.items():
-        by_hash.setdefault(_weight_hash(layer.dequantize()), []).append(name)
+        by_hash.setdefault(layer.weight_hash, []).append(name)
         shapes.add((layer.in_features, layer.out_features))
     inits = _initializers(model)
     matched: dict[str, str] = {}  # awq layer -> node
@@ -744,7 +752,7 @@ def import_awq(model: "onnx.ModelProto", awq: dict[str, AwqLinear], *, accuracy_
     _drop_unused_initializers(model)
     _ensure_ms_opset(model)
     previous = int4_report_meta(model).get("awq_layers", 0)
-    _set_report_meta(model, awq_layers=previous + len(matched), awq_unmatched=unmatched)
+    _set_report_meta(model, awq_layers=previous + len(matched), awq_unmatched=unmatched, awq_matched=sorted(matched))
     if unmatched:
         log.warning("import_awq: %d of %d AWQ layers have no MatMul in this graph: %s", len(unmatched), len(awq),
                     ", ".join(unmatched[:8]) + (" ..." if len(unmatched) > 8 else ""))
@@ -760,6 +768,11 @@ def int4_report_meta(model) -> dict:
 def awq_unmatched(model) -> list[str]:
     """AWQ layers `import_awq` found no MatMul for in this graph."""
     return list(int4_report_meta(model).get("awq_unmatched", []))
+
+
+def awq_matched(model) -> list[str]:
+    """AWQ layers `import_awq` put into this graph."""
+    return list(int4_report_meta(model).get("awq_matched", []))
 
 
 def _ensure_ms_opset(model) -> None:
@@ -782,3 +795,131 @@ def save_model(model, path: str | Path) -> Path:
     else:
         onnx.save_model(model, str(path))
     return path
+
+
+# ------------------------------------------------------------------ compile: one stage's graphs
+
+
+def cache_root() -> Path:
+    return Path(os.environ.get("STREETCASCADE_CACHE") or Path.home() / ".cache" / "streetcascade")
+
+
+def float_checkpoint(directory: str | Path) -> Path:
+    """The folder to load a checkpoint's float model from: the folder itself, or for an AutoAWQ
+    checkpoint its dequantized float32 copy (`write_dequantized_checkpoint`), made once under
+    ${STREETCASCADE_CACHE:-~/.cache/streetcascade}/awq-float/ (keyed by the files' names, sizes
+    and times). transformers would otherwise need AutoAWQ's kernels to open it, and the graph
+    must carry the exact dequantized weights for `import_awq` to find them."""
+    directory = Path(directory)
+    if not is_awq_checkpoint(directory):
+        return directory
+    dest = cache_root() / "awq-float" / _fingerprint(directory)
+    if (dest / "config.json").exists():
+        return dest
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}-", dir=dest.parent))
+    try:
+        log.info("dequantizing the AutoAWQ checkpoint %s into %s (float32, for export)", directory, dest)
+        write_dequantized_checkpoint(directory, tmp)
+        os.replace(tmp, dest)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return dest
+
+
+def _fingerprint(directory: Path) -> str:
+    """The folder and its files' names, sizes and modification times (not their contents: a
+    checkpoint is many GB)."""
+    h = hashlib.sha256(str(directory.resolve()).encode())
+    for p in sorted(directory.iterdir()):
+        if p.is_file():
+            st = p.stat()
+            h.update(f"{p.name}:{st.st_size}:{st.st_mtime_ns}".encode())
+    return h.hexdigest()[:20]
+
+
+def awq_checkpoint_of(stage, config_path: Path) -> Path | None:
+    """The stage's source folder when it is an AutoAWQ checkpoint (local, or a hub id already
+    downloaded by the family), else None."""
+    from .models.base import fetch_hub_snapshot, resolve_source
+
+    source = resolve_source(stage.source, config_path)
+    if source.kind == "random":
+        return None
+    directory = Path(fetch_hub_snapshot(source.value) if source.kind == "hub" else source.value)
+    return directory if is_awq_checkpoint(directory) else None
+
+
+_AWQ_CACHE: dict[str, dict[str, AwqLinear]] = {}
+
+
+def _awq_layers(directory: Path) -> dict[str, AwqLinear]:
+    """read_awq_checkpoint once per compile (a stage's graphs share it, and its weight hashes)."""
+    key = _fingerprint(directory)
+    if key not in _AWQ_CACHE:
+        _AWQ_CACHE.clear()
+        _AWQ_CACHE[key] = read_awq_checkpoint(directory)
+    return _AWQ_CACHE[key]
+
+
+@dataclass
+class Int4Graph:
+    path: Path  # the ONNX graph with MatMulNBits (or the float graph, when nothing was converted)
+    report: WeightQuant | None
+    awq_matched: list[str]  # AWQ layers this graph holds
+
+
+def build_int4_onnx(job, dst: Path) -> Int4Graph:
+    """One graph of a `precision = "int4"` stage as an ONNX graph with MatMulNBits: the AutoAWQ
+    source's own ints where its layers are found (and round to nearest for the rest when
+    `awq_rest = "rtn"`), else round to nearest everywhere; `[stages.int4]` settings."""
+    import onnx
+
+    stage, settings = job.stage, job.stage.int4_settings
+    role = f"{job.graph.decl.role} graph" if getattr(job, "graph", None) is not None else job.raw.name
+    awq_dir = awq_checkpoint_of(stage, job.config_path)
+    model = onnx.load(str(job.raw))
+    keep = keep_float_names(settings.keep_float)
+    matched: list[str] = []
+    if awq_dir is not None:
+        layers = _awq_layers(awq_dir)
+        job.progress.step(f"{stage.name}: {role}: importing 4-bit weights from the AutoAWQ checkpoint ({len(layers)} layers, no re-quantization)")
+        model = import_awq(model, layers, accuracy_level=settings.accuracy_level, inplace=True, require_match=False)
+        matched = awq_matched(model)
+        rest = [n for n in float_matmuls(model) if keep is None or not keep(n)]
+        if settings.awq_rest == "rtn" and rest:
+            model = quantize_matmul_nbits(model, block_size=settings.block_size, symmetric=settings.symmetric,
+                                          accuracy_level=settings.accuracy_level, keep_float=keep, inplace=True)
+    else:
+        job.progress.step(f"{stage.name}: {role}: 4-bit weights, round to nearest (block {settings.block_size}, "
+                          f"{'symmetric' if settings.symmetric else 'zero points'}, accuracy_level {settings.accuracy_level})")
+        model = quantize_matmul_nbits(model, block_size=settings.block_size, symmetric=settings.symmetric,
+                                      accuracy_level=settings.accuracy_level, keep_float=keep, inplace=True)
+    report = int4_report(model)
+    if report is None:
+        return Int4Graph(job.raw, None, [])
+    job.progress.step(f"{stage.name}: {role}: {describe(report)}")
+    save_model(model, dst)
+    return Int4Graph(dst, report, matched)
+
+
+def check_awq_stage(stage, config_path: Path, matched: set[str]) -> list[str]:
+    """After every graph of an int4 stage is built: an AutoAWQ source none of whose layers was
+    found in any graph does not belong to the model (error); layers found nowhere are listed
+    (a note for the manifest)."""
+    if stage.precision != "int4":
+        return []
+    awq_dir = awq_checkpoint_of(stage, config_path)
+    if awq_dir is None:
+        return []
+    layers = _awq_layers(awq_dir)
+    missing = [n for n in layers if n not in matched]
+    if not matched:
+        raise CompileError(f"stage {stage.name}: none of the {len(layers)} layers of the AutoAWQ checkpoint {awq_dir} matched a MatMul weight "
+                           f"in the stage's graphs: the checkpoint does not belong to this model; unmatched: "
+                           f"{', '.join(missing[:8])}{' ...' if len(missing) > 8 else ''}")
+    if missing:
+        return [f"int4: {len(missing)} of {len(layers)} AutoAWQ layers are in no graph of this stage (left out): "
+                f"{', '.join(missing[:8])}{' ...' if len(missing) > 8 else ''}"]
+    return [f"int4: all {len(layers)} AutoAWQ layers imported with their own 4-bit codes (no re-quantization)"]

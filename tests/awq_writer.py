@@ -74,11 +74,14 @@ def pack_gemv(layer: RandomAwqLayer) -> dict[str, np.ndarray]:
 
 
 def write_awq_checkpoint(float_dir: Path, out: Path, *, group: int = 128, version: str = "gemm", seed: int = 0,
-                         skip: tuple[str, ...] = ("lm_head",), config_style: str = "transformers") -> dict[str, RandomAwqLayer]:
+                         skip: tuple[str, ...] = ("lm_head",), config_style: str = "transformers", inside: str = ".layers.") -> dict[str, RandomAwqLayer]:
     """An AutoAWQ checkpoint for the float checkpoint in `float_dir`: every 2-D `*.weight` of a
-    Linear inside the decoder layers replaced by random AWQ ints (packed in `version`'s layout),
-    everything else stored in fp16 as AutoAWQ saves it; the quantization config in config.json
-    (`config_style="transformers"`) or AutoAWQ's older quant_config.json. Returns the layers."""
+    Linear inside the transformer blocks (module path containing `inside`) replaced by random
+    AWQ ints (packed in `version`'s layout), everything else stored in fp16 as AutoAWQ saves it;
+    the quantization config in config.json (`config_style="transformers"`) or AutoAWQ's older
+    quant_config.json; other files (a preprocessor config) copied. Returns the layers."""
+    import shutil
+
     from safetensors.numpy import load_file, save_file
 
     rng = np.random.default_rng(seed)
@@ -87,7 +90,7 @@ def write_awq_checkpoint(float_dir: Path, out: Path, *, group: int = 128, versio
     saved, layers = {}, {}
     for name, value in state.items():
         module = name[: -len(".weight")] if name.endswith(".weight") else ""
-        if module and value.ndim == 2 and ".layers." in module and not any(s in module for s in skip):
+        if module and value.ndim == 2 and inside in module and not any(s in module for s in skip):
             out_f, in_f = value.shape
             layer = random_layer(rng, out_f, in_f, in_f if group == -1 else group)
             layers[module] = layer
@@ -97,6 +100,9 @@ def write_awq_checkpoint(float_dir: Path, out: Path, *, group: int = 128, versio
         else:
             saved[name] = value.astype(np.float16) if np.issubdtype(value.dtype, np.floating) else value
     save_file(saved, str(out / "model.safetensors"), metadata={"format": "pt"})
+    for path in float_dir.iterdir():
+        if path.is_file() and path.suffix != ".safetensors" and path.name != "config.json":
+            shutil.copy2(path, out / path.name)
     cfg = json.loads((float_dir / "config.json").read_text())
     cfg["torch_dtype"] = "float16"
     quant = {"quant_method": "awq", "zero_point": True, "group_size": group, "bits": 4, "version": version, "modules_to_not_convert": None}
