@@ -318,3 +318,39 @@ def test_awq_group_not_a_power_of_two_uses_a_dividing_block():
     np.testing.assert_array_equal(int4.dequantize_matmul_nbits(model, node), w)
     x = np.random.default_rng(0).standard_normal((1, 384)).astype(np.float32)
     np.testing.assert_allclose(ort_run(model, {"x": x}), x @ w.T, rtol=1e-5, atol=1e-5)
+
+
+# ------------------------------------------------------------------------------ accuracy gate
+
+
+def _decision_logits(path: Path, feeds: list[dict]) -> np.ndarray:
+    """A yes/no judge's decision logit from the LM graph: log p(yes) - log p(no) over two tokens."""
+    from streetcascade.compile.accuracy_gate import engine_outputs
+    from streetcascade.manifest import GraphIO, TensorSpec
+
+    io = GraphIO(inputs=[TensorSpec("input_ids", ["batch", "seq"], "int64"), TensorSpec("attention_mask", ["batch", "seq"], "int64")],
+                 outputs=[TensorSpec("logits", ["batch", 256], "float32")], max_batch=4, axis_sizes={"seq": 20})
+    logits = engine_outputs(path, io, feeds, "logits", optimize=True)
+    return (logits[:, 65] - logits[:, 66]).astype(np.float64)
+
+
+def test_accuracy_gate_takes_an_int4_engine_against_fp32(awq, lm, tmp_path):
+    """The same gate as INT8's: an AWQ import with float activations flips nothing; a lossy
+    round-to-nearest engine is refused under tight limits, naming int4."""
+    from streetcascade.compile import accuracy_gate as gate
+    from streetcascade.config import CalibrationConfig
+
+    feeds = [lm_feeds(batch=4, seed=s) for s in range(8)]
+    labels = np.random.default_rng(0).integers(0, 2, 32)
+    float_graph = onnx.load(str(awq["graph"]))
+    fp32 = _decision_logits(awq["graph"], feeds)
+    exact = int4.save_model(int4.import_awq(float_graph, int4.read_awq_checkpoint(awq["dir"]), accuracy_level=0), tmp_path / "awq.onnx")
+    g = gate.compare(fp32, _decision_logits(exact, feeds), labels, method="int4-awq", n_calibration=0, limits=CalibrationConfig(),
+                     quantized_nodes=N_LINEAR, reference="onnxruntime-fp32")
+    assert g.passed and g.flip_rate == 0 and g.max_abs_prob_error < 1e-5
+    rtn = int4.save_model(int4.quantize_matmul_nbits(float_graph, block_size=128), tmp_path / "rtn.onnx")
+    tight = CalibrationConfig(max_flip_rate=0.0, max_prob_error=1e-3)
+    g = gate.compare(fp32, _decision_logits(rtn, feeds), labels, method="int4-rtn-b128", n_calibration=0, limits=tight, quantized_nodes=N_LINEAR + 1)
+    violations = gate.check(g)
+    assert not g.passed and any("max probability error" in v for v in violations)
+    assert "s: int4 engine refused by the accuracy gate" in gate.failure_message("s", g, violations, precision="int4")
