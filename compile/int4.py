@@ -588,42 +588,73 @@ def read_awq_checkpoint(directory: str | Path) -> dict[str, AwqLinear]:
     return layers
 
 
-def dequantized_state_dict(directory: str | Path, dtype=np.float32) -> dict[str, np.ndarray]:
-    """The checkpoint as a float state dict: each AWQ layer's qweight/qzeros/scales become
-    `<module>.weight` (its exact dequantized float32 weight); every other tensor (embeddings,
-    norms, biases, an unquantized head or vision tower) passes through, floats cast to `dtype`
-    (None: as stored; bf16 comes back as float32). `model.load_state_dict({k:
-    torch.from_numpy(v)})` on a float model of the same config then loads it."""
-    directory = Path(directory)
+def _dequantized_items(directory: Path, dtype=np.float32):
+    """(name, float array) for the whole checkpoint, one tensor at a time (see
+    `dequantized_state_dict`)."""
     layers = read_awq_checkpoint(directory)
     tensors = _open_tensors(directory)
     awq_parts = {f"{p}.{part}" for p in layers for part in ("qweight", "qzeros", "scales")}
-    state: dict[str, np.ndarray] = {}
+    for prefix in layers:
+        if f"{prefix}.weight" in tensors:
+            raise CompileError(f"{directory}: {prefix} has both a float weight and AWQ qweight")
     for name, st in tensors.items():
         if name in awq_parts:
             continue
         value = st.get(name)
         if dtype is not None and np.issubdtype(value.dtype, np.floating):
             value = value.astype(dtype)
-        state[name] = np.array(value)  # a copy: no view of the memory map
+        yield name, np.array(value)  # a copy: no view of the memory map
     for prefix, layer in layers.items():
-        if f"{prefix}.weight" in state:
-            raise CompileError(f"{directory}: {prefix} has both a float weight and AWQ qweight")
-        state[f"{prefix}.weight"] = layer.dequantize()
-    return state
+        yield f"{prefix}.weight", layer.dequantize()
 
 
-def write_dequantized_checkpoint(directory: str | Path, out_dir: str | Path) -> Path:
+def dequantized_state_dict(directory: str | Path, dtype=np.float32) -> dict[str, np.ndarray]:
+    """The checkpoint as a float state dict: each AWQ layer's qweight/qzeros/scales become
+    `<module>.weight` (its exact dequantized float32 weight); every other tensor (embeddings,
+    norms, biases, an unquantized head or vision tower) passes through, floats cast to `dtype`
+    (None: as stored; bf16 comes back as float32). `model.load_state_dict({k:
+    torch.from_numpy(v)})` on a float model of the same config then loads it. All in memory:
+    `write_dequantized_checkpoint` streams a large checkpoint to disk instead."""
+    return dict(_dequantized_items(Path(directory), dtype))
+
+
+SHARD_BYTES = 2 * 2**30
+
+
+def write_dequantized_checkpoint(directory: str | Path, out_dir: str | Path, shard_bytes: int = SHARD_BYTES) -> Path:
     """A float32 copy of an AutoAWQ checkpoint that transformers' `from_pretrained` loads as an
     ordinary float model (config.json without its quantization_config, weights from
-    `dequantized_state_dict`, tokenizer and processor files copied): what a family exports, and
-    what `import_awq` then matches the graph's weights against."""
+    `dequantized_state_dict` in safetensors shards of at most `shard_bytes` with the usual
+    index, so memory stays near one shard; tokenizer and processor files copied): what a family
+    exports, and what `import_awq` then matches the graph's weights against. Float32 is 8x the
+    AWQ file on disk (a 7B model: ~30 GB)."""
     from safetensors.numpy import save_file
 
     directory, out_dir = Path(directory), Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    state = dequantized_state_dict(directory)
-    save_file(state, str(out_dir / "model.safetensors"), metadata={"format": "pt", "dequantized_from": "autoawq"})
+    meta = {"format": "pt", "dequantized_from": "autoawq"}
+    shards: list[dict[str, np.ndarray]] = [{}]
+    written: list[tuple[str, list[str]]] = []
+    size, total = 0, 0
+
+    def flush(final: bool) -> None:
+        nonlocal size
+        if shards[-1]:
+            name = "model.safetensors" if final and not written else f"model-{len(written) + 1:05d}.safetensors"
+            save_file(shards[-1], str(out_dir / name), metadata=meta)
+            written.append((name, list(shards[-1])))
+        shards[-1], size = {}, 0
+
+    for name, value in _dequantized_items(directory):
+        if size and size + value.nbytes > shard_bytes:
+            flush(False)
+        shards[-1][name] = value
+        size += value.nbytes
+        total += value.nbytes
+    flush(True)
+    if len(written) > 1 or written[0][0] != "model.safetensors":
+        index = {"metadata": {"total_size": total}, "weight_map": {t: f for f, names in written for t in names}}
+        (out_dir / "model.safetensors.index.json").write_text(json.dumps(index, indent=2) + "\n", encoding="utf-8")
     skip = {"config.json", "quant_config.json", "model.safetensors.index.json"}
     for path in directory.iterdir():
         if path.is_file() and path.suffix != ".safetensors" and path.name not in skip and path.suffix not in (".bin", ".pt", ".pth"):

@@ -354,3 +354,11 @@ def test_accuracy_gate_takes_an_int4_engine_against_fp32(awq, lm, tmp_path):
     violations = gate.check(g)
     assert not g.passed and any("max probability error" in v for v in violations)
     assert "s: int4 engine refused by the accuracy gate" in gate.failure_message("s", g, violations, precision="int4")
+
+
+def test_dequantized_checkpoint_in_shards_loads_the_same(awq, lm, tmp_path):
+    """A large checkpoint is written in shards (bounded memory) with the index transformers reads."""
+    out = int4.write_dequantized_checkpoint(awq["dir"], tmp_path / "sharded", shard_bytes=1 << 20)
+    shards = sorted(p.name for p in out.glob("*.safetensors"))
+    assert len(shards) > 2 and (out / "model.safetensors.index.json").exists()
+    np.testing.assert_array_equal(torch_logits(out, lm["feeds"]), torch_logits(awq["float_dir"], lm["feeds"]))
