@@ -260,14 +260,7 @@ def _nbytes(tensor) -> int:
 
 
 def describe(report: WeightQuant | None) -> str:
-    if report is None:
-        return "no 4-bit weights"
-    ratio = report.bytes_before / max(1, report.bytes_after)
-    src = f", {report.awq_layers} from the AWQ checkpoint" if report.awq_layers else ""
-    return (f"{report.converted} MatMul(s) to 4-bit ({report.method}, block {report.block_size}, "
-            f"{'symmetric' if report.symmetric else 'zero points'}, accuracy_level {report.accuracy_level}{src}): "
-            f"{report.bytes_before / 2**20:.1f} MiB -> {report.bytes_after / 2**20:.1f} MiB ({ratio:.1f}x); "
-            f"{len(report.kept_float)} kept float")
+    return "no 4-bit weights" if report is None else report.summary()
 
 
 # -------------------------------------------------------------------- round to nearest (ORT)

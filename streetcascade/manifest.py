@@ -155,6 +155,14 @@ class WeightQuant(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     bytes_before: int = 0  # the converted weights in float32
     bytes_after: int = 0  # the same as 4-bit codes + scales + zero points
 
+    def summary(self) -> str:
+        ratio = self.bytes_before / max(1, self.bytes_after)
+        src = f", {self.awq_layers} from the AWQ checkpoint" if self.awq_layers else ""
+        return (f"{self.converted} MatMul(s) to {self.bits}-bit ({self.method}, block {self.block_size}, "
+                f"{'symmetric' if self.symmetric else 'zero points'}, accuracy_level {self.accuracy_level}{src}): "
+                f"{self.bytes_before / 2**20:.1f} MiB -> {self.bytes_after / 2**20:.1f} MiB ({ratio:.1f}x); "
+                f"{len(self.kept_float)} kept float")
+
 
 class GraphEntry(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     role: str  # what the graph does in its stage: "classifier" for stage-1 graphs

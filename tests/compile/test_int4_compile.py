@@ -147,3 +147,12 @@ def test_int4_table_without_int4_precision_is_a_config_error(tmp_path):
     cfg = write_config(tmp_path / "c.toml", [{"name": "s", "family": "dinov3", "source": "random:vits16", "int4": {"block_size": 32}}], tmp_path / "e")
     with pytest.raises(ConfigError, match=r"an int4 table is set but precision is 'fp32'"):
         load_config(cfg)
+
+
+def test_info_shows_the_4bit_weights(tmp_path, tiny_dinov3_dir, capsys):
+    from streetcascade.cli import main
+
+    out = _compile(tmp_path, {"family": "dinov3", "source": str(tiny_dinov3_dir), "precision": "int4"})
+    assert main(["info", "--engines", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert "weights   13 MatMul(s) to 4-bit (rtn, block 128, symmetric, accuracy_level 4)" in text
