@@ -32,7 +32,7 @@ from streetcascade.evidence import LogOddsRule, Vocabulary
 from streetcascade.settings import Probability, RuntimeConfig, StageThresholds
 from streetcascade.structs import load_toml
 
-# What a target can build is its own list (Target.precisions); bf16, fp8 and int4 are planned
+# What a target can build is its own list (Target.precisions); bf16, fp8 and int4 are also planned
 # (`streetcascade plan`) before a target builds them.
 Precision = Literal["fp32", "fp16", "bf16", "fp8", "int8-dynamic", "int8-static", "int4"]
 # Precisions whose engines pass the accuracy gate (flips, MCC, accuracy, AUC vs the FP32 engine
