@@ -165,15 +165,21 @@ def read_awq_config(directory: str | Path) -> AwqConfig:
 
 
 def is_awq_checkpoint(directory: str | Path) -> bool:
-    """True when the folder holds an AutoAWQ checkpoint (by its config, not by guessing)."""
+    """True when the folder holds an AutoAWQ checkpoint (by its config, not by guessing): an
+    unreadable config.json is the family's loader's to report, not a sign of AWQ."""
     directory = Path(directory)
     if not directory.is_dir():
         return False
+    if (directory / "quant_config.json").exists():
+        return True
     try:
-        read_awq_config(directory)
-    except CompileError as exc:
-        return "not an AutoAWQ checkpoint" not in str(exc)  # an AWQ checkpoint we cannot read: say so later, loudly
-    return True
+        cfg = json.loads((directory / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    if not isinstance(cfg, dict):
+        return False
+    qc = cfg.get("quantization_config") or (cfg.get("text_config") or {}).get("quantization_config")
+    return isinstance(qc, dict) and str(qc.get("quant_method", "")).lower() == "awq"
 
 
 def _read_json(path: Path) -> dict:

@@ -182,11 +182,23 @@ def test_awq_checkpoint_of_another_model_is_refused(awq, lm, tmp_path):
 
 
 def test_awq_layers_missing_from_the_graph_are_reported(awq, caplog):
+    import logging
+
     layers = dict(int4.read_awq_checkpoint(awq["dir"]))
     extra = random_layer(np.random.default_rng(5), 64, 256, 128)
     packed = pack_gemm(extra)
     layers["visual.blocks.0.mlp.fc1"] = int4.AwqLinear("visual.blocks.0.mlp.fc1", packed["qweight"], packed["qzeros"], packed["scales"], 128, "gemm", 256, 64)
-    model = int4.import_awq(onnx.load(str(awq["graph"])), layers, accuracy_level=0)
+    # Straight onto the module's logger, enabled: an earlier test's logging setup (a CLI run, a
+    # library's dictConfig) may have stopped propagation above it or disabled it.
+    logger = logging.getLogger(int4.__name__)
+    logger.addHandler(caplog.handler)
+    caplog.set_level(logging.WARNING, logger=int4.__name__)
+    disabled, logger.disabled = logger.disabled, False
+    try:
+        model = int4.import_awq(onnx.load(str(awq["graph"])), layers, accuracy_level=0)
+    finally:
+        logger.removeHandler(caplog.handler)
+        logger.disabled = disabled
     assert int4.awq_unmatched(model) == ["visual.blocks.0.mlp.fc1"]
     assert int4.int4_report(model).awq_layers == N_LINEAR
     assert "visual.blocks.0.mlp.fc1" in caplog.text
