@@ -11,6 +11,9 @@
 #include <vector>
 
 #include "jpeg_cpu.hpp"
+#ifdef STREETCASCADE_WITH_CUDA
+#include "nvjpeg_frontend.hpp"
+#endif
 
 namespace nb = nanobind;
 using namespace nb::literals;
@@ -133,5 +136,41 @@ NB_MODULE(_native, m) {
           "Pillow-exact BILINEAR resize of an HxWx3 uint8 array into out[size, size, 3].");
     nb::dict info;
     info["jpeg"] = sc::libjpeg_version();
+#ifdef STREETCASCADE_WITH_CUDA
+    // GPU backends: decode + resize straight into an engine's device input buffer (a raw
+    // device pointer, e.g. runtime.cuda.DeviceBuffer.ptr), on the slot's stream.
+    nb::class_<sc::gpu::FrontEnd>(m, "GpuFrontEnd")
+        .def("__init__", [](sc::gpu::FrontEnd* self, uintptr_t stream) {
+            try {
+                new (self) sc::gpu::FrontEnd(reinterpret_cast<void*>(stream));
+            } catch (const std::exception& exc) {
+                throw nb::value_error(exc.what());
+            }
+        }, "stream"_a)
+        .def("decode_resize_into", [](sc::gpu::FrontEnd& fe, nb::bytes data, uintptr_t device_ptr, int size, int64_t max_pixels,
+                                      int min_side, int pass_order) {
+            sc::Limits limits = make_limits(max_pixels, min_side, 500, pass_order);
+            const auto* ptr = static_cast<const uint8_t*>(data.data());
+            const size_t n = data.size();
+            sc::Result r;
+            {
+                nb::gil_scoped_release release;
+                r = fe.decode_resize(ptr, n, reinterpret_cast<uint8_t*>(device_ptr), static_cast<size_t>(size) * 3, size, limits);
+            }
+            return status_of(r);
+        }, "data"_a, "device_ptr"_a, "size"_a, "max_pixels"_a, "min_side"_a, "pass_order"_a)
+        .def("synchronize", [](sc::gpu::FrontEnd& fe) {
+            nb::gil_scoped_release release;
+            fe.synchronize();
+        });
+    m.def("gpu_available", []() {
+        std::string why;
+        bool ok = sc::gpu::available(why);
+        return nb::make_tuple(ok, why);
+    });
+    info["nvjpeg"] = sc::gpu::nvjpeg_version();
+#else
+    info["nvjpeg"] = "";
+#endif
     m.attr("INFO") = info;
 }
