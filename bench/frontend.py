@@ -72,8 +72,10 @@ def make_paths() -> tuple[dict, list[str]]:
     """name -> fn(data, out) writing one 224 x 224 RGB image into `out`; and notes on skipped paths."""
     from PIL import Image
 
+    from streetcascade.runtime import frontend
     from streetcascade.runtime.images import decode_image, resize_to
 
+    frontend.native_module()  # settle the choice before python_path swaps it out per call
     notes = []
 
     def pil_resize(rgb: np.ndarray, out: np.ndarray) -> None:
@@ -83,7 +85,12 @@ def make_paths() -> tuple[dict, list[str]]:
             out[...] = np.asarray(Image.fromarray(rgb).resize((SIZE, SIZE), Image.BILINEAR))
 
     def python_path(data, out):
-        out[...] = resize_to(decode_image(data, draft_size=SIZE), SIZE)
+        # PIL only, as without the extension (decode_image would take the native path when built).
+        saved, frontend._module = frontend._module, None
+        try:
+            out[...] = resize_to(decode_image(data, draft_size=SIZE), SIZE)
+        finally:
+            frontend._module = saved
 
     def pil_draft(data, out):
         img = Image.open(io.BytesIO(data))
@@ -146,12 +153,13 @@ def make_paths() -> tuple[dict, list[str]]:
     except ImportError:
         notes.append("opencv not installed: no simplejpeg+cv2 row")
 
-    from streetcascade.runtime import frontend
-
     native = frontend.native_module()
     if native is not None:
+        order = frontend._pass_order()
+
         def native_path(data, out):
-            status, message = native.decode_resize_into(data, out, 64_000_000, 1, 500, 0)
+            status, message = native.decode_resize_into(data, out, 64_000_000, 1, frontend.MAX_SCANS,
+                                                        frontend.SCALE_SMALLEST_AT_LEAST, order)
             if status:
                 raise RuntimeError(message)
 
@@ -191,7 +199,8 @@ def run(set_names=("validator", "samples", "photo"), runs: int = 30, threads: in
             threaded[f"{name}"] = on_threads
         if native is not None:
             def native_batch(buf=batch["native"]):
-                for status, message in native.decode_resize_batch(blobs, buf, threads, 64_000_000, 1, 500, 0):
+                for status, message in native.decode_resize_batch(blobs, buf, threads, 64_000_000, 1, frontend.MAX_SCANS,
+                                                                  frontend.SCALE_SMALLEST_AT_LEAST, frontend._pass_order()):
                     if status:
                         raise RuntimeError(message)
 
