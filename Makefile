@@ -6,7 +6,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: demo test bench setup clean-engines gpu-wheelhouse native-test
+.PHONY: demo test bench setup clean-engines gpu-wheelhouse
 
 $(STAMP): pyproject.toml constraints-cpu.txt
 	$(PY) -m venv $(VENV)
@@ -25,12 +25,6 @@ demo: $(STAMP)
 # pytest exits 5 when it collects no test: that is not a failure of the code under test.
 test: $(STAMP)
 	$(BIN)/python -m pytest; rc=$$?; if [ $$rc -eq 5 ]; then echo "pytest collected no tests"; rc=0; fi; exit $$rc
-
-# The native front end's C++ core and its ctest tests, without Python (CMakeLists.txt).
-native-test:
-	cmake -S . -B build/native-test -DCMAKE_BUILD_TYPE=Release -DSTREETCASCADE_WITH_CUDA=$${STREETCASCADE_WITH_CUDA:-AUTO} >/dev/null
-	cmake --build build/native-test --parallel 2
-	ctest --test-dir build/native-test --output-on-failure
 
 bench: $(STAMP)
 	$(BIN)/python -m bench.stage1 --models vits16,vitb16 --batch 1,8 --markdown

@@ -1,5 +1,7 @@
 """The image front end, side by side in one run: JPEG bytes -> 224 x 224 RGB uint8 written into
-a preallocated [N, 224, 224, 3] batch (the engine's input layout), per path:
+a preallocated [N, 224, 224, 3] batch (the engine's input layout), per path. (Issue 20 measured a
+native front end, libjpeg-turbo + Pillow-exact resize fused into the batch, against these rows
+and removed it: docs/benchmarks.md, "Native image front end".)
 
   python path     runtime/images.py today: decode_image(draft_size=224) (PIL, limits) + resize_to
   PIL draft       Image.draft (DCT scaling 1/2, 1/4, 1/8) + Image.resize(BILINEAR)
@@ -7,13 +9,12 @@ a preallocated [N, 224, 224, 3] batch (the engine's input layout), per path:
                   when no resize is needed) + Image.resize(BILINEAR): the same pixels as PIL's resize
   PyTurboJPEG     decode(scaling_factor: smallest M/8 at least 224) + Image.resize(BILINEAR)
   simplejpeg+cv2  as simplejpeg, but cv2.resize(INTER_AREA): the fastest library pair, other pixels
-  native          streetcascade._native (libjpeg-turbo, M/8 DCT scaling, Pillow-exact resize fused
-                  into the batch slot, GIL released); skipped when the extension is not built
 
 Single image: one thread decodes the set image after image. Batch: the set on 2 threads (a
-ThreadPoolExecutor for the library paths; the native batch call runs its own threads).
+ThreadPoolExecutor).
 
-    python -m bench.frontend [--runs 30] [--sets validator,samples,photo] [--markdown]
+    pip install -e '.[bench]'       (simplejpeg, PyTurboJPEG 1.x; PyTurboJPEG also needs Debian's libturbojpeg0)
+    python -m bench.frontend [--runs 30] [--sets validator,samples,photo]
 
 Inputs are made from samples/*.jpg: "validator" = centre square crop resized to 224 x 224 saved
 at PIL's default quality 75 (as the validators send); "samples" = the 320 x 240 files as they
@@ -72,10 +73,8 @@ def make_paths() -> tuple[dict, list[str]]:
     """name -> fn(data, out) writing one 224 x 224 RGB image into `out`; and notes on skipped paths."""
     from PIL import Image
 
-    from streetcascade.runtime import frontend
     from streetcascade.runtime.images import decode_image, resize_to
 
-    frontend.native_module()  # settle the choice before python_path swaps it out per call
     notes = []
 
     def pil_resize(rgb: np.ndarray, out: np.ndarray) -> None:
@@ -85,12 +84,7 @@ def make_paths() -> tuple[dict, list[str]]:
             out[...] = np.asarray(Image.fromarray(rgb).resize((SIZE, SIZE), Image.BILINEAR))
 
     def python_path(data, out):
-        # PIL only, as without the extension (decode_image would take the native path when built).
-        saved, frontend._module = frontend._module, None
-        try:
-            out[...] = resize_to(decode_image(data, draft_size=SIZE), SIZE)
-        finally:
-            frontend._module = saved
+        out[...] = resize_to(decode_image(data, draft_size=SIZE), SIZE)
 
     def pil_draft(data, out):
         img = Image.open(io.BytesIO(data))
@@ -153,19 +147,6 @@ def make_paths() -> tuple[dict, list[str]]:
     except ImportError:
         notes.append("opencv not installed: no simplejpeg+cv2 row")
 
-    native = frontend.native_module()
-    if native is not None:
-        order = frontend._pass_order()
-
-        def native_path(data, out):
-            status, message = native.decode_resize_into(data, out, 64_000_000, 1, frontend.MAX_SCANS,
-                                                        frontend.SCALE_SMALLEST_AT_LEAST, order)
-            if status:
-                raise RuntimeError(message)
-
-        paths["native"] = native_path
-    else:
-        notes.append(f"native front end not built: {frontend.describe()}")
     return paths, notes
 
 
@@ -175,9 +156,6 @@ LIBRARY_PATHS = ("PIL draft", "simplejpeg", "PyTurboJPEG", "simplejpeg+cv2 (othe
 def run(set_names=("validator", "samples", "photo"), runs: int = 30, threads: int = 2, out=print) -> list[dict]:
     sets = make_sets(list(set_names))
     paths, notes = make_paths()
-    from streetcascade.runtime import frontend
-
-    native = frontend.native_module()
     pool = ThreadPoolExecutor(max_workers=threads)
     rows = []
     for set_name, blobs in sets.items():
@@ -196,22 +174,13 @@ def run(set_names=("validator", "samples", "photo"), runs: int = 30, threads: in
             def on_threads(fn=fn, buf=batch[name]):
                 list(pool.map(lambda i: fn(blobs[i], buf[i]), range(n)))
 
-            threaded[f"{name}"] = on_threads
-        if native is not None:
-            def native_batch(buf=batch["native"]):
-                for status, message in native.decode_resize_batch(blobs, buf, threads, 64_000_000, 1, frontend.MAX_SCANS,
-                                                                  frontend.SCALE_SMALLEST_AT_LEAST, frontend._pass_order()):
-                    if status:
-                        raise RuntimeError(message)
-
-            threaded["native batch call"] = native_batch
+            threaded[name] = on_threads
         for mode, fns in (("single", single), (f"batch ({threads} threads)", threaded)):
             per_run = max(3, runs // (4 if set_name == "photo" else 1))
             times = interleaved(fns, runs=per_run, warmup=2, rounds=3)
             for name, ms in times.items():
                 med, p99 = summary(ms / n)
-                key = "native" if name == "native batch call" else name
-                diff = np.abs(batch[key].astype(np.int16) - reference.astype(np.int16))
+                diff = np.abs(batch[name].astype(np.int16) - reference.astype(np.int16))
                 rows.append({"set": set_name, "mode": mode, "path": name, "images": n, "median_ms": med, "p99_ms": p99,
                              "max_diff": int(diff.max()), "mean_diff": float(diff.mean())})
     pool.shutdown()
@@ -241,16 +210,6 @@ def _print(rows, notes, sets, runs, out) -> None:
         vs_best = f"{best['median_ms'] / r['median_ms']:.2f}" if best else "-"
         out(f"| {r['set']} | {r['mode']} | {r['path']} | {r['median_ms']:.3f} | {r['p99_ms']:.3f} | "
             f"{base['median_ms'] / r['median_ms']:.2f} | {vs_best} | {r['max_diff']} / {r['mean_diff']:.3f} |")
-    natives = [r for r in rows if r["path"] in ("native", "native batch call")]
-    if natives:
-        out("native vs the fastest library path with the same pixels (and vs the fastest of all, cv2's other pixels included):")
-        for set_name in sets:
-            for mode in sorted({r["mode"] for r in natives}):
-                mine = min((r for r in natives if r["set"] == set_name and r["mode"] == mode), key=lambda r: r["median_ms"])
-                same = _best_library(rows, set_name, mode, same_pixels=True)
-                anyp = _best_library(rows, set_name, mode, same_pixels=False)
-                out(f"  {set_name:9s} {mode:18s} native {mine['median_ms']:.3f} ms ({mine['path']}): "
-                    f"{same['median_ms'] / mine['median_ms']:.2f}x {same['path']}, {anyp['median_ms'] / mine['median_ms']:.2f}x {anyp['path']}")
     for note in notes:
         out(f"note: {note}")
 

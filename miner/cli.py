@@ -162,9 +162,6 @@ def cmd_serve(args: argparse.Namespace) -> int:
         t0 = time.perf_counter()
         cascade, close = build_cascade(cfg)
         log.info("cascade ready in %.2f s: stages %s", time.perf_counter() - t0, [s.name for s in cascade.stages])
-        from streetcascade.runtime import frontend
-
-        log.info("image front end: %s", frontend.describe())
         try:
             server = build_server(cfg, cascade, hotkeys)
             try:

@@ -252,20 +252,9 @@ def _check_natix(cfg: MinerConfig) -> Check:
     return Check("natix model repo", OK, cfg.natix.model_repo)
 
 
-def _check_frontend() -> Check:
-    """Which path decodes the validators' JPEGs: informational, both are correct."""
-    from streetcascade.runtime import frontend
-
-    try:
-        return Check("image front end", OK, frontend.describe())
-    except StreetcascadeError as exc:  # STREETCASCADE_FRONTEND=native without the extension
-        return Check("image front end", FAIL, str(exc), "reinstall with a C++ compiler and libjpeg-turbo headers, or unset STREETCASCADE_FRONTEND")
-
-
 def run_doctor(cfg: MinerConfig, ntp_server: str = "pool.ntp.org", timeout_s: float = 3.0) -> list[Check]:
     checks, ss58 = _check_hotkeys(cfg)
     checks += _check_engine(cfg)
-    checks.append(_check_frontend())
     chain_checks, announced = _check_chain(cfg, ss58)
     checks += _check_ports(cfg, ss58, announced, timeout_s)
     checks += chain_checks

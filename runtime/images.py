@@ -3,9 +3,6 @@
 Two phases: `decode_image` turns bytes (JPEG/PNG/WebP/..., any mode) into an HxWx3 uint8
 array after checking compressed size and pixel count *before* decoding pixels (the
 decompression-bomb guard); `resize_to` brings it to a model's square input size.
-
-JPEGs go through the native front end when it was built (runtime/frontend.py: the same
-pixels, faster, GIL released); everything else, and every JPEG it cannot take, through PIL.
 """
 
 from __future__ import annotations
@@ -18,8 +15,6 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from streetcascade.errors import BadInput, ImageTooLarge
-
-from . import frontend
 
 # What counts as an image file when walking a folder (CLI, parity images, datasets).
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"})
@@ -57,9 +52,6 @@ def decode_image(data: bytes, limits: ImageLimits = DEFAULT_LIMITS, draft_size: 
         raise BadInput("image is empty (0 bytes)")
     if len(data) > limits.max_bytes:
         raise ImageTooLarge(f"image is {len(data)} bytes, over the limit of {limits.max_bytes}")
-    rgb = frontend.decode_jpeg(data, limits, draft_size)
-    if rgb is not None:
-        return rgb
     try:
         with warnings.catch_warnings():
             # PIL warns about odd files (corrupt EXIF, truncated chunks): from untrusted bytes
@@ -120,7 +112,4 @@ def resize_to(rgb: np.ndarray, size: int) -> np.ndarray:
         raise BadInput(f"expected an HxWx3 uint8 RGB array, got shape {rgb.shape} dtype {rgb.dtype}")
     if rgb.shape[0] == size and rgb.shape[1] == size:
         return rgb
-    out = frontend.resize(rgb, size)
-    if out is not None:
-        return out
     return np.asarray(Image.fromarray(rgb).resize((size, size), Image.BILINEAR), dtype=np.uint8)

@@ -143,10 +143,9 @@ def _iter_inputs(paths: list[str]):
 
 
 def cmd_classify(args) -> int:
-    from streetcascade.runtime import ImageLimits, decode_image, frontend
+    from streetcascade.runtime import ImageLimits, decode_image
 
     config, engine_set = _load_for_config(args)
-    log.info("image front end: %s", frontend.describe())
     deadline_ms = args.deadline_ms or (config.runtime.deadline_ms if config else None)
     limits = ImageLimits(max_pixels=args.max_pixels) if args.max_pixels else ImageLimits()
     placeholders = engine_set.placeholder_stages
@@ -246,9 +245,6 @@ def cmd_info(args) -> int:
             print(f"  note      {note}")
     plan = plan_memory(manifest, _config(args).runtime if args.config else RuntimeConfig())
     print(f"plan        {plan.describe()}" + ("" if plan.fits else "  DOES NOT FIT"))
-    from streetcascade.runtime import frontend
-
-    print(f"front end   {frontend.describe()}")
     return 0
 
 
