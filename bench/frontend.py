@@ -6,7 +6,8 @@ and removed it: docs/benchmarks.md, "Native image front end".)
   python path     runtime/images.py today: decode_image(draft_size=224) (PIL, limits) + resize_to
   PIL draft       Image.draft (DCT scaling 1/2, 1/4, 1/8) + Image.resize(BILINEAR)
   simplejpeg      decode_jpeg(min_height/min_width: DCT scaling M/8; straight into the batch slot
-                  when no resize is needed) + Image.resize(BILINEAR): the same pixels as PIL's resize
+                  when no resize is needed) + Image.resize(BILINEAR): Pillow's resize; pixels differ from
+                  the python path only where M/8 picks another decode size than Pillow's draft
   PyTurboJPEG     decode(scaling_factor: smallest M/8 at least 224) + Image.resize(BILINEAR)
   simplejpeg+cv2  as simplejpeg, but cv2.resize(INTER_AREA): the fastest library pair, other pixels
 
@@ -18,7 +19,7 @@ ThreadPoolExecutor).
 
 Inputs are made from samples/*.jpg: "validator" = centre square crop resized to 224 x 224 saved
 at PIL's default quality 75 (as the validators send); "samples" = the 320 x 240 files as they
-are; "photo" = two samples upscaled to 4000 x 3000 with sensor-like noise, quality 90 (~2-3 MB,
+are; "photo" = two samples upscaled to 4000 x 3000 with sensor-like noise, quality 90 (~1.8 MB,
 like a phone photo). A library that is not installed is skipped with a note, never faked.
 """
 
