@@ -241,6 +241,8 @@ def cmd_info(args) -> int:
                 print(f"  gate      vs {a.reference} on {a.n_images} {a.split} challenges: flips {a.flip_rate:.2%} (limit {a.max_flip_rate:.2%}), "
                       f"MCC {a.mcc_fp32:.3f} -> {a.mcc_quant:.3f}, accuracy {a.accuracy_fp32:.3f} -> {a.accuracy_quant:.3f}, max |dp| {a.max_abs_prob_error:.3f}"
                       + (f", kept FP32: {', '.join(a.kept_fp32)}" if a.kept_fp32 else ""))
+            if g.weight_quant is not None:
+                print(f"  weights   {g.weight_quant.summary()}")
         for note in s.notes:
             print(f"  note      {note}")
     plan = plan_memory(manifest, _config(args).runtime if args.config else RuntimeConfig())

@@ -103,3 +103,18 @@ def test_frontend_bench_prints_library_rows_with_pixel_agreement(capsys):
         assert lib in paths or f"note: {lib}" in out
     assert all(r["max_diff"] == 0 for r in rows)  # 224 x 224: every path decodes the same pixels
     assert "| validator | single | python path (runtime today) |" in out and "x best library" in out
+
+
+def test_int4_bench_tiny_prints_ratios():
+    """bench.int4's whole path on a tiny Qwen2: every variant built as compile builds it, timed,
+    sized, its peak RSS measured in a fresh process, its logits compared with FP32."""
+    from bench.int4 import run
+
+    lines = []
+    rows = run(hidden=64, layers=2, intermediate=128, heads=4, kv_heads=2, vocab=256, prefill=16, runs=2, rounds=1, out=lines.append)
+    by = {r["variant"]: r for r in rows}
+    assert set(by) == {"fp32", "int8", "int4-b32", "int4-b128"}
+    assert by["fp32"]["cosine_prefill"] == 1.0 and all(r["cosine_prefill"] > 0.9 and r["cosine_decode"] > 0.9 for r in rows)
+    assert by["int4-b128"]["file_bytes"] < by["int8"]["file_bytes"] < by["fp32"]["file_bytes"]
+    assert all(r["prefill_ms"] > 0 and r["decode_ms"] > 0 and r["peak_rss_bytes"] > 0 for r in rows)
+    assert any(line.startswith("| int4-b32 |") for line in lines)
