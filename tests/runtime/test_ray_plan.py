@@ -125,3 +125,11 @@ except BackendUnavailable as exc:
     r = run_python(code)
     assert r.returncode == 0, r.stderr
     assert r.stdout.startswith("BackendUnavailable 7 Ray Serve is not installed here") and "streetcascade[ray]" in r.stdout
+
+
+def test_the_ray_modules_import_without_heavy_packages():
+    pytest.importorskip("ray", exc_type=ImportError)
+    block = "import sys\nfor name in ('torch', 'transformers', 'onnx', 'onnxscript', 'safetensors'):\n    sys.modules[name] = None\n"
+    r = run_python(block + "import streetcascade.runtime.ray_app, streetcascade.runtime.ray_stage, streetcascade.miner.ray_deploy\nprint('ok')")
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert r.stdout.strip().endswith("ok")

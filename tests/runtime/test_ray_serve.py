@@ -240,3 +240,18 @@ def test_a_replica_that_cannot_load_fails_the_deploy_with_its_error(cluster, tin
     with pytest.raises(EngineMismatch, match=r"deployment stage-stage1 of application 'sc-broken'.*sha256 .* differs from the manifest"):
         deploy(broken, cfg, RUNTIME, "auto")
     assert "sc-broken" not in serve.status().applications  # the half-made application was removed
+
+
+def test_doctor_checks_the_ray_application(app, tmp_path):
+    from streetcascade.miner.config import load_miner_config
+    from streetcascade.miner.doctor import FAIL, OK, _check_engine
+
+    toml = tmp_path / "miner.toml"
+    base = '[[hotkeys]]\nport = 8091\nhotkey_file = "hk.json"\n[engine]\nray_address = "auto"\n'
+    toml.write_text(base + f'[ray]\napp_name = "{RAY.app_name}"\n')
+    engine, weights = _check_engine(load_miner_config(toml))
+    assert engine.status == OK and "stages ['stage1', 'ocr']" in engine.detail
+    assert weights.status == FAIL and "placeholder" in weights.detail  # the tiny stage 1 is random
+    toml.write_text(base + '[ray]\napp_name = "nope"\n')
+    (missing,) = _check_engine(load_miner_config(toml))
+    assert missing.status == FAIL and "no Ray Serve application 'nope'" in missing.detail and "ray-deploy" in missing.fix
