@@ -28,7 +28,7 @@ import msgspec
 import numpy as np
 from ray import serve
 
-from streetcascade.errors import BadInput, StreetcascadeError
+from streetcascade.errors import BadInput, InferenceError, StreetcascadeError
 from streetcascade.evidence import LogOddsRule
 from streetcascade.manifest import read_manifest
 from streetcascade.settings import StageThresholds
@@ -198,8 +198,6 @@ def _deploy_error(app_name: str, exc: Exception) -> StreetcascadeError:
     except Exception as cleanup:  # the deploy error matters more; say what the cleanup hit
         log.warning("could not read or delete the failed application %r: %s", app_name, first_line(cleanup))
     if err is None:
-        from streetcascade.errors import InferenceError
-
         err = InferenceError(f"deploying Ray Serve application {app_name!r} failed: {first_line(exc)}")
     return err
 

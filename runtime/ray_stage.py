@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from typing import Callable, Sequence
 from urllib.parse import urlsplit
 
+import msgspec
 import numpy as np
 import ray
 from ray import serve
@@ -209,7 +210,7 @@ def connect_cascade(address: str, ray_cfg: RayConfig = RayConfig(), runtime: Run
         for s in info["stages"]:
             handle = serve.get_deployment_handle(s["deployment"], ray_cfg.app_name)
             cls = RemoteEvidenceStage if s["evidence"] else RemoteStage
-            thresholds = msgspec_thresholds(s["thresholds"])
+            thresholds = msgspec.convert(s["thresholds"], StageThresholds)
             stages.append(cls(s["name"], handle, thresholds, float(s["expected_ms"]), ray_cfg.call_timeout_s, s.get("input_size")))
     except BaseException:
         if started:
@@ -221,12 +222,6 @@ def connect_cascade(address: str, ray_cfg: RayConfig = RayConfig(), runtime: Run
         log.warning("stage %s on Ray Serve runs PLACEHOLDER (random) weights: its answers are not a detector", name)
     cascade = Cascade(stages, safety_margin_ms=runtime.safety_margin_ms)
     return RemoteCascade(cascade, info, ray.shutdown if started else (lambda: None))
-
-
-def msgspec_thresholds(raw: dict) -> StageThresholds:
-    import msgspec
-
-    return msgspec.convert(raw, StageThresholds)
 
 
 __all__ = ["RemoteStage", "RemoteEvidenceStage", "RemoteCascade", "connect_cascade", "connect_ray", "describe_app"]
