@@ -6,14 +6,14 @@ per-request p50 / p99 and throughput with N concurrent clients (threads calling
     python -m bench.ray_serve --config configs/default.toml --exit-at-stage1   # stage 1 alone: every image exits there
 
 Variants, timed in interleaved rounds (local, ray-1, ray-2, local, ...):
-- local:  the engine set in this process, `slots` = the most clients, ONNX Runtime threads = one per core;
+- local:  the engine set in this process, `slots` = the most clients, engine threads = one per core;
 - ray-1:  a Ray Serve application, stage 1 one replica (num_cpus = every core) batched with serve.batch;
 - ray-2:  stage 1 two replicas (num_cpus = half the cores each), both batched.
 The OCR stage is one unbatched replica (num_cpus = every core) in both applications. The Ray
 cluster is started in this process with logical CPUs enough for both applications at once (Ray's
 num_cpus is a reservation, not a core count): on a small machine the replicas share the same cores.
-Every variant must reach the same decisions (checked and printed). Spinning ORT threads are off
-(spin_wait = false) in every variant: they would steal the cores the other processes need.
+Every variant must reach the same decisions (checked and printed). Spinning ONNX Runtime threads
+are off (spin_wait = false) in every variant: they would steal the cores the other processes need.
 """
 
 from __future__ import annotations
