@@ -12,7 +12,7 @@ $(STAMP): pyproject.toml constraints-cpu.txt
 	$(PY) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	# constraints-cpu.txt pins the CPU build of torch (other versions pull multi-GB CUDA wheels).
-	$(BIN)/python -m pip install --quiet -c constraints-cpu.txt -e '.[cpu,compile,miner,ocr,openvino,dev]'
+	$(BIN)/python -m pip install --quiet -c constraints-cpu.txt -e '.[cpu,compile,miner,ocr,openvino,ray,dev]'
 	touch $(STAMP)
 
 setup: $(STAMP)
