@@ -17,7 +17,7 @@ import shutil
 import tempfile
 import time
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import msgspec
@@ -57,6 +57,7 @@ class _Stage:
     info: TargetInfo
     workdir: Path
     progress: Progress
+    notes: list[str] = field(default_factory=list)  # what the target said about its builds (BuiltGraph.notes)
 
     def build_graph(self, graph: ExportableGraph) -> GraphEntry:
         stage, decl, progress = self.stage, graph.decl, self.progress
@@ -69,6 +70,7 @@ class _Stage:
             export_graph(graph, raw, fused_attention=fused)
         out = self.workdir / f"{stage.name}.{decl.role}.{stage.precision}{self.target.suffix}"
         built = self.target.build(BuildJob(stage, self.config, self.config_path, decl.io, raw, out, progress, graph))
+        self.notes.extend(n for n in built.notes if n not in self.notes)
         tolerance = stage.parity_tolerance or parity_gate.DEFAULT_TOLERANCE.get(stage.precision, 1e-2)
         backend = get_backend(self.target.backend)
         with _closing(backend), backend.load(str(built.path), decl.io, backend.options_for_target(self.config.runtime, self.info)) as engine:
@@ -124,6 +126,7 @@ class _Stage:
         for graph in model.graphs:
             if graph.decl.parity not in ("classifier", "tensor"):
                 raise CompileError(f"family {stage.family}: no parity check for {graph.decl.parity!r} graphs")
+        graphs = [self.build_graph(graph) for graph in model.graphs]
         return StageEntry(
             name=stage.name,
             kind=family.kind,
@@ -133,8 +136,8 @@ class _Stage:
             placeholder_weights=model.placeholder,
             input_size=stage.input_size,
             thresholds=stage.thresholds,
-            graphs=[self.build_graph(graph) for graph in model.graphs],
-            notes=model.notes + [f"{g.decl.role} input: {g.decl.preprocessing}" for g in model.graphs if g.decl.preprocessing]
+            graphs=graphs,
+            notes=model.notes + self.notes + [f"{g.decl.role} input: {g.decl.preprocessing}" for g in model.graphs if g.decl.preprocessing]
             + (["attention fused: every scaled_dot_product_attention is ONNX Runtime's MultiHeadAttention"] if stage.attention == "fused" else []),
             evidence=(stage.evidence or Vocabulary()) if family.kind == "ocr" else None,
             combine=(stage.combine or LogOddsRule()) if family.kind == "ocr" else None,

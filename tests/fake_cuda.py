@@ -81,7 +81,9 @@ class _Props:
 class FakeCuda:
     """State of the simulated GPU; `module()` is what replaces cuda.bindings.runtime."""
 
-    def __init__(self, device_bytes: int = 24 << 30, gpus: int = 1, fail_capture: bool | str = False, failing_captures: int = 1 << 30):
+    def __init__(self, device_bytes: int = 24 << 30, gpus: int = 1, fail_capture: bool | str = False, failing_captures: int = 1 << 30,
+                 name: str = "NVIDIA GeForce RTX 4090", sm: tuple[int, int] = (8, 9)):
+        self.props = _Props(name=name.encode(), major=sm[0], minor=sm[1], totalGlobalMem=device_bytes)
         self.device_bytes = device_bytes
         self.gpus = gpus
         self.fail_capture = "end" if fail_capture is True else fail_capture
@@ -222,7 +224,7 @@ class FakeCuda:
         return (cudaError_t.cudaSuccess, self.gpus)
 
     def cudaGetDeviceProperties(self, i):
-        return (cudaError_t.cudaSuccess, _Props(totalGlobalMem=self.device_bytes))
+        return (cudaError_t.cudaSuccess, self.props)
 
     def cudaSetDevice(self, i):
         return OK

@@ -39,6 +39,7 @@ class BuiltGraph:
     accuracy_gate: AccuracyGate | None = None  # quantized with calibration data: the gate's figures
     build: BuildInfo | None = None  # engine-per-GPU targets: profiles, library figures, build time
     companions: list[Path] = field(default_factory=list)  # files the engine loads from beside it (OpenVINO's .bin)
+    notes: list[str] = field(default_factory=list)  # for the operator: the stage's manifest notes (`info` prints them)
 
 
 class Target(ABC):
