@@ -141,6 +141,16 @@ class AotiSlot(Slot):
         b.graph.replay()  # this request's input is already on the device
         engine.stats["graph_launches"] += 1
 
+    def replay(self, batch: int) -> bool:
+        """Replay the captured graph of `batch` alone, no copies, on the slot's stream: what
+        bench.gpu times with CUDA events as the GPU-only time. False when that size has none."""
+        b = self._batches.get(batch)
+        if b is None or b.graph is None:
+            return False
+        with torch.cuda.stream(self.stream):
+            b.graph.replay()
+        return True
+
     def close(self) -> None:
         if self.stream is not None:
             self.stream.synchronize()
