@@ -263,13 +263,15 @@ class TargetVariant:
     def device_ms(self, batch: int, runs: int) -> float | None:
         """aoti: events around the slot's own graph replays (a slot of its own, warmed and
         captured like the serving slots). Other targets: not measured apart."""
-        if not hasattr(self.engine, "graphs_enabled") or not self.engine.graphs_enabled:
+        if not getattr(self.engine, "graphs_enabled", False):
             return None
         import torch
 
         if self._timing_slot is None:
             self._timing_slot = self.engine.slot()
         slot = self._timing_slot
+        if not callable(getattr(slot, "replay", None)):  # ONNX Runtime keeps its graphs to itself
+            return None
         x = {"pixels": np.zeros((batch, 224, 224, 3), np.uint8)}
         for _ in range(3):  # two warm-up runs, then the capture
             slot.infer(x)

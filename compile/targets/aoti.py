@@ -82,7 +82,7 @@ def compile_package(program, out, options: dict) -> tuple[str, list[str]]:
     from torch._inductor import aoti_compile_and_package
 
     try:
-        return aoti_compile_and_package(program, package_path=str(out), inductor_configs=options), []
+        return aoti_compile_and_package(program, package_path=str(out), inductor_configs=dict(options)), []  # it adds its own keys
     except Exception as exc:
         if not options.get("freezing"):
             raise
@@ -172,7 +172,7 @@ class AotiTarget(Target):
             program = export_program(module, job.io, device, precision == "fp16")
             weights = sum(t.numel() * t.element_size() for t in [*program.parameters(), *program.buffers()])
             path, compile_notes = compile_package(program, job.out, options)
-            notes += compile_notes
+            notes += compile_notes or [f"AOTInductor built with {', '.join(k for k, v in options.items() if v)}"]
         except Exception as exc:
             raise CompileError(f"AOTInductor could not compile {job.stage.name}: {type(exc).__name__}: {str(exc)[:500]}") from exc
         finally:

@@ -21,6 +21,7 @@ so once and runs without graphs. On a CPU it calls the model on the numpy input'
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import logging
 import threading
@@ -164,7 +165,7 @@ class AotiEngine(Engine):
         self.device = torch.device(f"cuda:{options.gpu_index}" if options.device == "cuda" else "cpu")
         # rng_repairs: failed captures after which PyTorch's CUDA generator had to be put right.
         self.stats = {"graph_launches": 0, "graph_fallbacks": 0, "rng_repairs": 0}
-        self.lock = threading.Lock()
+        self.lock = contextlib.nullcontext()  # a real lock when the runner is single-threaded (below)
         if options.device == "cpu" and options.intra_op_threads:
             torch.set_num_threads(options.intra_op_threads)
         # CUDA graphs: on a GPU, asked for, and loadable with a runner that can be captured.
@@ -174,6 +175,7 @@ class AotiEngine(Engine):
         if self.graphs_enabled:
             if single_threaded_loading():
                 kwargs["run_single_threaded"] = True
+                self.lock = threading.Lock()
             else:
                 self.graphs_enabled = False
                 self.graphs_note = GRAPHS_UNSUPPORTED.format(version=torch.__version__)
