@@ -90,3 +90,18 @@ def test_fused_attention_bench_keeps_parity():
     assert result["fused_ops"] == 2 and result["max_abs_logit_diff"]["fp32"] < 1e-4
     assert set(result["median_ms"]) == {"plain-fp32", "plain-int8", "fused-fp32", "fused-int8"}
     assert any("MultiHeadAttention ops" in line for line in lines)
+
+
+def test_frontend_bench_prints_library_rows_with_pixel_agreement(capsys):
+    """bench.frontend on the validators' 224 x 224 JPEGs: every library row present (or skipped
+    with a note), each writing the same pixels as the Python path (decode only at this size)."""
+    from bench.frontend import run
+
+    rows = run(("validator",), runs=3, threads=2)
+    out = capsys.readouterr().out
+    paths = {r["path"] for r in rows}
+    assert {"python path (runtime today)", "PIL draft"} <= paths
+    for lib in ("simplejpeg", "PyTurboJPEG"):
+        assert lib in paths or f"note: {lib}" in out
+    assert all(r["max_diff"] == 0 for r in rows)  # 224 x 224: every path decodes the same pixels
+    assert "| validator | single | python path (runtime today) |" in out and "x best library" in out
