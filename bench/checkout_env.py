@@ -21,6 +21,7 @@ exits 1 when something the check cannot run without is still missing.
 from __future__ import annotations
 
 import argparse
+import importlib.machinery
 import importlib.util
 import os
 import re
@@ -58,7 +59,9 @@ def wheels_for(wheelhouse: Path, dist: str) -> list[Path]:
 
 def install(wheels: list[Path], target: Path) -> str:
     """pip --no-index --target, or unzip when this Python has no pip; returns how."""
-    if importlib.util.find_spec("pip") is not None and not os.environ.get("GPU_CHECK_NO_PIP"):
+    # PathFinder, not importlib.util.find_spec: asking the meta path for "pip" trips setuptools'
+    # distutils hack into "pip is running" mode for the rest of the process.
+    if importlib.machinery.PathFinder.find_spec("pip") is not None and not os.environ.get("GPU_CHECK_NO_PIP"):
         r = subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "--no-index", "--no-deps", "--disable-pip-version-check",
                             "--target", str(target), *map(str, wheels)], capture_output=True, text=True)
         if r.returncode == 0:
