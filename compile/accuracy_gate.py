@@ -70,11 +70,12 @@ def engine_outputs(path: Path, io: GraphIO, feeds: Sequence[dict[str, np.ndarray
 
 
 def engine_logits_each_batch(path: Path, io: GraphIO, images: np.ndarray, runtime: RuntimeConfig = RuntimeConfig(),
-                             backend_name: str = "onnxruntime") -> list[np.ndarray]:
+                             backend_name: str = "onnxruntime", device: str = "cpu") -> list[np.ndarray]:
     """Logits over `images` run one at a time, and (max_batch > 1) in batches of max_batch: an
-    engine may run batch 1 through other kernels (the OpenVINO backend's fixed-shape copy)."""
+    engine may run batch 1 through other kernels (the OpenVINO backend's fixed-shape copy; a
+    GPU engine's CUDA graph per batch size)."""
     backend = get_backend(backend_name)
-    with backend.load(str(path), io, backend.options_for(runtime, "cpu")) as engine, engine.slot() as slot:
+    with backend.load(str(path), io, backend.options_for(runtime, device)) as engine, engine.slot() as slot:
         return [slot.logits(images, batch) for batch in sorted({1, io.max_batch})]
 
 

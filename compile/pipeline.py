@@ -58,6 +58,7 @@ class _Stage:
     workdir: Path
     progress: Progress
     awq_matched: set[str] = field(default_factory=set)  # precision int4 from AutoAWQ: the layers some graph holds
+    notes: list[str] = field(default_factory=list)  # what the target said about its builds (BuiltGraph.notes)
 
     def build_graph(self, graph: ExportableGraph) -> GraphEntry:
         stage, decl, progress = self.stage, graph.decl, self.progress
@@ -71,6 +72,7 @@ class _Stage:
         out = self.workdir / f"{stage.name}.{decl.role}.{stage.precision}{self.target.suffix}"
         built = self.target.build(BuildJob(stage, self.config, self.config_path, decl.io, raw, out, progress, graph))
         self.awq_matched.update(built.awq_matched)
+        self.notes.extend(n for n in built.notes if n not in self.notes)
         tolerance = stage.parity_tolerance or parity_gate.DEFAULT_TOLERANCE.get(stage.precision, 1e-2)
         backend = get_backend(self.target.backend)
         with _closing(backend), backend.load(str(built.path), decl.io, backend.options_for_target(self.config.runtime, self.info)) as engine:
@@ -141,7 +143,7 @@ class _Stage:
             input_size=stage.input_size,
             thresholds=stage.thresholds,
             graphs=graphs,
-            notes=model.notes + int4_notes + [f"{g.decl.role} input: {g.decl.preprocessing}" for g in model.graphs if g.decl.preprocessing]
+            notes=model.notes + int4_notes + self.notes + [f"{g.decl.role} input: {g.decl.preprocessing}" for g in model.graphs if g.decl.preprocessing]
             + (["attention fused: every scaled_dot_product_attention is ONNX Runtime's MultiHeadAttention"] if stage.attention == "fused" else []),
             evidence=(stage.evidence or Vocabulary()) if family.kind == "ocr" else None,
             combine=(stage.combine or LogOddsRule()) if family.kind == "ocr" else None,

@@ -56,6 +56,9 @@ class TargetConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     execution_provider: Literal["cuda", "tensorrt"] = "cuda"
     # TensorRT: builder workspace limit (0 = 4 GiB).
     workspace_bytes: Annotated[int, msgspec.Meta(ge=0)] = 0
+    # aoti: Inductor's max-autotune (GEMM and fused-kernel configurations timed on this GPU at
+    # compile time; minutes longer to build). Ignored by other targets.
+    autotune: bool = False
 
 
 INT4_BLOCK_SIZES = (16, 32, 64, 128, 256)

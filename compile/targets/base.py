@@ -41,6 +41,7 @@ class BuiltGraph:
     companions: list[Path] = field(default_factory=list)  # files the engine loads from beside it (OpenVINO's .bin)
     weight_quant: WeightQuant | None = None  # precision int4: what is 4-bit and how (the manifest's figures)
     awq_matched: list[str] = field(default_factory=list)  # AutoAWQ layers this graph holds (the stage checks them all)
+    notes: list[str] = field(default_factory=list)  # for the operator: the stage's manifest notes (`info` prints them)
 
 
 class Target(ABC):

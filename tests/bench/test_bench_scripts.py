@@ -63,9 +63,11 @@ def test_gpu_bench_plumbing_on_the_cpu():
     lines = []
     rows = run_gpu_bench(["tiny"], [1], runs=4, device="cpu", out=lines.append)
     variants = {r["variant"] for r in rows}
-    assert variants == {"eager fp32", "torch.compile default", "aoti (cpu)"}
-    assert all(r["median_ms"] > 0 and r["vs_eager"] > 0 for r in rows)
-    assert any(line.startswith("| tiny | 1 | aoti (cpu)") for line in lines)
+    assert variants == {"eager fp32", "torch.compile default", "streetcascade aoti fp32"}
+    assert all(r["median_ms"] > 0 and r["vs_eager"] > 0 and r["max_abs_dp"] < 1e-4 for r in rows)
+    assert all(r["gpu_ms"] is None and r["vs_eager_graph"] is None for r in rows)  # no GPU: no GPU-only time, no graphed peer
+    assert any(line.startswith("| tiny | 1 | streetcascade aoti fp32") for line in lines)
+    assert any("eager fp32 + CUDA graph: needs CUDA" in line for line in lines)
 
 
 def test_end_to_end_bench_tiny_prints_ratios():
