@@ -52,9 +52,11 @@ def export_graph(graph: ExportableGraph, path: Path, fused_attention: bool = Fal
     try:
         with warnings.catch_warnings(), fusing:
             warnings.simplefilter("ignore")  # TracerWarnings about python ints; shapes are fixed by design
+            example = (tuple(torch.from_numpy(graph.example[s.name]) for s in decl.io.inputs) if graph.example is not None
+                       else tuple(_example(s) for s in decl.io.inputs))
             torch.onnx.export(
                 module,
-                tuple(_example(s) for s in decl.io.inputs),
+                example,
                 str(path),
                 dynamo=False,
                 opset_version=decl.opset,

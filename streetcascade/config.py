@@ -31,6 +31,7 @@ from streetcascade.errors import ConfigError
 from streetcascade.evidence import LogOddsRule, Vocabulary
 from streetcascade.settings import Probability, RuntimeConfig, StageThresholds
 from streetcascade.structs import load_toml
+from streetcascade.vlm import JudgeSettings
 
 # What a target can build is its own list (Target.precisions); bf16, fp8 and int4 are planned
 # (`streetcascade plan`) before a target builds them.
@@ -85,10 +86,13 @@ class StageConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     # (fp32 1e-4, int8-dynamic 0.15).
     parity_tolerance: Annotated[float, msgspec.Meta(ge=0.0, le=1.0)] = 0.0
     seed: int = 0
-    # OCR stages: the roadwork phrases to look for and how what is read moves the earlier
-    # probability (streetcascade/evidence.py); defaults when absent.
+    # OCR stages: the roadwork phrases to look for; evidence stages (OCR, VLM judge): how what
+    # they find moves the earlier probability (streetcascade/evidence.py); defaults when absent.
     evidence: Vocabulary | None = None
     combine: LogOddsRule | None = None
+    # VLM judge stages (families qwen2.5-vl, qwen3-vl): prompt, answer words, resolution
+    # (streetcascade/vlm.py); defaults when absent.
+    judge: JudgeSettings | None = None
 
     def __post_init__(self):
         # msgspec reports a ValueError here as a ValidationError naming the stage's path.
