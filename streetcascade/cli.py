@@ -354,8 +354,12 @@ def cmd_tune(args) -> int:
           + ("" if result.within_budget else "  OVER BUDGET: no setting fits; fastest chosen"))
     for name, t in result.thresholds.items():
         print(f"stage       {name}: exit p<{t.exit_low:g} / p>{t.exit_high:g}, temperature {t.temperature:.4g}")
+    kinds = {s.name: s.kind for s in engine_set.manifest.stages}
     for name, r in result.rules.items():
-        print(f"combine     {name}: log-odds +{r.hit:.3g} on a roadwork phrase, {r.text_without_hit:+.3g} on other text, {r.no_text:+.3g} on none")
+        if kinds.get(name) == "vlm":
+            print(f"combine     {name}: log-odds + {r.judge:.3g} x the judge's log-odds {r.judge_bias:+.3g}")
+        else:
+            print(f"combine     {name}: log-odds +{r.hit:.3g} on a roadwork phrase, {r.text_without_hit:+.3g} on other text, {r.no_text:+.3g} on none")
     print("exits       " + "  ".join(f"{n}: {r:.1%}" for n, r in zip(result.thresholds, result.exit_rates)))
     if args.dry_run:
         print("dry run: config not changed")

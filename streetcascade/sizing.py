@@ -54,6 +54,9 @@ KNOWN: dict[str, ModelShape] = {
     "dinov3-vitl16": ModelShape("vision", 303_100_000, 24, 1024, 16, 201),
     "dinov3-vith16plus": ModelShape("vision", 840_500_000, 32, 1280, 20, 201),
     "vit-base-patch16": ModelShape("vision", 86_400_000, 12, 768, 12, 197),
+    # PP-OCR (the rapidocr wheel's detector + recognizer, ~16 MB of FP32 weights); the CNN's
+    # feature maps at the detector's 736-pixel side stand in as 2000 "tokens".
+    "rapidocr": ModelShape("vision", 3_900_000, 1, 96, 1, 2000),
     "florence-2-base": ModelShape("encoder-decoder", 232_000_000, 6, 768, 12, 577, 12, 64, 0, 1024),
     "florence-2-large": ModelShape("encoder-decoder", 771_000_000, 12, 1024, 16, 577, 16, 64, 0, 1024),
     # Qwen3-VL-8B: LM 36 layers, hidden 4096, 8 KV heads of 128; vocab 151,936 (embeddings and

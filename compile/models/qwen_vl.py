@@ -317,6 +317,14 @@ class Qwen3Vision(nn.Module):
         return v.merger(h)[None], torch.stack(features)[None]
 
 
+def log_sum_exp(logits: torch.Tensor, columns: torch.Tensor) -> torch.Tensor:
+    """log(sum(exp(logits[:, columns]))), written out (max, exp, sum, log): OpenVINO's ONNX
+    reader drops the axes of ReduceLogSumExp (a [batch] result came back as a scalar)."""
+    x = logits.masked_fill(~columns, float("-inf"))
+    top = x.max(dim=-1).values
+    return top + torch.log(torch.exp(x - top.unsqueeze(-1)).sum(dim=-1))
+
+
 class Prefill(nn.Module):
     """The language model over the whole prompt, the head applied to the last position for the
     answer tokens only."""
@@ -344,9 +352,7 @@ class Prefill(nn.Module):
             if i < self.deepstack_layers:  # the model's hidden[visual_mask] += features[i], densely
                 x = x + torch.where(is_image, torch.gather(deepstack[0][:, i], 1, rows), 0.0)
         logits = lm.norm(x[:, -1]) @ self.head.T
-        yes = torch.logsumexp(logits.masked_fill(~self.yes, float("-inf")), dim=-1)
-        no = torch.logsumexp(logits.masked_fill(self.yes, float("-inf")), dim=-1)
-        return logits, yes - no
+        return logits, log_sum_exp(logits, self.yes) - log_sum_exp(logits, ~self.yes)
 
 
 # ------------------------------------------------------------------------------- the family
