@@ -17,7 +17,7 @@ import shutil
 import tempfile
 import time
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import msgspec
@@ -43,7 +43,12 @@ log = logging.getLogger(__name__)
 # loader compares, `Backend.package`).
 LIBRARIES = ("onnxruntime", "torch", "transformers", "onnx", "numpy")
 # Intermediate files a build leaves in its work folder (kept with --keep-raw).
-INTERMEDIATES = ("*.raw.onnx", "*.int8.onnx", "*.qdq.onnx", "*.kept.onnx", "*.fp32-ref.*", "*.tmp.onnx", "*.ort-int8.onnx")
+INTERMEDIATES = ("*.raw.onnx", "*.int8.onnx", "*.qdq.onnx", "*.kept.onnx", "*.fp32-ref.*", "*.tmp.onnx", "*.tmp.onnx.data", "*.ort-int8.onnx")
+
+
+def at_precision(stage: StageConfig, precision: str) -> StageConfig:
+    """The stage as built at another precision (one of its graphs); its int4 table only at int4."""
+    return msgspec.structs.replace(stage, precision=precision, int4=stage.int4 if precision == "int4" else None)
 
 
 @dataclass
@@ -57,11 +62,12 @@ class _Stage:
     info: TargetInfo
     workdir: Path
     progress: Progress
+    awq_matched: set[str] = field(default_factory=set)  # precision int4 from AutoAWQ: the layers some graph holds
 
     def build_graph(self, graph: ExportableGraph) -> GraphEntry:
         decl, progress = graph.decl, self.progress
         # A graph may be built at its own precision (a VLM's vision tower stays FP32).
-        stage = msgspec.structs.replace(self.stage, precision=decl.precision) if decl.precision else self.stage
+        stage = at_precision(self.stage, decl.precision) if decl.precision else self.stage
         raw = self.workdir / f"{stage.name}.{decl.role}.raw.onnx"
         shapes = ", ".join(f"{s.name} {s.dtype}{s.shape}" for s in decl.io.inputs)
         if self.target.needs_onnx and not raw.exists():  # another candidate target (auto) exported it already
@@ -71,6 +77,7 @@ class _Stage:
             export_graph(graph, raw, fused_attention=fused)
         out = self.workdir / f"{stage.name}.{decl.role}.{stage.precision}{self.target.suffix}"
         built = self.target.build(BuildJob(stage, self.config, self.config_path, decl.io, raw, out, progress, graph))
+        self.awq_matched.update(built.awq_matched)
         tolerance = stage.parity_tolerance or parity_gate.DEFAULT_TOLERANCE.get(stage.precision, 1e-2)
         backend = get_backend(self.target.backend)
         with _closing(backend), backend.load(str(built.path), decl.io, backend.options_for_target(self.config.runtime, self.info)) as engine:
@@ -107,6 +114,7 @@ class _Stage:
             build=built.build,
             parity_onnxruntime=parity_ort,
             companions=[CompanionFile(file=p.name, sha256=sha256_file(p), size_bytes=p.stat().st_size) for p in built.companions],
+            weight_quant=built.weight_quant,
         )
 
     def parity_vs_onnxruntime(self, engine, raw: Path, decl, images, tolerance: float):
@@ -130,7 +138,11 @@ class _Stage:
             if graph.decl.parity not in ("classifier", "tensor", "relative", "judge"):
                 raise CompileError(f"family {stage.family}: no parity check for {graph.decl.parity!r} graphs")
             if graph.decl.precision and graph.decl.precision != stage.precision:
-                self.target.check_precision(msgspec.structs.replace(stage, precision=graph.decl.precision), self.config.target.device)
+                self.target.check_precision(at_precision(stage, graph.decl.precision), self.config.target.device)
+        graphs = [self.build_graph(graph) for graph in model.graphs]
+        from .int4 import check_awq_stage
+
+        int4_notes = check_awq_stage(stage, self.config_path, self.awq_matched)
         evidence_stage = family.kind in ("ocr", "vlm")  # moves the earlier stage's probability (streetcascade/evidence.py)
         entry = StageEntry(
             name=stage.name,
@@ -141,8 +153,8 @@ class _Stage:
             placeholder_weights=model.placeholder,
             input_size=stage.input_size,
             thresholds=stage.thresholds,
-            graphs=[self.build_graph(graph) for graph in model.graphs],
-            notes=model.notes + [f"{g.decl.role} input: {g.decl.preprocessing}" for g in model.graphs if g.decl.preprocessing]
+            graphs=graphs,
+            notes=model.notes + int4_notes + [f"{g.decl.role} input: {g.decl.preprocessing}" for g in model.graphs if g.decl.preprocessing]
             + (["attention fused: every scaled_dot_product_attention is ONNX Runtime's MultiHeadAttention"] if stage.attention == "fused" else []),
             evidence=(stage.evidence or Vocabulary()) if family.kind == "ocr" else None,
             combine=(stage.combine or LogOddsRule()) if evidence_stage else None,

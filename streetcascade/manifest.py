@@ -140,6 +140,23 @@ class AccuracyGate(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     harmful_layers: list[LayerHarm] = []  # worst first (when a sensitivity pass ran)
 
 
+class WeightQuant(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """Weight-only 4-bit quantization of a graph (`precision = "int4"`, compile/int4.py): what
+    was converted, how, and what it saved. The activations stay float."""
+
+    method: str  # "rtn" (round to nearest, ONNX Runtime / NNCF), "awq" (AutoAWQ's ints imported), "awq+rtn"
+    bits: int
+    block_size: int  # values per scale along K (AWQ: the checkpoint's group size, or a power-of-two divisor)
+    symmetric: bool  # no zero points (AWQ is always asymmetric)
+    accuracy_level: int  # MatMulNBits compute: 0 = float activations, 4 = int8 activations (faster)
+    converted: int  # MatMuls whose weights are 4-bit now
+    awq_layers: int = 0  # of those, weights taken from the AutoAWQ checkpoint's own ints
+    kept_float: list[str] = []  # constant-weight MatMuls left float (keep_float, or not in the AWQ checkpoint)
+    bytes_before: int = 0  # the converted weights in float32
+    bytes_after: int = 0  # the same as 4-bit codes + scales + zero points
+    embeddings: int = 0  # embedding tables (Gathers) made 4-bit too ([stages.int4] embeddings = "int4"; not in the bytes above)
+
+
 class GraphEntry(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     role: str  # what the graph does in its stage: "classifier" for stage-1 graphs
     file: str  # relative to the engine-set folder
@@ -158,6 +175,8 @@ class GraphEntry(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     parity_onnxruntime: Parity | None = None
     # Files the engine file loads from beside it; hashed and checked like it.
     companions: list[CompanionFile] = []
+    # precision int4: the 4-bit weights (block size, AWQ or round-to-nearest, bytes saved).
+    weight_quant: WeightQuant | None = None
 
 
 class BuildInfo(msgspec.Struct, frozen=True, forbid_unknown_fields=True):

@@ -212,7 +212,12 @@ def open_checkpoint(
         model, norm = random_model(source.value)
         return Checkpoint(model, norm, hash_text(f"{stage.source}:{stage.seed}"), True, None)
     directory = fetch_hub_snapshot(source.value) if source.kind == "hub" else source.value
-    model = load_or_fail("weights", stage.source, lambda: pretrained_model(directory))
+    # An AutoAWQ checkpoint loads as its exact dequantized float32 copy (precision int4 then
+    # imports its own 4-bit codes into the exported graph: compile/int4.py).
+    from ..int4 import float_checkpoint
+
+    weights = str(float_checkpoint(directory))
+    model = load_or_fail("weights", stage.source, lambda: pretrained_model(weights))
     return Checkpoint(model, processor_normalization(directory), hash_checkpoint(directory), False, directory)
 
 

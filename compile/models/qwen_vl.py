@@ -432,10 +432,13 @@ class QwenVlFamily(ModelFamily):
         return Opened(model, config, directory, hash_checkpoint(directory), placeholder=False, awq=awq)
 
     def _load_weights(self, directory: str, config, awq: bool):
-        cls = _transformers(self.variant.model_class)
-        if awq:
-            raise CompileError("AutoAWQ checkpoints are imported with the INT4 weights (precision = \"int4\"), which this build lacks")
-        return cls.from_pretrained(directory, dtype=torch.float32).eval()
+        """The float model. An AutoAWQ checkpoint loads as its exact dequantized float32 copy
+        (compile/int4.py `float_checkpoint`): with precision "int4" the exported MatMuls that
+        carry those weights are then replaced by the checkpoint's own 4-bit codes."""
+        from ..int4 import float_checkpoint
+
+        weights = float_checkpoint(directory) if awq else directory
+        return _transformers(self.variant.model_class).from_pretrained(str(weights), dtype=torch.float32).eval()
 
     def _random(self, stage: StageConfig, preset: str, weights: bool) -> Opened:
         m = PRESET.match(preset)

@@ -40,6 +40,7 @@ log = logging.getLogger(__name__)
 
 E2E_REFERENCE = "transformers-fp32 (processor + full forward)"
 TIMED_RUNS = 3
+GATE_IMAGES = 12  # without labelled data: the sample photos, then noise images of several shapes
 
 
 def _answers(logits: torch.Tensor, spec: VlmEntry) -> dict[str, np.ndarray]:
@@ -207,7 +208,7 @@ def _gate_images(built: BuiltStage, stage: StageConfig) -> tuple[list[np.ndarray
 
         challenges, _ = load_split_images(built.config_path, built.config, "validation", cal.validation_samples, 32, built.progress)
         return list(challenges.images), np.asarray(challenges.labels), "validation"
-    return sample_images(built.config_path, 12, stage.seed + 2), None, "parity-images (no labelled data: FP32 answers as labels)"
+    return sample_images(built.config_path, GATE_IMAGES, stage.seed + 2), None, "parity-images (no labelled data: FP32 answers as labels)"
 
 
 def _quantized_nodes(built: BuiltStage, graphs: list[GraphEntry]) -> int:
@@ -229,7 +230,7 @@ def _gate(built: BuiltStage, entry: StageEntry, spec: VlmEntry, stage: StageConf
     images, labels, split = _gate_images(built, stage)
     lossy = [g for g in entry.graphs if g.precision != "fp32"]
     built.progress.step(f"{stage.name}: accuracy gate: yes/no decisions of the {'/'.join(sorted({g.precision for g in lossy}))} judge vs its FP32 "
-                        f"graphs on {len(images)} {split} images")
+                        f"graphs on {len(images)} images ({split})")
     answers = {}
     for name, reference in (("fp32", True), ("quant", False)):
         engines = _engines(built, fp32_reference=reference)
@@ -246,5 +247,8 @@ def _gate(built: BuiltStage, entry: StageEntry, spec: VlmEntry, stage: StageConf
     built.progress.step(gate_mod.summary(stage.name, gate))
     violations = gate_mod.check(gate)
     if violations:
-        raise gate_mod.AccuracyGateFailed(gate_mod.failure_message(stage.name, gate, violations, precision=lossy[0].precision), gate)
+        message = gate_mod.failure_message(stage.name, gate, violations, precision=lossy[0].precision)
+        if split != "validation":
+            message = message.replace(" validation challenges", f" images ({split})")
+        raise gate_mod.AccuracyGateFailed(message, gate)
     return msgspec.structs.replace(entry, graphs=[msgspec.structs.replace(g, accuracy_gate=gate) if g.precision != "fp32" else g for g in entry.graphs])

@@ -14,7 +14,7 @@ from typing import Any, ClassVar
 
 from streetcascade.config import CascadeConfig, StageConfig
 from streetcascade.errors import CompileError
-from streetcascade.manifest import AccuracyGate, BuildInfo, GraphIO, TargetInfo
+from streetcascade.manifest import AccuracyGate, BuildInfo, GraphIO, TargetInfo, WeightQuant
 from streetcascade.progress import QUIET, Progress
 
 
@@ -39,6 +39,8 @@ class BuiltGraph:
     accuracy_gate: AccuracyGate | None = None  # quantized with calibration data: the gate's figures
     build: BuildInfo | None = None  # engine-per-GPU targets: profiles, library figures, build time
     companions: list[Path] = field(default_factory=list)  # files the engine loads from beside it (OpenVINO's .bin)
+    weight_quant: WeightQuant | None = None  # precision int4: what is 4-bit and how (the manifest's figures)
+    awq_matched: list[str] = field(default_factory=list)  # AutoAWQ layers this graph holds (the stage checks them all)
 
 
 class Target(ABC):

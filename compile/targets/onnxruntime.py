@@ -85,10 +85,10 @@ class OnnxRuntimeTarget(Target):
     provider, or ONNX Runtime's TensorRT provider with its caches next to the graph)."""
 
     backend = ONNXRUNTIME
-    precisions = ("fp32", "fp16", "int8-dynamic", "int8-static")
+    precisions = ("fp32", "fp16", "int8-dynamic", "int8-static", "int4")
     suffix = ".onnx"
-    CPU_PRECISIONS = ("fp32", "int8-dynamic", "int8-static")
-    GPU_PRECISIONS = ("fp32", "fp16", "int8-static")
+    CPU_PRECISIONS = ("fp32", "int8-dynamic", "int8-static", "int4")
+    GPU_PRECISIONS = ("fp32", "fp16", "int8-static", "int4")
 
     def describe(self, config: CascadeConfig) -> TargetInfo:
         device = config.target.device
@@ -113,6 +113,8 @@ class OnnxRuntimeTarget(Target):
 
     def build(self, job: BuildJob) -> BuiltGraph:
         precision = job.stage.precision
+        if precision == "int4":
+            return self.build_int4(job)
         if job.config.target.device == "cuda":
             return self.build_gpu_graph(job)
         if precision == "int8-static":
@@ -125,6 +127,25 @@ class OnnxRuntimeTarget(Target):
             src = quantize_dynamic_int8(job.raw, job.raw.with_suffix(".int8.onnx"))
         return BuiltGraph(optimize_offline(src, job.out, job.io, job.config.runtime))
 
+
+    @staticmethod
+    def build_int4(job: BuildJob) -> BuiltGraph:
+        """4-bit weights (MatMulNBits: AutoAWQ's own codes, or round to nearest), optimised
+        offline for this CPU, or as it is for the CUDA provider (which optimises at load)."""
+        import shutil
+
+        from ..int4 import build_int4_onnx
+
+        if job.config.target.device == "cuda" and job.config.target.execution_provider != "cuda":
+            raise CompileError(f"stage {job.stage.name}: int4 (MatMulNBits, an ONNX Runtime contrib op) runs on its CUDA provider, not the "
+                               f"{job.config.target.execution_provider} provider: set [target] execution_provider = \"cuda\"")
+        graph = build_int4_onnx(job, job.raw.with_name(job.raw.name.replace(".raw.onnx", ".int4.tmp.onnx")),
+                                embeddings=job.stage.int4_settings.embeddings == "int4")
+        if job.config.target.device == "cuda":
+            shutil.copyfile(graph.path, job.out)
+        else:
+            optimize_offline(graph.path, job.out, job.io, job.config.runtime)
+        return BuiltGraph(job.out, weight_quant=graph.report, awq_matched=graph.awq_matched)
 
     @staticmethod
     def build_gpu_graph(job: BuildJob) -> BuiltGraph:

@@ -88,3 +88,18 @@ def test_fused_attention_bench_keeps_parity():
     assert result["fused_ops"] == 2 and result["max_abs_logit_diff"]["fp32"] < 1e-4
     assert set(result["median_ms"]) == {"plain-fp32", "plain-int8", "fused-fp32", "fused-int8"}
     assert any("MultiHeadAttention ops" in line for line in lines)
+
+
+def test_int4_bench_tiny_prints_ratios():
+    """bench.int4's whole path on a tiny Qwen2: every variant built as compile builds it, timed,
+    sized, its peak RSS measured in a fresh process, its logits compared with FP32."""
+    from bench.int4 import run
+
+    lines = []
+    rows = run(hidden=64, layers=2, intermediate=128, heads=4, kv_heads=2, vocab=256, prefill=16, runs=2, rounds=1, out=lines.append)
+    by = {r["variant"]: r for r in rows}
+    assert set(by) == {"fp32", "int8", "int4-b32", "int4-b128"}
+    assert by["fp32"]["cosine_prefill"] == 1.0 and all(r["cosine_prefill"] > 0.9 and r["cosine_decode"] > 0.9 for r in rows)
+    assert by["int4-b128"]["file_bytes"] < by["int8"]["file_bytes"] < by["fp32"]["file_bytes"]
+    assert all(r["prefill_ms"] > 0 and r["decode_ms"] > 0 and r["peak_rss_bytes"] > 0 for r in rows)
+    assert any(line.startswith("| int4-b32 |") for line in lines)

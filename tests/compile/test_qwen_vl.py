@@ -150,7 +150,7 @@ def test_a_checkpoint_without_chat_template_is_refused(tiny_vlm, tmp_path):
 
 def test_int8_judge_is_gated_against_fp32(tiny_vlm, tmp_path):
     """A lossy precision passes the accuracy gate (yes/no flips vs the FP32 graphs; here without
-    labelled data: on the sample photos, FP32 answers as labels) or is refused with its figures."""
+    labelled data: on the sample photos, FP32 answers as labels); its refusal: test_qwen_vl_int4.py."""
     ckpt, _ = tiny_vlm("qwen3-vl")
     stage = {"name": "judge", "family": "qwen3-vl", "source": str(ckpt), "input_size": 224, "max_batch": 1, "precision": "int8-dynamic",
              "parity_tolerance": 0.5}
@@ -163,9 +163,3 @@ def test_int8_judge_is_gated_against_fp32(tiny_vlm, tmp_path):
         assert prefill.precision == "int8-dynamic" and gate.passed and gate.n_images == 12 and gate.quantized_nodes > 0
         assert gate.split.startswith("parity-images")
         assert np.isfinite(judge_of(es).log_odds([np.zeros((64, 64, 3), np.uint8)])).all()
-    strict = write_config(tmp_path / "s.toml", [stage], tmp_path / "strict", calibration={"max_prob_error": 1e-9})
-    from streetcascade.compile.accuracy_gate import AccuracyGateFailed
-
-    with pytest.raises(AccuracyGateFailed, match="max probability error"):
-        compile_cascade(strict, progress=False)
-    assert not (tmp_path / "strict" / "cpu-x86_64").exists()
