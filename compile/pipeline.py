@@ -43,7 +43,7 @@ log = logging.getLogger(__name__)
 # loader compares, `Backend.package`).
 LIBRARIES = ("onnxruntime", "torch", "transformers", "onnx", "numpy")
 # Intermediate files a build leaves in its work folder (kept with --keep-raw).
-INTERMEDIATES = ("*.raw.onnx", "*.int8.onnx", "*.qdq.onnx", "*.kept.onnx", "*.fp32-ref.*", "*.tmp.onnx", "*.tmp.onnx.data", "*.ort-int8.onnx")
+INTERMEDIATES = ("*.raw.onnx", "*.raw.onnx.data", "*.int8.onnx", "*.int8.onnx.data", "*.qdq.onnx", "*.kept.onnx", "*.fp32-ref.*", "*.tmp.onnx", "*.tmp.onnx.data", "*.ort-int8.onnx")
 
 
 def at_precision(stage: StageConfig, precision: str) -> StageConfig:

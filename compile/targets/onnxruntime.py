@@ -34,11 +34,14 @@ def quantize_dynamic_int8(src: Path, dst: Path) -> Path:
 
     from ..quantize import quiet_preprocess_advice
 
+    from ..export import has_external_data
+
     try:
         with quiet_preprocess_advice():
             quantize_dynamic(
                 str(src),
                 str(dst),
+                use_external_data_format=has_external_data(src),
                 weight_type=QuantType.QInt8,
                 op_types_to_quantize=["MatMul", "Gemm"],
                 per_channel=False,
@@ -66,9 +69,13 @@ def _drop_untyped_value_info(path: Path) -> None:
 
 def optimize_offline(src: Path, dst: Path, io: GraphIO, runtime: RuntimeConfig = RuntimeConfig()) -> Path:
     """Run ORT's full graph optimiser once and save the optimised graph (fusions for attention,
-    GELU, LayerNorm, MatMul+Add; layout transforms for this CPU)."""
+    GELU, LayerNorm, MatMul+Add; layout transforms for this CPU). A source with its weights in an
+    external file (past protobuf's 2 GiB) gives `dst` with its weights in `weights_file(dst)`."""
+    from ..export import has_external_data, weights_file
+
     backend = get_backend(ONNXRUNTIME)
-    options = msgspec.structs.replace(backend.options_for(runtime, "cpu"), save_optimized_to=str(dst))
+    options = msgspec.structs.replace(backend.options_for(runtime, "cpu"), save_optimized_to=str(dst),
+                                      save_weights_to=weights_file(dst).name if has_external_data(src) else "")
     try:
         backend.load(str(src), io, options).close()
     except StreetcascadeError as exc:
@@ -76,6 +83,16 @@ def optimize_offline(src: Path, dst: Path, io: GraphIO, runtime: RuntimeConfig =
     if not dst.exists():
         raise CompileError(f"onnxruntime did not write the optimised graph {dst}")
     return dst
+
+
+def with_weights_file(built: BuiltGraph) -> BuiltGraph:
+    """The engine's external weights file (graphs past 2 GiB) as a companion the manifest hashes."""
+    from ..export import weights_file
+
+    data = weights_file(built.path)
+    if data.exists():
+        built.companions.append(data)
+    return built
 
 
 class OnnxRuntimeTarget(Target):
@@ -125,7 +142,7 @@ class OnnxRuntimeTarget(Target):
         src = job.raw
         if precision == "int8-dynamic":
             src = quantize_dynamic_int8(job.raw, job.raw.with_suffix(".int8.onnx"))
-        return BuiltGraph(optimize_offline(src, job.out, job.io, job.config.runtime))
+        return with_weights_file(BuiltGraph(optimize_offline(src, job.out, job.io, job.config.runtime)))
 
 
     @staticmethod
@@ -145,7 +162,7 @@ class OnnxRuntimeTarget(Target):
             shutil.copyfile(graph.path, job.out)
         else:
             optimize_offline(graph.path, job.out, job.io, job.config.runtime)
-        return BuiltGraph(job.out, weight_quant=graph.report, awq_matched=graph.awq_matched)
+        return with_weights_file(BuiltGraph(job.out, weight_quant=graph.report, awq_matched=graph.awq_matched))
 
     @staticmethod
     def build_gpu_graph(job: BuildJob) -> BuiltGraph:

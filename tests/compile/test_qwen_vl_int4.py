@@ -104,3 +104,30 @@ def test_autoawq_checkpoint_imports_with_its_own_codes(tiny_vlm, tmp_path):
     want = reference(ckpt, "qwen3-vl", spec, imgs, weights=float_checkpoint(awq_dir))
     assert np.abs(ours["answer_logits"] - want).max() < 1e-3
     assert np.abs(log_softmax(ours["answer_logits"]) - log_softmax(want)).max() < 1e-3
+
+
+@pytest.mark.parametrize("symmetric", [True, False])
+def test_embedding_codes_as_onnxruntime_reads_them(symmetric):
+    """GatherBlockQuantized (uint8 codes, bits 4) returns exactly the rows the packing means,
+    each within half a step of the float table."""
+    import onnxruntime as ort
+    from onnx import TensorProto, helper, numpy_helper
+
+    from streetcascade.compile.int4 import dequantize_embedding_table, quantize_embedding_table
+
+    table = np.random.default_rng(0).standard_normal((300, 96)).astype(np.float32)
+    packed, scales, zero = quantize_embedding_table(table, 32, symmetric)
+    dequant = dequantize_embedding_table(packed, scales, zero, 32)
+    assert np.all(np.abs(dequant - table) <= np.repeat(scales, 32, axis=1)[:, :96] * 0.5 + 1e-6)
+    inits = [numpy_helper.from_array(packed, "codes"), numpy_helper.from_array(scales, "scales")]
+    inputs = ["codes", "ids", "scales"]
+    if zero is not None:
+        inits.append(numpy_helper.from_array(zero, "zero"))
+        inputs.append("zero")
+    node = helper.make_node("GatherBlockQuantized", inputs, ["rows"], domain="com.microsoft", gather_axis=0, quantize_axis=1, block_size=32, bits=4)
+    graph = helper.make_graph([node], "g", [helper.make_tensor_value_info("ids", TensorProto.INT64, ["b", "t"])],
+                              [helper.make_tensor_value_info("rows", TensorProto.FLOAT, None)], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("com.microsoft", 1)])
+    ids = np.array([[0, 7, 299, 150]], np.int64)
+    rows = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"ids": ids})[0]
+    assert np.array_equal(rows, dequant[ids])
