@@ -31,7 +31,7 @@ from streetcascade.manifest import GraphIO
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 # Files that define a checkpoint's behaviour (hashed into the manifest).
-CHECKPOINT_PATTERNS = ("*.json", "*.safetensors", "*.bin", "*.txt", "*.model")
+CHECKPOINT_PATTERNS = ("*.json", "*.safetensors", "*.bin", "*.txt", "*.model", "*.jinja")  # .jinja: a chat template
 OPSET = 17  # LayerNormalization is a single FP32-friendly op from 17 on
 
 
