@@ -241,7 +241,7 @@ def cmd_info(args) -> int:
                 print(f"  parity    max |dp| {p.max_abs_prob_error:.2e} (tolerance {p.tolerance:g}), max |dlogit| {p.max_abs_logit_error:.2e}, flips {p.decision_flips:.1%} over {p.n_images} images")
             if g.accuracy_gate is not None:
                 a = g.accuracy_gate
-                print(f"  gate      vs {a.reference} on {a.n_images} {a.split} challenges: flips {a.flip_rate:.2%} (limit {a.max_flip_rate:.2%}), "
+                print(f"  gate      vs {a.reference} on {a.n_images} {a.split} {'challenges' if a.split == 'validation' else 'images'}: flips {a.flip_rate:.2%} (limit {a.max_flip_rate:.2%}), "
                       f"MCC {a.mcc_fp32:.3f} -> {a.mcc_quant:.3f}, accuracy {a.accuracy_fp32:.3f} -> {a.accuracy_quant:.3f}, max |dp| {a.max_abs_prob_error:.3f}"
                       + (f", kept FP32: {', '.join(a.kept_fp32)}" if a.kept_fp32 else ""))
         if s.vlm is not None:

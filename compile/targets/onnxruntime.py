@@ -101,6 +101,7 @@ class OnnxRuntimeTarget(Target):
     converted like TensorRT's), optimised at load by the chosen execution provider (the CUDA
     provider, or ONNX Runtime's TensorRT provider with its caches next to the graph)."""
 
+    judge_stages = True
     backend = ONNXRUNTIME
     precisions = ("fp32", "fp16", "int8-dynamic", "int8-static", "int4")
     suffix = ".onnx"

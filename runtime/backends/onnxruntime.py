@@ -261,7 +261,10 @@ class OrtEngine(Engine):
             )
 
     def slot(self) -> Slot:
-        return OrtSlot(self) if self.options.device == "cpu" or has_free_axes(self.io.outputs) else OrtGpuSlot(self)
+        # The GPU slot keeps device buffers per batch size (CUDA graphs replay fixed addresses): only
+        # for graphs whose batch is their one free axis; others (OCR maps, a VLM's token axes) bind per call.
+        fixed = not has_free_axes(self.io.outputs) and not has_free_axes(self.io.inputs)
+        return OrtSlot(self) if self.options.device == "cpu" or not fixed else OrtGpuSlot(self)
 
     def metadata(self) -> dict[str, str]:
         return dict(self.session.get_modelmeta().custom_metadata_map)

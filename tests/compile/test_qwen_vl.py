@@ -133,6 +133,11 @@ def test_bad_settings_and_checkpoints_are_refused(tiny_vlm, tmp_path, family):
         _stage(tmp_path, family, ckpt, judge={"yes": ["yes"], "no": ["yes"]})
     with pytest.raises(CompileError, match="unknown preset"):
         fam.graphs(_stage(tmp_path, family, "random:huge")[1])
+    from streetcascade.compile.targets import get_target
+
+    for name in ("tensorrt", "aoti"):  # targets whose engines cannot hold the judge's token axes are refused before any work
+        with pytest.raises(CompileError, match=f"the {name} target does not build VLM judge stages"):
+            get_target(name).check_precision(_stage(tmp_path, family, ckpt)[1], "cuda")
 
 
 def test_a_checkpoint_without_chat_template_is_refused(tiny_vlm, tmp_path):
