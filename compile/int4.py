@@ -458,7 +458,10 @@ def is_awq_checkpoint(directory: str | Path) -> bool:
     try:
         read_awq_config(directory)
     except CompileError as exc:
-        return "not an AutoAWQ checkpoint" not in str(exc)  # an AWQ checkpoint we cannot read: say so later, loudly
+        text = str(exc)
+        # Not AWQ, or a config.json nobody can read (the family's own loader reports that, as it
+        # always has): not known to be AWQ. An AWQ config we cannot use: say so later, loudly.
+        return not any(s in text for s in ("not an AutoAWQ checkpoint", "not valid JSON", "expected a JSON object"))
     return True
 
 
