@@ -250,6 +250,7 @@ def int4_report(model) -> WeightQuant | None:
         symmetric=all(len(n.input) < 4 or not n.input[3] for n in nodes),
         accuracy_level=levels.most_common(1)[0][0], converted=len(nodes), awq_layers=awq,
         kept_float=[n.name for n in float_matmuls(model)], bytes_before=before, bytes_after=after,
+        embeddings=int(info.get("embeddings", 0)),
     )
 
 
@@ -455,6 +456,108 @@ def _ensure_ms_opset(model) -> None:
         model.opset_import.append(helper.make_opsetid(MS_DOMAIN, 1))
 
 
+# ------------------------------------------------------------------------- embedding tables
+
+
+EMBEDDING_MIN_ROWS = 256  # a token (or position) embedding table: smaller constant tables stay float
+
+
+def embedding_gathers(model) -> list:
+    """Gathers along axis 0 over a constant float32 2-D table of at least EMBEDDING_MIN_ROWS rows
+    (token embeddings; a language model's largest single weight)."""
+    import onnx
+
+    inits = _initializers(model)
+    out = []
+    for node in model.graph.node:
+        if node.op_type != "Gather" or node.domain not in ("", "ai.onnx") or node.input[0] not in inits:
+            continue
+        table = inits[node.input[0]]
+        if (len(table.dims) == 2 and table.dims[0] >= EMBEDDING_MIN_ROWS and table.data_type == onnx.TensorProto.FLOAT
+                and int(_attr(node, "axis", 0)) == 0):
+            out.append(node)
+    return out
+
+
+def quantize_embedding_table(table: np.ndarray, block_size: int, symmetric: bool = True) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    """[rows, D] float -> (codes uint8 [rows, D/2], two a byte, low nibble first; scales float32
+    [rows, ceil(D/block)]; zero points uint8 [rows, ceil(blocks/2)] packed the same way, or None
+    for symmetric, where the zero point is 8). Round to nearest per block of `block_size` along D."""
+    rows, d = table.shape
+    if d % 2:
+        raise CompileError(f"int4: an embedding of width {d} cannot be packed two values a byte")
+    blocks = -(-d // block_size)
+    padded = np.zeros((rows, blocks * block_size), np.float32)
+    padded[:, :d] = table
+    x = padded.reshape(rows, blocks, block_size)
+    if symmetric:
+        amax = np.abs(x).max(axis=2)
+        scales = (amax / 7.0).astype(np.float32)
+        zero = np.full((rows, blocks), 8, np.int32)
+    else:
+        lo, hi = np.minimum(x.min(axis=2), 0.0), np.maximum(x.max(axis=2), 0.0)
+        scales = ((hi - lo) / 15.0).astype(np.float32)
+        zero = np.clip(np.round(-lo / np.where(scales == 0, 1.0, scales)), 0, 15).astype(np.int32)
+    safe = np.where(scales == 0, 1.0, scales)[:, :, None]
+    codes = np.clip(np.round(x / safe) + zero[:, :, None], 0, 15).astype(np.uint8).reshape(rows, -1)[:, :d]
+    packed = (codes[:, 0::2] | (codes[:, 1::2] << 4)).astype(np.uint8)
+    if symmetric:
+        return packed, scales, None
+    if blocks % 2:
+        zero = np.concatenate([zero, np.zeros((rows, 1), np.int32)], axis=1)
+    zp = (zero[:, 0::2] | (zero[:, 1::2] << 4)).astype(np.uint8)
+    return packed, scales, zp
+
+
+def dequantize_embedding_table(packed: np.ndarray, scales: np.ndarray, zero_points: np.ndarray | None, block_size: int) -> np.ndarray:
+    """The float table GatherBlockQuantized reads from the codes (the check of the packing)."""
+    rows, half = packed.shape
+    codes = np.empty((rows, half * 2), np.int32)
+    codes[:, 0::2], codes[:, 1::2] = packed & 0x0F, packed >> 4
+    blocks = scales.shape[1]
+    if zero_points is None:
+        zero = np.full((rows, blocks), 8, np.int32)
+    else:
+        zero = np.empty((rows, zero_points.shape[1] * 2), np.int32)
+        zero[:, 0::2], zero[:, 1::2] = zero_points & 0x0F, zero_points >> 4
+        zero = zero[:, :blocks]
+    k = np.arange(half * 2) // block_size
+    return ((codes - zero[:, k]) * scales[:, k]).astype(np.float32)
+
+
+def quantize_embeddings(model, *, block_size: int = 128, symmetric: bool = True) -> int:
+    """Every embedding Gather (`embedding_gathers`) -> ONNX Runtime's GatherBlockQuantized with
+    4-bit codes in uint8 (two a byte; `bits` = 4), round to nearest per block along the row. The
+    table is the largest weight a language model keeps float (151,936 x 2,048 in Qwen-VL: 1.2 GB
+    in FP32), so without this a "4-bit" VLM is 4-bit in its MatMuls only. uint8 codes keep the
+    graph at its opset (ONNX Runtime's own Gather quantizer writes int4 tensors, which force opset
+    21 and break reductions that take `axes` as an attribute). In place; returns how many."""
+    from onnx import helper, numpy_helper
+
+    check_settings(block_size)
+    inits = _initializers(model)
+    done = 0
+    for node in embedding_gathers(model):
+        table = _to_array(inits[node.input[0]])
+        packed, scales, zp = quantize_embedding_table(table, block_size, symmetric)
+        base = node.input[0]
+        names = [f"{base}_q4", f"{base}_scales"] + ([f"{base}_zp"] if zp is not None else [])
+        for name, value in zip(names, [packed, scales] + ([zp] if zp is not None else [])):
+            model.graph.initializer.append(numpy_helper.from_array(value, name))
+        inputs = [names[0], node.input[1], names[1]] + names[2:]
+        new = helper.make_node("GatherBlockQuantized", inputs, list(node.output), name=node.name or f"{base}_gather_q4", domain=MS_DOMAIN,
+                               gather_axis=0, quantize_axis=1, block_size=block_size, bits=4)
+        index = list(model.graph.node).index(node)
+        model.graph.node.remove(node)
+        model.graph.node.insert(index, new)
+        done += 1
+    if done:
+        _ensure_ms_opset(model)
+        _drop_unused_initializers(model)
+        _set_report_meta(model, embeddings=done)
+    return done
+
+
 # ----------------------------------------------------------------------------------- file I/O
 
 
@@ -504,10 +607,11 @@ class Int4Graph:
     awq_matched: list[str]  # AWQ layers this graph holds
 
 
-def build_int4_onnx(job, dst: Path) -> Int4Graph:
+def build_int4_onnx(job, dst: Path, embeddings: bool = False) -> Int4Graph:
     """One graph of a `precision = "int4"` stage as an ONNX graph with MatMulNBits: the AutoAWQ
     source's own ints where its layers are found (and round to nearest for the rest when
-    `awq_rest = "rtn"`), else round to nearest everywhere; `[stages.int4]` settings."""
+    `awq_rest = "rtn"`), else round to nearest everywhere; `[stages.int4]` settings.
+    `embeddings`: token-embedding Gathers to GatherBlockQuantized too (ONNX Runtime targets)."""
     import onnx
 
     stage, settings = job.stage, job.stage.int4_settings
@@ -530,6 +634,8 @@ def build_int4_onnx(job, dst: Path) -> Int4Graph:
                           f"{'symmetric' if settings.symmetric else 'zero points'}, accuracy_level {settings.accuracy_level})")
         model = quantize_matmul_nbits(model, block_size=settings.block_size, symmetric=settings.symmetric,
                                       accuracy_level=settings.accuracy_level, keep_float=keep, inplace=True)
+    if embeddings:
+        quantize_embeddings(model, block_size=settings.block_size, symmetric=settings.symmetric)
     report = int4_report(model)
     if report is None:
         return Int4Graph(job.raw, None, [])

@@ -43,7 +43,12 @@ log = logging.getLogger(__name__)
 # loader compares, `Backend.package`).
 LIBRARIES = ("onnxruntime", "torch", "transformers", "onnx", "numpy")
 # Intermediate files a build leaves in its work folder (kept with --keep-raw).
-INTERMEDIATES = ("*.raw.onnx", "*.int8.onnx", "*.qdq.onnx", "*.kept.onnx", "*.fp32-ref.*", "*.tmp.onnx", "*.tmp.onnx.data", "*.ort-int8.onnx")
+INTERMEDIATES = ("*.raw.onnx", "*.raw.onnx.data", "*.int8.onnx", "*.int8.onnx.data", "*.qdq.onnx", "*.kept.onnx", "*.fp32-ref.*", "*.tmp.onnx", "*.tmp.onnx.data", "*.ort-int8.onnx")
+
+
+def at_precision(stage: StageConfig, precision: str) -> StageConfig:
+    """The stage as built at another precision (one of its graphs); its int4 table only at int4."""
+    return msgspec.structs.replace(stage, precision=precision, int4=stage.int4 if precision == "int4" else None)
 
 
 @dataclass
@@ -61,7 +66,9 @@ class _Stage:
     notes: list[str] = field(default_factory=list)  # what the target said about its builds (BuiltGraph.notes)
 
     def build_graph(self, graph: ExportableGraph) -> GraphEntry:
-        stage, decl, progress = self.stage, graph.decl, self.progress
+        decl, progress = graph.decl, self.progress
+        # A graph may be built at its own precision (a VLM's vision tower stays FP32).
+        stage = at_precision(self.stage, decl.precision) if decl.precision else self.stage
         raw = self.workdir / f"{stage.name}.{decl.role}.raw.onnx"
         shapes = ", ".join(f"{s.name} {s.dtype}{s.shape}" for s in decl.io.inputs)
         if self.target.needs_onnx and not raw.exists():  # another candidate target (auto) exported it already
@@ -78,10 +85,13 @@ class _Stage:
         with _closing(backend), backend.load(str(built.path), decl.io, backend.options_for_target(self.config.runtime, self.info)) as engine:
             memory = engine.memory()  # first: it measures a fresh engine's peak at max_batch
             parity_ort = None
-            if decl.parity == "tensor":  # not a classifier (OCR): every output vs its source graph
-                progress.step(f"{stage.name}: {decl.role}: weights {memory.weights_bytes / 2**20:.0f} MiB; parity vs the source graph "
-                              f"on {len(graph.parity_feeds or [])} example inputs (tolerance {tolerance:g})")
-                parity = parity_gate.check_tensor_parity(engine, graph.reference, graph.parity_feeds or [], tolerance, f"{stage.name}/{decl.role}")
+            if decl.parity in ("tensor", "relative", "judge"):  # not a classifier (OCR, VLM): outputs vs the family's reference
+                what = {"tensor": "every output", "relative": "every output relative to its scale", "judge": "p(yes)"}[decl.parity]
+                progress.step(f"{stage.name}: {decl.role}: weights {memory.weights_bytes / 2**20:.0f} MiB, activations {memory.activations_bytes / 2**20:.0f} MiB; "
+                              f"parity ({what}) on {len(graph.parity_feeds or [])} example inputs (tolerance {tolerance:g})")
+                check = {"tensor": parity_gate.check_tensor_parity, "relative": parity_gate.check_relative_parity,
+                         "judge": parity_gate.check_judge_parity}[decl.parity]
+                parity = check(engine, graph.reference, graph.parity_feeds or [], tolerance, f"{stage.name}/{decl.role}")
             else:
                 folder = resolve_relative(self.config_path, self.config.parity_images) if self.config.parity_images else None
                 images, n_real = parity_gate.parity_images(stage.input_size, folder, seed=stage.seed)
@@ -127,13 +137,16 @@ class _Stage:
         if [g.decl.role for g in model.graphs] != declared:
             raise CompileError(f"family {stage.family}: loaded graphs {[g.decl.role for g in model.graphs]} differ from the declared {declared}")
         for graph in model.graphs:
-            if graph.decl.parity not in ("classifier", "tensor"):
+            if graph.decl.parity not in ("classifier", "tensor", "relative", "judge"):
                 raise CompileError(f"family {stage.family}: no parity check for {graph.decl.parity!r} graphs")
+            if graph.decl.precision and graph.decl.precision != stage.precision:
+                self.target.check_precision(at_precision(stage, graph.decl.precision), self.config.target.device)
         graphs = [self.build_graph(graph) for graph in model.graphs]
         from .int4 import check_awq_stage
 
         int4_notes = check_awq_stage(stage, self.config_path, self.awq_matched)
-        return StageEntry(
+        evidence_stage = family.kind in ("ocr", "vlm")  # moves the earlier stage's probability (streetcascade/evidence.py)
+        entry = StageEntry(
             name=stage.name,
             kind=family.kind,
             family=stage.family,
@@ -146,8 +159,26 @@ class _Stage:
             notes=model.notes + int4_notes + self.notes + [f"{g.decl.role} input: {g.decl.preprocessing}" for g in model.graphs if g.decl.preprocessing]
             + (["attention fused: every scaled_dot_product_attention is ONNX Runtime's MultiHeadAttention"] if stage.attention == "fused" else []),
             evidence=(stage.evidence or Vocabulary()) if family.kind == "ocr" else None,
-            combine=(stage.combine or LogOddsRule()) if family.kind == "ocr" else None,
+            combine=(stage.combine or LogOddsRule()) if evidence_stage else None,
         )
+        if model.finish is not None:
+            entry = self.finish(model, entry)
+        return entry
+
+    def finish(self, model, entry: StageEntry) -> StageEntry:
+        """The family's checks of the whole stage, over its built engines."""
+        from .models.base import BuiltStage
+
+        backend = get_backend(self.target.backend)
+        options = backend.options_for_target(self.config.runtime, self.info)
+        io = {g.role: (g.file, g.io) for g in entry.graphs}
+
+        def load(role: str):
+            file, graph_io = io[role]
+            return backend.load(str(self.workdir / file), graph_io, options)
+
+        with _closing(backend):
+            return model.finish(BuiltStage(entry, self.workdir, self.config, self.config_path, load, self.progress))
 
 
 def compile_cascade(config_path: str | Path, out_dir: str | Path | None = None, progress: bool = True, keep_raw: bool = False,

@@ -73,7 +73,11 @@ class Cascade:
             if index > 0 and deadline_ms is not None:
                 elapsed = (time.perf_counter() - t_start) * 1000.0
                 if elapsed + stage.expected_ms * len(pending) + self.safety_margin_ms > deadline_ms:
-                    log.info("deadline: skipping stage %s for %d image(s)", stage.name, len(pending))
+                    log.info("deadline: skipping stage %s for %d image(s) (expected %.0f ms each, %.0f ms left)", stage.name, len(pending),
+                             stage.expected_ms, deadline_ms - elapsed - self.safety_margin_ms)
+                    with self._lock:  # per stage: how often the deadline could not hold it
+                        key = f"deadline_skips.{stage.name}"
+                        self.counters[key] = self.counters.get(key, 0) + len(pending)
                     for i in pending:
                         fallback[i] = True
                     break

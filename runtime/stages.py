@@ -27,6 +27,7 @@ from .backends.base import Engine
 STAGE_KINDS = Registry("stage kind (upgrade streetcascade to run it)", {
     "classifier": "streetcascade.runtime.classifier:ClassifierStage",
     "ocr": "streetcascade.runtime.ocr_stage:OcrStage",
+    "vlm": "streetcascade.runtime.vlm_stage:VlmStage",
 }, unknown=EngineMismatch, unavailable=None)
 
 

@@ -31,6 +31,7 @@ from streetcascade.errors import ConfigError
 from streetcascade.evidence import LogOddsRule, Vocabulary
 from streetcascade.settings import Probability, RuntimeConfig, StageThresholds
 from streetcascade.structs import load_toml
+from streetcascade.vlm import JudgeSettings
 
 # What a target can build is its own list (Target.precisions); bf16, fp8 and int4 are also planned
 # (`streetcascade plan`) before a target builds them.
@@ -75,6 +76,7 @@ class Int4Config(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
         accuracy_level = 4        # 4: the CPU kernel multiplies int8-quantized activations (faster); 0: float activations
         keep_float = ["*lm_head*"]  # ONNX node-name patterns left float
         awq_rest = "float"        # AutoAWQ source: MatMuls the checkpoint left float stay float, or "rtn"
+        embeddings = "int4"       # token-embedding tables 4-bit too (onnxruntime target), or "float"
     """
 
     bits: Literal[4] = 4
@@ -83,6 +85,10 @@ class Int4Config(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     accuracy_level: Literal[0, 1, 2, 3, 4] = 4
     keep_float: list[str] = []
     awq_rest: Literal["float", "rtn"] = "float"
+    # Token-embedding tables (Gathers over a constant table of >= 256 rows), which are not MatMuls:
+    # "int4" rounds them to 4 bits per block like the MatMuls (ONNX Runtime target: GatherBlockQuantized;
+    # a language model's largest weight), "float" keeps them.
+    embeddings: Literal["float", "int4"] = "int4"
 
     def __post_init__(self):
         if self.block_size not in INT4_BLOCK_SIZES:
@@ -116,10 +122,13 @@ class StageConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     # (fp32 1e-4, int8-dynamic 0.15).
     parity_tolerance: Annotated[float, msgspec.Meta(ge=0.0, le=1.0)] = 0.0
     seed: int = 0
-    # OCR stages: the roadwork phrases to look for and how what is read moves the earlier
-    # probability (streetcascade/evidence.py); defaults when absent.
+    # OCR stages: the roadwork phrases to look for; evidence stages (OCR, VLM judge): how what
+    # they find moves the earlier probability (streetcascade/evidence.py); defaults when absent.
     evidence: Vocabulary | None = None
     combine: LogOddsRule | None = None
+    # VLM judge stages (families qwen2.5-vl, qwen3-vl): prompt, answer words, resolution
+    # (streetcascade/vlm.py); defaults when absent.
+    judge: JudgeSettings | None = None
     # precision "int4": block size, symmetry, kernel accuracy level, layers kept float ([stages.int4]).
     int4: Int4Config | None = None
 

@@ -154,6 +154,7 @@ class WeightQuant(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     kept_float: list[str] = []  # constant-weight MatMuls left float (keep_float, or not in the AWQ checkpoint)
     bytes_before: int = 0  # the converted weights in float32
     bytes_after: int = 0  # the same as 4-bit codes + scales + zero points
+    embeddings: int = 0  # embedding tables (Gathers) made 4-bit too ([stages.int4] embeddings = "int4"; not in the bytes above)
 
     def summary(self) -> str:
         ratio = self.bytes_before / max(1, self.bytes_after)
@@ -161,7 +162,7 @@ class WeightQuant(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
         return (f"{self.converted} MatMul(s) to {self.bits}-bit ({self.method}, block {self.block_size}, "
                 f"{'symmetric' if self.symmetric else 'zero points'}, accuracy_level {self.accuracy_level}{src}): "
                 f"{self.bytes_before / 2**20:.1f} MiB -> {self.bytes_after / 2**20:.1f} MiB ({ratio:.1f}x); "
-                f"{len(self.kept_float)} kept float")
+                f"{len(self.kept_float)} kept float" + (f"; {self.embeddings} embedding table(s) 4-bit" if self.embeddings else ""))
 
 
 class GraphEntry(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
@@ -198,6 +199,40 @@ class BuildInfo(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     timing_cache: str = ""  # the timing cache file used and updated (relative to engines_dir)
 
 
+class VlmEntry(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """A VLM judge stage (stage kind "vlm"): what its runtime needs besides the graphs (the
+    prompt as token ids, the answer tokens, how images become patches) and what was measured at
+    compile time (tokens per image, latency, end-to-end parity against transformers)."""
+
+    model: str  # the host-side preparation (runtime/qwen_vl.py): "qwen2.5-vl" | "qwen3-vl"
+    prompt: str  # the question asked
+    # The rendered chat prompt as token ids, with ONE image_token_id where the image's tokens go.
+    prompt_ids: list[int]
+    image_token_id: int
+    answer_tokens: list[str]  # as the tokenizer spells them (columns of the prefill's answer_logits)
+    answer_ids: list[int]
+    answer_yes: list[bool]  # which answer tokens mean "yes"
+    # Image preparation (the processor's): resize to min..max pixels, sides multiples of
+    # patch_size x merge_size, x * rescale, (x - mean) / std, patches of temporal x patch x patch.
+    patch_size: int
+    merge_size: int
+    temporal_patch_size: int
+    min_pixels: int
+    max_pixels: int
+    mean: list[float]
+    std: list[float]
+    rescale: float
+    window_size: int = 0  # Qwen2.5-VL: window attention size in pixels
+    pos_embed_side: int = 0  # Qwen3-VL: side of the learned position-embedding grid
+    deepstack_layers: int = 0  # Qwen3-VL: vision features added after the first N decoder layers
+    vision_tokens: int = 0  # language-model tokens per image at the configured resolution (square image)
+    max_tokens: int = 0  # prompt + image tokens the prefill was measured for
+    expected_ms: float = 0.0  # one image, end to end, measured at compile time
+    # The compiled chain (numpy preparation, vision graph, prefill graph) against transformers'
+    # full forward on the same images, on the answer logits.
+    parity: Parity | None = None
+
+
 class StageEntry(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     name: str
     kind: str  # how the runtime runs it (runtime.stages registry): "classifier"
@@ -209,9 +244,11 @@ class StageEntry(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     thresholds: StageThresholds
     graphs: list[GraphEntry]
     notes: list[str] = []
-    # OCR stages: the vocabulary and the combination rule they run with.
+    # Evidence stages (OCR, VLM judge): the combination rule they run with; OCR: the vocabulary.
     evidence: Vocabulary | None = None
     combine: LogOddsRule | None = None
+    # VLM judge stages: prompt ids, answer tokens, image preparation, measured figures.
+    vlm: VlmEntry | None = None
 
 
 class Manifest(msgspec.Struct, frozen=True, forbid_unknown_fields=True):

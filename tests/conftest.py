@@ -90,6 +90,26 @@ def tiny_ocr_engine_dir(tmp_path_factory, tiny_dinov3_dir) -> Path:
         pytest.skip(f"NOT CHECKED on real PP-OCR weights: {exc}")
 
 
+@pytest.fixture(scope="session")
+def tiny_vlm(tmp_path_factory):
+    """family -> (checkpoint dir, compiled engine set) of a tiny Qwen-VL judge (fp32, 224 px,
+    max_batch 2), built once per session."""
+    from streetcascade.compile.pipeline import compile_cascade
+
+    built = {}
+
+    def get(family: str):
+        if family not in built:
+            root = tmp_path_factory.mktemp(family)
+            ckpt = tiny_checkpoint(tmp_path_factory, family)
+            cfg = write_config(root / "c.toml", [{"name": "judge", "family": family, "source": str(ckpt), "input_size": 224, "max_batch": 2}],
+                               root / "engines")
+            built[family] = (ckpt, compile_cascade(cfg, progress=False))
+        return built[family]
+
+    return get
+
+
 @pytest.fixture()
 def engine_copy(tiny_engine_dir, tmp_path) -> Path:
     """A private copy of the compiled engine set, for tests that damage it."""

@@ -31,7 +31,7 @@ from streetcascade.manifest import GraphIO
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 # Files that define a checkpoint's behaviour (hashed into the manifest).
-CHECKPOINT_PATTERNS = ("*.json", "*.safetensors", "*.bin", "*.txt", "*.model")
+CHECKPOINT_PATTERNS = ("*.json", "*.safetensors", "*.bin", "*.txt", "*.model", "*.jinja")  # .jinja: a chat template
 OPSET = 17  # LayerNormalization is a single FP32-friendly op from 17 on
 
 
@@ -45,9 +45,14 @@ class GraphDecl:
     opset: int = OPSET
     # How the parity gate compares it with the reference: "classifier" = probabilities of one
     # logit per image on sample photos + synthetic images; "tensor" = every output value on the
-    # family's example inputs (graphs that are not classifiers, e.g. OCR).
+    # family's example inputs (graphs that are not classifiers, e.g. OCR); "relative" = the same,
+    # the error relative to the largest reference value (features of any scale, a VLM's vision
+    # tower); "judge" = a yes/no judge's outputs: p(yes) from its `yes_logodds` output within
+    # the tolerance, every output's largest difference recorded.
     parity: str = "classifier"
     preprocessing: str = ""  # what the graph does to its input before the model, for the manifest
+    # Built at this precision whatever the stage's ("" = the stage's): a VLM's vision tower.
+    precision: str = ""
 
 
 @dataclass(frozen=True)
@@ -91,6 +96,9 @@ class ExportableGraph:
     onnx_source: Path | None = None  # a ready ONNX graph, copied instead of exported
     parity_feeds: list[dict[str, np.ndarray]] | None = None  # "tensor" parity: the example inputs
     metadata: dict[str, str] = field(default_factory=dict)  # stored in the ONNX file (e.g. a tokenizer)
+    # Inputs to trace the export with (default: zeros of the declared shapes, named axes at 2):
+    # graphs whose axes must agree with each other (a VLM's patches and windows).
+    example: dict[str, np.ndarray] | None = None
 
 
 @dataclass
@@ -99,6 +107,26 @@ class ExportableModel:
     source_sha256: str
     placeholder: bool  # random weights: must never be passed off as a detector
     notes: list[str] = field(default_factory=list)
+    # Checks of the stage as a whole once its graphs are built (a VLM: the chain of graphs against
+    # the PyTorch model, the accuracy gate of lossy precisions); returns the (amended) entry.
+    finish: Callable[["BuiltStage"], Any] | None = None
+
+
+@dataclass
+class BuiltStage:
+    """A stage whose graphs are built (in `workdir`, not yet in the engine set), for
+    `ExportableModel.finish`: its manifest entry so far and how to load its engines."""
+
+    entry: Any  # StageEntry
+    workdir: Path
+    config: Any  # CascadeConfig
+    config_path: Path
+    load: Callable[[str], Any]  # role -> the built engine, loaded through the target's backend
+    progress: Any
+
+    def raw(self, role: str) -> Path:
+        """The exported FP32 ONNX graph of a role (the accuracy gate's reference)."""
+        return self.workdir / f"{self.entry.name}.{role}.raw.onnx"
 
 
 @dataclass

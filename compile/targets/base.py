@@ -50,6 +50,8 @@ class Target(ABC):
     suffix: ClassVar[str]  # engine file suffix, e.g. ".onnx"
     # Builds from the exported ONNX graph (False: from the PyTorch module, e.g. AOTInductor).
     needs_onnx: ClassVar[bool] = True
+    # Builds a VLM judge's graphs (stage kind "vlm": token-length axes, contrib ops in int4).
+    judge_stages: ClassVar[bool] = False
 
     @abstractmethod
     def describe(self, config: CascadeConfig) -> TargetInfo:
@@ -65,9 +67,12 @@ class Target(ABC):
                 f"stage {stage.name}: precision {stage.precision!r} is not available for the {self.backend} target "
                 f"(have: {', '.join(self.precisions)})"
             )
-        if stage.attention == "fused":
-            from ..models import get_family
+        from ..models import get_family
 
+        if get_family(stage.family).kind == "vlm" and not self.judge_stages:
+            raise CompileError(f"stage {stage.name}: the {self.backend} target does not build VLM judge stages ({stage.family}); "
+                               "use the onnxruntime or openvino target")
+        if stage.attention == "fused":
             kind = get_family(stage.family).kind
             if kind != "classifier":  # OCR graphs: ready-made ONNX (PP-OCR) or masked, causal attention (Florence-2)
                 raise CompileError(f"stage {stage.name}: attention = \"fused\" applies to classifier families (a ViT's attention); "

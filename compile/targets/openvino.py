@@ -201,6 +201,7 @@ def nncf_int4(model, settings, progress) -> object:
 
 
 class OpenVinoTarget(Target):
+    judge_stages = True
     backend = OPENVINO
     precisions = ("fp32", "bf16", "int8-static", "int4")
     suffix = ".xml"

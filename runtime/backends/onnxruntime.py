@@ -42,6 +42,9 @@ class OrtOptions(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     optimize: bool = False
     # Write the optimised graph here (the offline optimisation step of compile); "" = don't.
     save_optimized_to: str = ""
+    # ...with its weights in this companion file beside it ("" = inline): graphs past protobuf's
+    # 2 GiB limit (a VLM's language model in FP32).
+    save_weights_to: str = ""
     # cuda: which execution provider runs the graph (the CUDA provider backs TensorRT's up).
     execution_provider: Literal["cuda", "tensorrt"] = "cuda"
     gpu_index: Annotated[int, msgspec.Meta(ge=0)] = 0
@@ -67,6 +70,9 @@ def session_options(options: OrtOptions) -> "ort.SessionOptions":
     so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL if optimize else ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     if options.save_optimized_to:
         so.optimized_model_filepath = options.save_optimized_to
+        if options.save_weights_to:
+            so.add_session_config_entry("session.optimized_model_external_initializers_file_name", options.save_weights_to)
+            so.add_session_config_entry("session.optimized_model_external_initializers_min_size_in_bytes", "1024")
         # ORT warns that an ENABLE_ALL graph may hold hardware-specific (NCHWc) kernels: that is
         # why the manifest records the CPU features and `check_target` compares them.
         so.log_severity_level = 3
@@ -306,7 +312,11 @@ class OrtEngine(Engine):
         return ort.InferenceSession(path, sess_options=session_options(options), providers=providers_for(options, path))
 
     def slot(self) -> Slot:
-        if self.options.device == "cpu" or has_free_axes(self.io.outputs):
+        # The GPU slot keeps device buffers per slot and batch size (CUDA graphs replay fixed
+        # addresses): only for graphs whose batch is their one free axis; others (OCR maps, a VLM's
+        # token axes) bind per call.
+        fixed = not has_free_axes(self.io.outputs) and not has_free_axes(self.io.inputs)
+        if self.options.device == "cpu" or not fixed:
             return OrtSlot(self)
         return OrtGpuSlot(self, next(self._slot_index))
 

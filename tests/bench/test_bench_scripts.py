@@ -120,3 +120,19 @@ def test_int4_bench_tiny_prints_ratios():
     assert by["int4-b128"]["file_bytes"] < by["int8"]["file_bytes"] < by["fp32"]["file_bytes"]
     assert all(r["prefill_ms"] > 0 and r["decode_ms"] > 0 and r["peak_rss_bytes"] > 0 for r in rows)
     assert any(line.startswith("| int4-b32 |") for line in lines)
+
+
+def test_vlm_bench_tiny_prints_the_tables(tmp_path):
+    """bench.vlm's whole path on the tiny Qwen3-VL (phases in this process): FP32 / INT8 / INT4
+    prefill side by side, the judges end to end vs transformers' generate, the FP32 judge's
+    p(yes) equal to transformers'."""
+    pytest.importorskip("tokenizers", exc_type=ImportError)
+    from bench.vlm import GENERATE, run
+
+    lines = []
+    result = run(preset="tiny", size=224, runs=2, rounds=1, block=32, out=lines.append, workdir=str(tmp_path), in_process=True)
+    text = "\n".join(lines)
+    assert "| int4 |" in text and "| int8-dynamic |" in text and f"| {GENERATE} |" in text and "x faster than generate" in text
+    p = result["judge"]["p_yes"]
+    assert abs(p["fp32 (vision fp32, prefill fp32)"] - p[GENERATE]) < 1e-4 and abs(p["transformers forward"] - p[GENERATE]) < 1e-4
+    assert result["file_bytes"]["int4"] < result["file_bytes"]["fp32"]

@@ -5,6 +5,7 @@ packed layout) imported without re-quantizing."""
 from __future__ import annotations
 
 import json
+import logging
 import shutil
 from pathlib import Path
 
@@ -182,8 +183,6 @@ def test_awq_checkpoint_of_another_model_is_refused(awq, lm, tmp_path):
 
 
 def test_awq_layers_missing_from_the_graph_are_reported(awq, caplog):
-    import logging
-
     layers = dict(int4.read_awq_checkpoint(awq["dir"]))
     extra = random_layer(np.random.default_rng(5), 64, 256, 128)
     packed = pack_gemm(extra)
