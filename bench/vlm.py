@@ -166,7 +166,7 @@ def phase_judge(root: str, family: str, size: int, runs: int, rounds: int) -> di
     """The judge end to end (image -> p(yes)) with each precision, and transformers' processor +
     generate(max_new_tokens=1) on the same weights, image and prompt: interleaved in one process."""
     from streetcascade.compile.models import get_family
-    from streetcascade.compile.models.qwen_vl_check import transformers_judge
+    from streetcascade.compile.models.qwen_vl import transformers_judge
     from streetcascade.runtime.vlm_stage import VlmJudge
 
     root = Path(root)
@@ -262,7 +262,7 @@ def _transformers_generate(model, spec, image: np.ndarray):
     import torch
     from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
 
-    from streetcascade.runtime.qwen_vl import assemble
+    from streetcascade.runtime.vlm_host import assemble
 
     processor = Qwen2VLImageProcessorPil(size={"shortest_edge": spec.min_pixels, "longest_edge": spec.max_pixels}, patch_size=spec.patch_size,
                                          merge_size=spec.merge_size, temporal_patch_size=spec.temporal_patch_size, image_mean=spec.mean,
