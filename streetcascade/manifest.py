@@ -55,7 +55,7 @@ class MemoryAccount(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     weights_bytes: int
     activations_bytes: int  # workspace + intermediate tensors at max_batch
     host_buffers_bytes: int  # per slot
-    method: str  # how the figures were obtained, e.g. "rss-delta" or "tensorrt-engine"
+    method: str  # how the figures were obtained, e.g. "rss-peak" (host: session RSS growth, peak RSS growth of the first run) or "tensorrt-engine"
 
 
 class TargetInfo(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
