@@ -299,6 +299,7 @@ class QwenVlFamily(VlmFamily):
         self.model_classes = {variant.model_type: variant.model_class}
         self.presets = variant.presets
         self.processor_defaults = variant.processor
+        self.vision_attention_fusable = variant is not QWEN25  # Qwen2.5-VL: window attention, a block-diagonal mask
 
     def write_tokenizer(self, directory: Path) -> None:
         write_test_tokenizer(directory, self.variant.test_template, SPECIAL_TOKENS, {
@@ -371,7 +372,7 @@ class QwenVlFamily(VlmFamily):
         settings = stage.judge or JudgeSettings()
         vision = GraphDecl("vision", GraphIO(vision_in, [TensorSpec("image_embeds", ["batch", "tokens", d], F32), *features], 1,
                                              {"patches": patches_max, "tokens": tokens_max}), parity="relative",
-                           precision=settings.vision_precision,
+                           precision=settings.vision_precision, attention_fusable=self.vision_attention_fusable,
                            preprocessing=f"{self.name} image processor in numpy (runtime/qwen_vl.py): bicubic resize to {spec.min_pixels}..{spec.max_pixels} "
                                          f"pixels in multiples of {spec.patch_size * spec.merge_size}, normalised, {spec.patch_size}px patches; "
                                          f"{spec.vision_tokens} tokens at {stage.input_size}x{stage.input_size}")

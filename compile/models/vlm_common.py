@@ -208,7 +208,8 @@ def prefill_decl(stage: StageConfig, spec: VlmEntry, hidden: int, tokens_max: in
               TensorSpec("image_embeds", ["batch", "tokens", hidden], F32), *features]
     outputs = [TensorSpec("answer_logits", ["batch", len(spec.answer_ids)], F32), TensorSpec("yes_logodds", ["batch"], F32)]
     return GraphDecl("prefill", GraphIO(inputs, outputs, stage.max_batch, {"sequence": spec.max_tokens, "tokens": tokens_max}),
-                     parity="judge", preprocessing=f"prompt {len(spec.prompt_ids) - 1} tokens + the image's; answers {spec.answer_tokens}")
+                     parity="judge", preprocessing=f"prompt {len(spec.prompt_ids) - 1} tokens + the image's; answers {spec.answer_tokens}",
+                     attention_fusable=False)
 
 
 # ------------------------------------------------------------------------------- the family
@@ -241,6 +242,7 @@ class VlmFamily(ModelFamily):
     VlmEntry and graph declarations, and the references (vlm_check.py runs them)."""
 
     kind = "vlm"
+    vision_attention_fusable = True  # its vision graph's attention is unmasked (attention = "fused" fuses it)
     model_classes: dict[str, str]
     presets: dict[str, dict]
     processor_defaults: dict
