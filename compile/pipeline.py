@@ -26,8 +26,8 @@ from streetcascade.config import CascadeConfig, StageConfig, TargetConfig, load_
 from streetcascade.errors import CompileError, ConfigError, StreetcascadeError
 from streetcascade.evidence import LogOddsRule, Vocabulary
 from streetcascade.machine import version_of
-from streetcascade.manifest import (FORMAT_VERSION, CompanionFile, GraphEntry, Manifest, StageEntry, TargetInfo, TargetSelection, sha256_file,
-                                    write_manifest)
+from streetcascade.manifest import (FORMAT_VERSION, CompanionFile, GraphEntry, LatencyRatio, Manifest, StageEntry, TargetInfo, TargetSelection,
+                                    sha256_file, write_manifest)
 from streetcascade.progress import Progress
 from streetcascade.runtime.backends import get_backend
 
@@ -73,7 +73,7 @@ class _Stage:
         backend = get_backend(self.target.backend)
         with _closing(backend), backend.load(str(built.path), decl.io, backend.options_for_target(self.config.runtime, self.info)) as engine:
             memory = engine.memory()  # first: it measures a fresh engine's peak at max_batch
-            parity_ort = None
+            parity_ort, images = None, None
             if decl.parity == "tensor":  # not a classifier (OCR): every output vs its source graph
                 progress.step(f"{stage.name}: {decl.role}: weights {memory.weights_bytes / 2**20:.0f} MiB; parity vs the source graph "
                               f"on {len(graph.parity_feeds or [])} example inputs (tolerance {tolerance:g})")
@@ -89,6 +89,7 @@ class _Stage:
                 parity = parity_gate.check_classifier_parity(engine, graph.reference, images, tolerance, f"{stage.name}/{decl.role}")
                 if self.info.device == "cuda" and raw.exists():
                     parity_ort = self.parity_vs_onnxruntime(engine, raw, decl, images, tolerance)
+        latency = self.time_against_reference(built.path, graph, images)
         return GraphEntry(
             role=decl.role,
             file=built.path.name,
@@ -102,7 +103,22 @@ class _Stage:
             build=built.build,
             parity_onnxruntime=parity_ort,
             companions=[CompanionFile(file=p.name, sha256=sha256_file(p), size_bytes=p.stat().st_size) for p in built.companions],
+            latency=latency,
         )
+
+    def time_against_reference(self, path: Path, graph: ExportableGraph, images) -> LatencyRatio | None:
+        """Batch-1 latency vs PyTorch eager (or the source ONNX graph), side by side on one
+        thread each: the ratio the latency-regression suite holds later runs to."""
+        runs = self.config.target.latency_runs
+        if not runs:
+            return None
+        from .latency import measure_graph, timing_engine
+
+        with timing_engine(path, graph.decl.io, self.info) as engine:
+            result = measure_graph(engine, graph, images, self.info.device, runs)
+        self.progress.step(f"{self.stage.name}: {graph.decl.role}: batch-1 latency {result.engine_p50_ms:.2f} ms vs {result.reference} "
+                           f"{result.reference_p50_ms:.2f} ms (p50 ratio {result.ratio_p50:.2f}, {result.runs} runs each, side by side)")
+        return result
 
     def parity_vs_onnxruntime(self, engine, raw: Path, decl, images, tolerance: float):
         """A GPU engine against the FP32 ONNX Runtime engine of the graph it was built from."""

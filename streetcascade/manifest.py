@@ -140,6 +140,23 @@ class AccuracyGate(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     harmful_layers: list[LayerHarm] = []  # worst first (when a sensitivity pass ran)
 
 
+class LatencyRatio(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """The engine's latency against a reference run of the same model, timed side by side
+    (interleaved rounds, one process) at compile time on the build machine. Absolute times move
+    from machine to machine and minute to minute on a shared box; the ratio moves much less, and
+    is what the latency-regression suite (tests/latency/) re-measures and compares."""
+
+    reference: str  # "pytorch-eager-cpu" | "pytorch-eager-cuda" (the exported module) | "onnx-source-onnxruntime"
+    batch: int
+    runs: int  # timed calls of each side
+    engine_p50_ms: float
+    engine_p99_ms: float
+    reference_p50_ms: float
+    reference_p99_ms: float
+    ratio_p50: float  # engine / reference; below 1 = the engine is faster
+    ratio_p99: float
+
+
 class GraphEntry(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     role: str  # what the graph does in its stage: "classifier" for stage-1 graphs
     file: str  # relative to the engine-set folder
@@ -158,6 +175,8 @@ class GraphEntry(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     parity_onnxruntime: Parity | None = None
     # Files the engine file loads from beside it; hashed and checked like it.
     companions: list[CompanionFile] = []
+    # Batch-1 latency against the reference, measured at compile time ([target] latency_runs).
+    latency: LatencyRatio | None = None
 
 
 class BuildInfo(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
