@@ -43,7 +43,9 @@ COPY . .
 # check of every GPU engine against ONNX Runtime on the CPU.
 ARG GPU_EXTRAS=cpu,compile,miner,ocr,ship,chain,gpu
 RUN make setup VENV=/opt/build VENV_FLAGS=--system-site-packages EXTRAS=${GPU_EXTRAS}
-ENV PATH=/opt/build/bin:$PATH
+# The artifact's wheels, TensorRT's included (same version as this image's), from the indexes.
+ENV PATH=/opt/build/bin:$PATH \
+    DEFAULT_PACKAGE_ARGS="--resolve index --index-url https://pypi.org/simple --index-url https://pypi.nvidia.com"
 
 # ---- engines: compiled here (the GPU stage needs the GPU in the build), or brought along ----
 FROM cpu-toolchain AS cpu-engines-compiled
@@ -73,8 +75,8 @@ COPY --from=engines / /build/engines
 # ---- the one-file artifact: online side + engine set + miner config, hashed ----
 FROM ${VARIANT}-engines-${ENGINES_FROM} AS package
 ARG MINER_CONFIG=deploy/docker/miner.toml
-# GPU: TensorRT's wheels come from NVIDIA's index, e.g.
-#   --build-arg PACKAGE_ARGS="--resolve index --index-url https://pypi.org/simple --index-url https://pypi.nvidia.com"
+# Flags for `streetcascade package` (default: this venv's distributions on the CPU variant,
+# the indexes on the GPU variant, see DEFAULT_PACKAGE_ARGS above).
 ARG PACKAGE_ARGS=
 RUN ENGINES=/build/engines MINER_CONFIG=${MINER_CONFIG} OUT=/build/miner.pex PACKAGE_ARGS="${PACKAGE_ARGS}" deploy/docker/package.sh
 

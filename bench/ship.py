@@ -162,10 +162,18 @@ def main() -> int:
             builds[tool], sizes[tool] = build(tool, Path(args.engines), config, work / f"miner.{suffix}")
         bare = bare_python(work / "bare")
         starts: dict[str, list[float]] = {"pex cold": [], "pex warm": [], "shiv cold": [], "shiv warm": [], "reference": []}
+        variants = ["pex", "shiv", "reference"]
         for r in range(args.runs):
-            for tool, suffix in (("pex", "pex"), ("shiv", "pyz")):
-                home = work / f"home-{tool}-{r}"
-                run = work / f"run-{tool}-{r}"
+            for variant in variants[r % 3:] + variants[: r % 3]:  # a different order each round
+                if variant == "reference":
+                    cmd = [str(Path(sys.executable).with_name("streetcascade")), "serve", "--config", str(config), "--engine",
+                           str(Path(args.engines).resolve())]
+                    seconds, proc, _ = start_and_time(cmd, {**os.environ, "PYTHONPATH": ""}, work, port, miner)
+                    stop(proc)
+                    starts["reference"].append(seconds)
+                    continue
+                suffix = {"pex": "pex", "shiv": "pyz"}[variant]
+                home, run = work / f"home-{variant}-{r}", work / f"run-{variant}-{r}"
                 home.mkdir()
                 run.mkdir()
                 shutil.copy(work / f"miner.{suffix}", run)
@@ -174,21 +182,20 @@ def main() -> int:
                 for kind in ("cold", "warm"):
                     seconds, proc, _ = start_and_time(cmd, env, run, port, miner)
                     stop(proc)
-                    starts[f"{tool} {kind}"].append(seconds)
-            cmd = [str(Path(sys.executable).with_name("streetcascade")), "serve", "--config", str(config), "--engine", str(Path(args.engines).resolve())]
-            seconds, proc, _ = start_and_time(cmd, {**os.environ, "PYTHONPATH": ""}, work, port, miner)
-            stop(proc)
-            starts["reference"].append(seconds)
+                    starts[f"{variant} {kind}"].append(seconds)
+                shutil.rmtree(home, ignore_errors=True)
         med = {k: statistics.median(v) for k, v in starts.items()}
         result = {"sizes_bytes": sizes, "build_s": builds, "start_s": starts, "median_s": med, "engines": str(args.engines)}
         if args.markdown:
             print(f"engine set {args.engines}; {args.runs} round(s); starts to the first answered request, median\n")
-            print("| artifact | size | build | cold start | warm start | cold / reference | warm / reference |")
+            rng = lambda k: f"{min(starts[k]):.2f}-{max(starts[k]):.2f}"  # noqa: E731
+            print("| artifact | size | build | cold start (range) | warm start (range) | cold / reference | warm / reference |")
             print("|---|---|---|---|---|---|---|")
             for tool in ("pex", "shiv"):
-                print(f"| {tool} | {sizes[tool] / 2**20:.1f} MiB | {builds[tool]:.1f} s | {med[tool + ' cold']:.2f} s | {med[tool + ' warm']:.2f} s | "
-                      f"{med[tool + ' cold'] / med['reference']:.2f} | {med[tool + ' warm'] / med['reference']:.2f} |")
-            print(f"| reference: `streetcascade serve` from the checkout's venv | - | - | - | {med['reference']:.2f} s | - | 1.00 |")
+                print(f"| {tool} | {sizes[tool] / 2**20:.1f} MiB | {builds[tool]:.1f} s | {med[tool + ' cold']:.2f} s ({rng(tool + ' cold')}) | "
+                      f"{med[tool + ' warm']:.2f} s ({rng(tool + ' warm')}) | {med[tool + ' cold'] / med['reference']:.2f} | "
+                      f"{med[tool + ' warm'] / med['reference']:.2f} |")
+            print(f"| reference: `streetcascade serve` from the checkout's venv | - | - | - | {med['reference']:.2f} s ({rng('reference')}) | - | 1.00 |")
         else:
             print(json.dumps(result, indent=2))
     finally:

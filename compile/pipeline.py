@@ -34,7 +34,7 @@ from streetcascade.runtime.backends import get_backend
 from . import parity as parity_gate
 from .export import export_graph
 from .models import get_family
-from .models.base import ExportableGraph
+from .models.base import ExportableGraph, ExportableModel
 from .targets import AUTO, CPU_TARGETS, BuildJob, Target, engine_set_name, get_target
 
 log = logging.getLogger(__name__)
@@ -57,6 +57,10 @@ class _Stage:
     info: TargetInfo
     workdir: Path
     progress: Progress
+    # Off for the candidates `backend = "auto"` compares: only the kept one is timed against its
+    # reference (`with_latency`), once the choice is made.
+    time_latency: bool = True
+    model: ExportableModel | None = None  # after build()
 
     def build_graph(self, graph: ExportableGraph) -> GraphEntry:
         stage, decl, progress = self.stage, graph.decl, self.progress
@@ -89,7 +93,6 @@ class _Stage:
                 parity = parity_gate.check_classifier_parity(engine, graph.reference, images, tolerance, f"{stage.name}/{decl.role}")
                 if self.info.device == "cuda" and raw.exists():
                     parity_ort = self.parity_vs_onnxruntime(engine, raw, decl, images, tolerance)
-        latency = self.time_against_reference(built.path, graph, images)
         return GraphEntry(
             role=decl.role,
             file=built.path.name,
@@ -103,19 +106,26 @@ class _Stage:
             build=built.build,
             parity_onnxruntime=parity_ort,
             companions=[CompanionFile(file=p.name, sha256=sha256_file(p), size_bytes=p.stat().st_size) for p in built.companions],
-            latency=latency,
         )
 
-    def time_against_reference(self, path: Path, graph: ExportableGraph, images) -> LatencyRatio | None:
-        """Batch-1 latency vs PyTorch eager (or the source ONNX graph), side by side on one
-        thread each: the ratio the latency-regression suite holds later runs to."""
-        runs = self.config.target.latency_runs
-        if not runs:
-            return None
+    def with_latency(self, entry: StageEntry) -> StageEntry:
+        """Each graph's batch-1 latency vs PyTorch eager (or the source ONNX graph), timed side by
+        side on one thread each: the ratio the latency-regression suite holds later runs to."""
+        if not self.config.target.latency_runs or self.model is None:
+            return entry
+        graphs = [msgspec.structs.replace(g, latency=self.time_against_reference(self.workdir / g.file, exportable))
+                  for g, exportable in zip(entry.graphs, self.model.graphs)]
+        return msgspec.structs.replace(entry, graphs=graphs)
+
+    def time_against_reference(self, path: Path, graph: ExportableGraph) -> LatencyRatio:
         from .latency import measure_graph, timing_engine
 
+        images = None
+        if graph.decl.parity == "classifier":
+            folder = resolve_relative(self.config_path, self.config.parity_images) if self.config.parity_images else None
+            images = parity_gate.parity_images(self.stage.input_size, folder, seed=self.stage.seed)[0]
         with timing_engine(path, graph.decl.io, self.info) as engine:
-            result = measure_graph(engine, graph, images, self.info.device, runs)
+            result = measure_graph(engine, graph, images, self.info.device, self.config.target.latency_runs)
         self.progress.step(f"{self.stage.name}: {graph.decl.role}: batch-1 latency {result.engine_p50_ms:.2f} ms vs {result.reference} "
                            f"{result.reference_p50_ms:.2f} ms (p50 ratio {result.ratio_p50:.2f}, {result.runs} runs each, side by side)")
         return result
@@ -140,7 +150,8 @@ class _Stage:
         for graph in model.graphs:
             if graph.decl.parity not in ("classifier", "tensor"):
                 raise CompileError(f"family {stage.family}: no parity check for {graph.decl.parity!r} graphs")
-        return StageEntry(
+        self.model = model
+        entry = StageEntry(
             name=stage.name,
             kind=family.kind,
             family=stage.family,
@@ -155,6 +166,7 @@ class _Stage:
             evidence=(stage.evidence or Vocabulary()) if family.kind == "ocr" else None,
             combine=(stage.combine or LogOddsRule()) if family.kind == "ocr" else None,
         )
+        return self.with_latency(entry) if self.time_latency else entry
 
 
 def compile_cascade(config_path: str | Path, out_dir: str | Path | None = None, progress: bool = True, keep_raw: bool = False,
@@ -248,22 +260,24 @@ def _choose_target(infos: dict[str, TargetInfo], skipped, name, config_path, con
     losers' files are removed."""
     index = next((i for i, s in enumerate(config.stages) if get_family(s.family).kind == "classifier"), 0)
     stage = config.stages[index]
-    built: dict[str, tuple[Target, TargetInfo, StageEntry]] = {}
+    built: dict[str, tuple[Target, TargetInfo, StageEntry, _Stage]] = {}
     for backend_name, described in infos.items():
         target = get_target(backend_name)
         info = msgspec.structs.replace(described, name=name)
         progress.step(f"target auto: building {stage.name} with {backend_name}")
-        built[backend_name] = (target, info, _Stage(stage, config_path, config, target, info, workdir, progress).build())
+        candidate = _Stage(stage, config_path, config, target, info, workdir, progress, time_latency=False)
+        built[backend_name] = (target, info, candidate.build(), candidate)
     progress.step(f"target auto: timing {stage.name} at batch 1 with {', '.join(infos)} side by side ({AUTO_TIMED_RUNS} runs each)")
     median = _time_candidates(built, workdir, config)
     winner = min(median, key=median.get)
     progress.step("target auto: " + ", ".join(f"{k} {v:.2f} ms" for k, v in median.items()) + f" -> {winner}")
-    for backend_name, (_, _, entry) in built.items():
+    for backend_name, (_, _, entry, _) in built.items():
         if backend_name != winner:
             for graph in entry.graphs:
                 for file in [graph.file, *(c.file for c in graph.companions)]:
                     (workdir / file).unlink(missing_ok=True)
-    target, info, entry = built[winner]
+    target, info, entry, kept = built[winner]
+    entry = kept.with_latency(entry)
     selection = TargetSelection(stage=stage.name, batch=1, runs=AUTO_TIMED_RUNS, median_ms={k: round(v, 3) for k, v in median.items()}, skipped=skipped)
     return target, msgspec.structs.replace(info, selection=selection), index, entry
 
@@ -276,7 +290,7 @@ def _time_candidates(built, workdir: Path, config: CascadeConfig) -> dict[str, f
 
     calls, opened = {}, []
     try:
-        for backend_name, (target, info, entry) in built.items():
+        for backend_name, (target, info, entry, _) in built.items():
             graph = entry.graphs[0]
             backend = get_backend(target.backend)
             engine = backend.load(str(workdir / graph.file), graph.io, backend.options_for_target(config.runtime, info))

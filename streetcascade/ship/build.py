@@ -241,8 +241,7 @@ def build_shiv(stage: Path, requirements: list[str], out: Path, opts: PackageOpt
          "pex3 venv create --layout flat")
     for child in stage.iterdir():
         shutil.copytree(child, site / child.name, dirs_exist_ok=True)
-    _run([*_tool_command("shiv"), "--site-packages", str(site), "-e", ENTRY_POINT, "-p", SHEBANG, "-o", str(out), "--reproducible",
-          "--no-build"], "shiv")
+    _run([*_tool_command("shiv"), "--site-packages", str(site), "-e", ENTRY_POINT, "-p", SHEBANG, "-o", str(out), "--reproducible"], "shiv")
 
 
 def sha256_path(path: Path) -> str:

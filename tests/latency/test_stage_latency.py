@@ -57,3 +57,21 @@ def test_a_2x_slower_engine_fails(stage1_sets, reference_graphs, parity_images, 
     # Every attempt saw it: the p50 ratio rose well past the tolerance, not just over it by luck.
     recorded = verdict.baseline[0]
     assert all(p50 > recorded * Tolerance().p50 for p50, _ in verdict.attempts), verdict.describe()
+
+
+def test_compile_records_the_ratio_once_per_kept_graph(tmp_path, tiny_dinov3_dir):
+    """`backend = "auto"` times only the target it keeps; latency_runs = 0 records nothing."""
+    from support import write_config
+
+    from streetcascade.compile.pipeline import compile_cascade
+
+    stage = {"name": "stage1", "family": "dinov3", "source": str(tiny_dinov3_dir), "max_batch": 2}
+    auto = compile_cascade(write_config(tmp_path / "a.toml", [stage], tmp_path / "e1", target={"backend": "auto", "latency_runs": 10}),
+                           progress=False)
+    manifest = read_manifest(auto)
+    lat = manifest.stages[0].graphs[0].latency
+    assert lat is not None and lat.reference == "pytorch-eager-cpu" and lat.batch == 1 and lat.runs >= 10
+    assert lat.engine_p50_ms > 0 and lat.reference_p50_ms > 0 and lat.ratio_p99 == pytest.approx(lat.engine_p99_ms / lat.reference_p99_ms, rel=1e-2)
+    assert manifest.target.selection is not None
+    off = compile_cascade(write_config(tmp_path / "b.toml", [stage], tmp_path / "e2", target={"latency_runs": 0}), progress=False)
+    assert read_manifest(off).stages[0].graphs[0].latency is None

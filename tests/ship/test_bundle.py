@@ -125,3 +125,25 @@ def test_a_cascade_config_is_packed_and_hashed(tmp_path, engine_copy, tiny_confi
     shutil.copy(config, root / info.cascade_config.path)
     with pytest.raises(ArtifactTampered):
         verify_bundle(root, info)
+
+
+def test_package_refuses_bad_input(tmp_path, tiny_engine_dir, capsys):
+    from streetcascade.cli import main
+    from streetcascade.errors import EngineMismatch
+    from streetcascade.ship.build import check_arch
+
+    config = tmp_path / "miner.toml"
+    config.write_text(MINER_TOML)
+    out = str(tmp_path / "m.pex")
+    assert main(["package", "--engines", str(tmp_path / "nope"), "--config", str(config), "-o", out, "-q"]) == 5
+    assert "no manifest.json" in capsys.readouterr().err
+    assert main(["package", "--engines", str(tiny_engine_dir), "--config", str(config), "-o", out, "--python-version", "3.12",
+                 "--platform", "manylinux2014_x86_64", "-q"]) == 2
+    assert "--resolve index" in capsys.readouterr().err
+    assert main(["package", "--engines", str(tiny_engine_dir), "--config", str(config), "-o", out, "--tool", "shiv", "--layout", "packed", "-q"]) == 2
+    bad = tmp_path / "bad.toml"
+    bad.write_text(MINER_TOML + "\nnope = 1\n")
+    assert main(["package", "--engines", str(tiny_engine_dir), "--config", str(bad), "-o", out, "-q"]) == 2
+    assert "nope" in capsys.readouterr().err and not Path(out).exists()
+    with pytest.raises(EngineMismatch, match="is for x86_64"):
+        check_arch(read_manifest(tiny_engine_dir), "manylinux2014_aarch64")
