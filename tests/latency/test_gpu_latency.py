@@ -23,7 +23,8 @@ def gpu_set(tmp_path_factory, tiny_dinov3_dir):
     from streetcascade.config import load_config
 
     root = tmp_path_factory.mktemp("lat-gpu")
-    cfg = write_config(root / "c.toml", [{"name": "stage1", "family": "dinov3", "source": str(tiny_dinov3_dir), "max_batch": 4}], root / "engines")
+    cfg = write_config(root / "c.toml", [{"name": "stage1", "family": "dinov3", "source": str(tiny_dinov3_dir), "max_batch": 4}], root / "engines",
+                       target={"latency_runs": 30})
     backend, device, provider = GPU_TARGETS[detect_gpu_target()]
     config = load_config(cfg)
     target = msgspec.structs.replace(config.target, backend=backend, device=device, execution_provider=provider or config.target.execution_provider)

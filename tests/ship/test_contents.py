@@ -3,6 +3,10 @@ side blocked), and the distributions one engine set needs (its backend, its stag
 
 from __future__ import annotations
 
+import subprocess
+import sys
+from pathlib import Path
+
 import msgspec
 import pytest
 from support import run_python
@@ -10,42 +14,94 @@ from support import run_python
 from streetcascade.errors import ConfigError
 from streetcascade.manifest import read_manifest
 from streetcascade.ship import contents
+from streetcascade.ship.build import PackageOptions, stage_sources
 
 # What an artifact never holds: importing any of these inside it must not be needed.
 OFFLINE = ("torch", "transformers", "onnx", "onnxscript", "safetensors", "rich", "tomlkit", "pytest",
            "streetcascade.compile", "streetcascade.calibration", "streetcascade.cli", "streetcascade.progress", "bench")
 
 
-def online_modules() -> list[str]:
-    from pathlib import Path
-
-    import streetcascade
-
-    root = Path(streetcascade.__file__).parent
-    mods = [f"streetcascade.{m}" if m != "__init__" else "streetcascade" for m in contents.CORE_MODULES]
-    mods += [f"streetcascade.ship.{m}" if m != "__init__" else "streetcascade.ship" for m in contents.SHIP_MODULES]
-    for sub in contents.SUBPACKAGES:
-        package = __import__(f"streetcascade.{sub}", fromlist=["_"])
-        folder = Path(package.__file__).parent
-        for path in sorted(folder.rglob("*.py")):
-            parts = path.relative_to(folder).with_suffix("").parts
-            parts = parts[:-1] if parts[-1] == "__init__" else parts
-            mods.append(".".join(("streetcascade", sub, *parts)))
-    assert "streetcascade.miner.server" in mods and "streetcascade.runtime.backends.onnxruntime" in mods and root.is_dir()
-    return mods
+def staged_modules(stage: Path) -> list[str]:
+    """Every module of the staged `streetcascade` tree."""
+    out = []
+    for path in sorted((stage / "streetcascade").rglob("*.py")):
+        parts = path.relative_to(stage).with_suffix("").parts
+        out.append(".".join(parts[:-1] if parts[-1] == "__init__" else parts))
+    return out
 
 
 # Backends whose library is not installed here (or is torch, the AOTInductor backend's runtime).
 NEEDS_ABSENT_LIBRARY = {"streetcascade.runtime.backends.aoti", "streetcascade.runtime.backends.tensorrt", "streetcascade.runtime.cuda"}
 
 
-def test_every_packed_module_imports_without_the_offline_side():
-    mods = [m for m in online_modules() if m not in NEEDS_ABSENT_LIBRARY]
-    block = "import sys\nfor name in %r:\n    sys.modules[name] = None\n" % (OFFLINE,)
-    code = block + "import importlib\nfor m in %r:\n    importlib.import_module(m)\nprint(len(%r))" % (mods, mods)
-    r = run_python(code)
+def test_every_packed_module_imports_from_the_staged_tree_alone(tmp_path, tiny_engine_dir):
+    """What `package` stages is complete: each module imports with only the staged tree and the
+    third-party site-packages on the path (no checkout, no editable install: `python -S`), and
+    with the offline side blocked."""
+    import site
+
+    config = tmp_path / "miner.toml"
+    config.write_text("[[hotkeys]]\nport = 8091\nwallet_name = 'm'\nwallet_hotkey = 'h'\n")
+    stage = tmp_path / "src"
+    stage_sources(stage, PackageOptions(engines=tiny_engine_dir, config=config, out=tmp_path / "x.pex"), read_manifest(tiny_engine_dir),
+                  None, [], "pex test", "3.11", "linux-x86_64")
+    mods = [m for m in staged_modules(stage) if m not in NEEDS_ABSENT_LIBRARY]
+    assert {"streetcascade.miner.server", "streetcascade.runtime.backends.onnxruntime", "streetcascade.ship.entry"} <= set(mods)
+    path = [str(stage), *site.getsitepackages()]
+    code = (f"import sys\nsys.path[:] = {path!r} + [p for p in sys.path if 'site-packages' not in p]\n"
+            f"for name in {OFFLINE!r}:\n    sys.modules[name] = None\n"
+            f"import importlib\nfor m in {mods!r}:\n    importlib.import_module(m)\n"
+            f"import streetcascade\nassert streetcascade.__file__.startswith({str(stage)!r}), streetcascade.__file__\nprint(len({mods!r}))")
+    r = subprocess.run([sys.executable, "-S", "-c", code], capture_output=True, text=True, timeout=300, cwd=tmp_path)
     assert r.returncode == 0, r.stderr[-3000:]
     assert int(r.stdout.strip()) == len(mods) > 40
+
+
+def modules_of_checkout() -> set[str]:
+    from support import REPO
+
+    prefixes = {"streetcascade": "streetcascade", "compile": "streetcascade.compile", "calibration": "streetcascade.calibration",
+                "runtime": "streetcascade.runtime", "miner": "streetcascade.miner"}
+    out = set()
+    for folder, package in prefixes.items():
+        for path in (REPO / folder).rglob("*.py"):
+            parts = path.relative_to(REPO / folder).with_suffix("").parts
+            out.add(".".join((package, *(parts[:-1] if parts[-1] == "__init__" else parts))))
+    return out
+
+
+def test_every_streetcascade_import_of_the_packed_code_is_packed(tmp_path, tiny_engine_dir):
+    """Lazy imports too (inside functions), found by reading the source: whatever of ours the
+    packed modules import is in the artifact."""
+    import ast
+
+    config = tmp_path / "miner.toml"
+    config.write_text("[[hotkeys]]\nport = 8091\nwallet_name = 'm'\nwallet_hotkey = 'h'\n")
+    stage = tmp_path / "src"
+    stage_sources(stage, PackageOptions(engines=tiny_engine_dir, config=config, out=tmp_path / "x.pex"), read_manifest(tiny_engine_dir),
+                  None, [], "pex test", "3.11", "linux-x86_64")
+    packed, checkout = set(staged_modules(stage)), modules_of_checkout()
+    missing = set()
+    for path in (stage / "streetcascade").rglob("*.py"):
+        module = ".".join(path.relative_to(stage).with_suffix("").parts)
+        package = module.rsplit(".", 1)[0]  # of a module, and of an __init__ (module "<package>.__init__")
+        for node in ast.walk(ast.parse(path.read_text())):
+            names, all_modules = [], False
+            if isinstance(node, ast.Import):
+                names, all_modules = [a.name for a in node.names], True
+            elif isinstance(node, ast.ImportFrom):
+                base = node.module or ""
+                if node.level:
+                    anchor = package.split(".")[: len(package.split(".")) - node.level + 1]
+                    base = ".".join([*anchor, base]) if base else ".".join(anchor)
+                names = [base] + [f"{base}.{a.name}" for a in node.names]
+            for i, name in enumerate(names):
+                # The module imported from must be packed; a name imported from it must be, too,
+                # when it is one of our modules (`from streetcascade import progress`).
+                is_module = all_modules or i == 0 or name in checkout
+                if name.startswith("streetcascade") and is_module and name not in packed:
+                    missing.add(f"{module} -> {name}")
+    assert missing == set()
 
 
 def test_the_block_is_not_vacuous():
