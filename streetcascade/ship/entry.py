@@ -78,7 +78,7 @@ def bundled_config(root: Path, info: BundleInfo, state: Path | None, wallet_path
     return cfg
 
 
-def _load(args) -> tuple[Path, BundleInfo]:
+def _load() -> tuple[Path, BundleInfo]:
     root = bundle_root()
     info = read_bundle(root)
     verify_bundle(root, info)
@@ -94,7 +94,7 @@ def _logging(args, cfg) -> None:
 def cmd_serve(args) -> int:
     from streetcascade.miner.cli import serve_config
 
-    root, info = _load(args)
+    root, info = _load()
     cfg = bundled_config(root, info, state_dir(args.state_dir, root), args.wallet_path)
     _logging(args, cfg)
     return serve_config(cfg)
@@ -103,7 +103,7 @@ def cmd_serve(args) -> int:
 def cmd_doctor(args) -> int:
     from streetcascade.miner.doctor import FAIL, format_checks, run_doctor
 
-    root, info = _load(args)
+    root, info = _load()
     cfg = bundled_config(root, info, state_dir(args.state_dir, root), args.wallet_path)
     _logging(args, cfg)
     checks = run_doctor(cfg, ntp_server=args.ntp_server, timeout_s=args.timeout)
@@ -122,12 +122,14 @@ def loaded_modules() -> dict[str, str]:
 
 
 def cmd_info(args) -> int:
+    import importlib.metadata
+
     import msgspec
 
     from streetcascade.manifest import read_manifest, verify_files
     from streetcascade.runtime.backends import get_backend
 
-    root, info = _load(args)
+    root, info = _load()
     engines = root / info.engines_dir
     manifest = read_manifest(engines)
     verify_files(engines, manifest)
@@ -149,7 +151,7 @@ def cmd_info(args) -> int:
             "stages": [s.name for s in manifest.stages],
             "placeholder_stages": [s.name for s in manifest.stages if s.placeholder_weights],
             "modules": loaded_modules(),
-            "distributions": sorted(f"{d.metadata['Name']}=={d.version}" for d in __import__("importlib.metadata").metadata.distributions()),
+            "distributions": sorted(f"{d.metadata['Name']}=={d.version}" for d in importlib.metadata.distributions()),
         }
         print(json.dumps(out, indent=2))
         return 0
@@ -161,8 +163,6 @@ def cmd_info(args) -> int:
     print(f"config      {info.config.path} sha256 {info.config.sha256[:16]}..." + (f"; {info.cascade_config.path}" if info.cascade_config else ""))
     print(f"verified    config, manifest and {sum(1 + len(g.companions) for s in manifest.stages for g in s.graphs)} engine file(s) match their hashes")
     print(f"unpacked in {root}")
-    import importlib.metadata
-
     installed = sorted(f"{d.metadata['Name']}=={d.version}" for d in importlib.metadata.distributions())
     print("packed for  " + ", ".join(info.requirements))
     print("installed   " + ", ".join(installed))
