@@ -36,6 +36,12 @@ from .models.base import ExportableGraph
 WARMUP = 3
 BLOCK = 5  # calls per block; blocks alternate engine, reference, engine, ...
 MIN_BLOCKS = 3  # per side
+# Cheap graphs get more calls than `runs`, up to this much time or MAX_RUNS: with 30 calls of a
+# millisecond, one noisy spell moved a recorded ratio by 3x; with 150 it stayed within 7%.
+BUDGET_S = 1.0
+MAX_RUNS = 200
+RECORD_REPEATS = 3  # compile-time measurements of a cheap graph; the median one is recorded
+RECORD_BUDGET_S = 4.0  # "cheap": the extra repeats take at most this long
 # How engines are loaded for timing: one thread, no spinning (see the module docstring).
 TIMING_RUNTIME = RuntimeConfig(intra_op_threads=1, spin_wait=False)
 
@@ -110,13 +116,14 @@ def latency_feeds(graph: ExportableGraph, images: np.ndarray | None) -> dict[str
     return graph.parity_feeds[0]
 
 
-def measure(engine_call: Callable[[], object], reference_call_: Callable[[], object], reference: str, runs: int, batch: int = 1) -> LatencyRatio:
+def measure(engine_call: Callable[[], object], reference_call_: Callable[[], object], reference: str, runs: int, batch: int = 1,
+            budget_s: float = BUDGET_S) -> LatencyRatio:
     """Time the engine and the reference side by side: short alternating blocks (BLOCK calls of
     one, then of the other), so a noisy spell on a shared box lands on both; p50 is the median
-    of the per-block ratios, p99 the ratio of the pooled 99th percentiles."""
-    for _ in range(WARMUP):
-        engine_call()
-        reference_call_()
+    of the per-block ratios, p99 the ratio of the pooled 99th percentiles. At least `runs` calls
+    a side, more for cheap graphs (as many as fit in `budget_s`, at most MAX_RUNS)."""
+    pair_ms = float(np.median(time_calls(engine_call, WARMUP, warmup=0)) + np.median(time_calls(reference_call_, WARMUP, warmup=0)))
+    runs = max(runs, min(MAX_RUNS, int(budget_s * 1000.0 / max(pair_ms, 1e-3))))
     engine, ref = [], []
     for _ in range(max(MIN_BLOCKS, -(-runs // BLOCK))):
         engine.append(time_calls(engine_call, BLOCK, warmup=0))
@@ -158,9 +165,16 @@ def _nothing():
 
 def measure_graph(engine: Engine, graph: ExportableGraph, images: np.ndarray | None, device: str, runs: int) -> LatencyRatio:
     """The engine's batch-1 latency against the graph's reference (what the manifest records).
-    `engine` should be a timing engine (`timing_engine`)."""
+    `engine` should be a timing engine (`timing_engine`). A graph cheap enough is measured
+    RECORD_REPEATS times and the measurement with the median p50 ratio is kept, so one noisy
+    spell during the compile does not become the baseline every later run is held to."""
     with _timing(engine, graph, images, device) as (call, ref, name, batch):
-        return measure(call, ref, name, runs, batch)
+        first = measure(call, ref, name, runs, batch)
+        seconds = first.runs * (first.engine_p50_ms + first.reference_p50_ms) / 1000.0
+        if seconds * (RECORD_REPEATS - 1) > RECORD_BUDGET_S:
+            return first
+        results = [first] + [measure(call, ref, name, first.runs, batch, budget_s=0.0) for _ in range(RECORD_REPEATS - 1)]
+        return sorted(results, key=lambda r: r.ratio_p50)[len(results) // 2]
 
 
 @dataclass(frozen=True)
@@ -219,8 +233,15 @@ def check_graph(engine: Engine, graph: ExportableGraph, images: np.ndarray | Non
         if name != recorded.reference:
             raise ValueError(f"{label}: recorded against {recorded.reference}, can re-measure against {name} only")
 
-        def once() -> tuple[float, float]:
-            r = measure(call, ref, name, runs or recorded.runs, batch)
+        def once() -> tuple[float, float]:  # as many calls as the recording made
+            r = measure(call, ref, name, runs or recorded.runs, batch, budget_s=0.0)
             return r.ratio_p50, r.ratio_p99
 
-        return check(label or graph.decl.role, once, (recorded.ratio_p50, recorded.ratio_p99), tolerance, attempts)
+        return check(label or graph.decl.role, once, baseline_of(recorded), tolerance, attempts)
+
+
+def baseline_of(recorded: LatencyRatio) -> tuple[float, float]:
+    """The (p50, p99) ratios a re-measurement is held to. The recorded p99 ratio compares the two
+    sides' slowest calls, so a spike in the reference's tail can leave it far below the p50
+    ratio (seen: 0.2 against 0.44); it is never taken below the p50 ratio."""
+    return recorded.ratio_p50, max(recorded.ratio_p99, recorded.ratio_p50)

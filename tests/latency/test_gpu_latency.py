@@ -37,7 +37,7 @@ def verdict_for(gpu_set, reference_graphs, parity_images, wrap=None):
     entry = manifest.stages[0].graphs[0]
     graph = reference_graphs(cfg, "stage1")["classifier"]
     with timing_engine(engines / entry.file, entry.io, manifest.target) as engine:
-        return check_graph(wrap(engine) if wrap else engine, graph, parity_images, manifest.target.device, entry.latency, runs=100,
+        return check_graph(wrap(engine) if wrap else engine, graph, parity_images, manifest.target.device, entry.latency,
                            label=f"{manifest.target.name}: stage1 vs {entry.latency.reference}")
 
 

@@ -37,7 +37,7 @@ def check_set(latency_set, reference_graphs, images, wrap=None, **kw):
 def test_stage1_within_the_recorded_ratio(stage1_sets, reference_graphs, parity_images, target):
     if target not in stage1_sets:
         pytest.skip(f"{target} is not installed: no engine set for it")
-    for verdict in check_set(stage1_sets[target], reference_graphs, parity_images, runs=60):
+    for verdict in check_set(stage1_sets[target], reference_graphs, parity_images):
         assert verdict.passed, verdict.describe()
 
 
@@ -52,7 +52,7 @@ def test_ocr_stage_within_the_recorded_ratio(cascade_set, reference_graphs, pari
 def test_a_2x_slower_engine_fails(stage1_sets, reference_graphs, parity_images, twice_as_slow, target):
     if target not in stage1_sets:
         pytest.skip(f"{target} is not installed: no engine set for it")
-    (verdict,) = check_set(stage1_sets[target], reference_graphs, parity_images, wrap=twice_as_slow, runs=60)
+    (verdict,) = check_set(stage1_sets[target], reference_graphs, parity_images, wrap=twice_as_slow)
     assert not verdict.passed, f"a 2x slower engine passed: {verdict.describe()}"
     # Every attempt saw it: the p50 ratio rose well past the tolerance, not just over it by luck.
     recorded = verdict.baseline[0]
@@ -70,7 +70,7 @@ def test_compile_records_the_ratio_once_per_kept_graph(tmp_path, tiny_dinov3_dir
                            progress=False)
     manifest = read_manifest(auto)
     lat = manifest.stages[0].graphs[0].latency
-    assert lat is not None and lat.reference == "pytorch-eager-cpu" and lat.batch == 1 and lat.runs >= 10
+    assert lat is not None and lat.reference == "pytorch-eager-cpu" and lat.batch == 1 and 10 <= lat.runs <= 200
     assert lat.engine_p50_ms > 0 and lat.reference_p50_ms > 0 and lat.ratio_p99 == pytest.approx(lat.engine_p99_ms / lat.reference_p99_ms, rel=1e-2)
     assert manifest.target.selection is not None
     off = compile_cascade(write_config(tmp_path / "b.toml", [stage], tmp_path / "e2", target={"latency_runs": 0}), progress=False)

@@ -107,6 +107,13 @@ def test_the_artifact_answers_a_real_dendrite_from_a_bare_python(shipped, tmp_pa
         for r in res["results"]:
             assert r["status_code"] == 200 and r["is_success"] is True, r
             assert 0.0 <= r["prediction"] <= 1.0 and r["deserialized"] == r["prediction"]
+        # The serving process itself (pex re-executes in place): every shared library it mapped
+        # is the bare Python's, the system's, or from the artifact's unpacked copy.
+        maps = Path(f"/proc/{proc.pid}/maps")
+        if maps.exists():
+            libs = {line.split()[-1] for line in maps.read_text().splitlines() if ".so" in line.split()[-1]}
+            assert any("onnxruntime" in lib for lib in libs)
+            assert not [lib for lib in libs if lib.startswith((str(REPO), sys.prefix))], libs
         health = artifact(shipped, run, env, "health", timeout=60)
         assert health.returncode == 0 and json.loads(health.stdout)["status"] == "ok", health.stderr
         info = artifact(shipped, run, env, "info", "--json", timeout=120)
