@@ -273,22 +273,40 @@ def _choose_target(infos: dict[str, TargetInfo], skipped, name, config_path, con
     index = next((i for i, s in enumerate(config.stages) if get_family(s.family).kind == "classifier"), 0)
     stage = config.stages[index]
     built: dict[str, tuple[Target, TargetInfo, StageEntry]] = {}
+    failed: dict[str, CompileError] = {}
     for backend_name, described in infos.items():
         target = get_target(backend_name)
         info = msgspec.structs.replace(described, name=name)
         progress.step(f"target auto: building {stage.name} with {backend_name}")
-        built[backend_name] = (target, info, _Stage(stage, config_path, config, target, info, workdir, progress).build())
-    progress.step(f"target auto: timing {stage.name} at batch 1 with {', '.join(infos)} side by side ({AUTO_TIMED_RUNS} runs each)")
-    median = _time_candidates(built, workdir, config)
-    winner = min(median, key=median.get)
-    progress.step("target auto: " + ", ".join(f"{k} {v:.2f} ms" for k, v in median.items()) + f" -> {winner}")
+        before = set(workdir.iterdir())
+        try:
+            built[backend_name] = (target, info, _Stage(stage, config_path, config, target, info, workdir, progress).build())
+        except CompileError as exc:
+            # One candidate refusing the stage (a parity or accuracy gate, a graph its library
+            # misreads) leaves the others: auto keeps what builds, and the manifest says why not.
+            failed[backend_name] = exc
+            progress.step(f"target auto: {backend_name} could not build {stage.name}: {exc}")
+            for path in set(workdir.iterdir()) - before:
+                if not any(path.match(pattern) for pattern in INTERMEDIATES):  # the shared export stays for the next candidate
+                    shutil.rmtree(path) if path.is_dir() else path.unlink()
+    if not built:
+        raise next(iter(failed.values()))
+    skipped = {**skipped, **{k: f"could not build {stage.name}: {v}" for k, v in failed.items()}}
+    if len(built) > 1:
+        progress.step(f"target auto: timing {stage.name} at batch 1 with {', '.join(built)} side by side ({AUTO_TIMED_RUNS} runs each)")
+        median = _time_candidates(built, workdir, config)
+        winner = min(median, key=median.get)
+        progress.step("target auto: " + ", ".join(f"{k} {v:.2f} ms" for k, v in median.items()) + f" -> {winner}")
+    else:
+        median, winner = {}, next(iter(built))
+        progress.step(f"target auto: only {winner} built {stage.name} -> {winner}")
     for backend_name, (_, _, entry) in built.items():
         if backend_name != winner:
             for graph in entry.graphs:
                 for file in [graph.file, *(c.file for c in graph.companions)]:
                     (workdir / file).unlink(missing_ok=True)
     target, info, entry = built[winner]
-    selection = TargetSelection(stage=stage.name, batch=1, runs=AUTO_TIMED_RUNS, median_ms={k: round(v, 3) for k, v in median.items()}, skipped=skipped)
+    selection = TargetSelection(stage=stage.name, batch=1, runs=AUTO_TIMED_RUNS if median else 0, median_ms={k: round(v, 3) for k, v in median.items()}, skipped=skipped)
     return target, msgspec.structs.replace(info, selection=selection), index, entry
 
 
