@@ -10,7 +10,7 @@ STAMP := $(VENV)/.installed-stamp
 
 # EXTRAS / VENV_FLAGS: the Dockerfile's build stages reuse this target (GPU: the TensorRT image's
 # own tensorrt through --system-site-packages).
-EXTRAS ?= cpu,compile,miner,ocr,openvino,dev,ship
+EXTRAS ?= cpu,compile,miner,ocr,openvino,ray,dev,ship
 VENV_FLAGS ?=
 $(STAMP): pyproject.toml constraints-cpu.txt
 	$(PY) -m venv $(VENV_FLAGS) $(VENV)
@@ -40,11 +40,16 @@ bench: $(STAMP)
 clean-engines:
 	find engines -mindepth 1 -maxdepth 1 ! -name README.md -exec rm -rf {} +
 
-# Wheels the GPU check needs beyond PyTorch, for a GPU machine without a package index: carry
-# .gpu-wheelhouse/ along and bench/gpu_check.sh installs from it. PYVER: that machine's Python.
+# Wheels the GPU check needs that the lent GPU machine lacks (it has torch, transformers,
+# onnxruntime, pytest, numpy: measured there), for a machine without a package index: carry
+# .gpu-wheelhouse/ along (~300 kB) and bench/gpu_check.sh installs from it what is missing
+# (bench/checkout_env.py). PYVER: that machine's Python; GPU_WHEELS_EXTRA: more wheels
+# (e.g. "pytest rich") for another machine that lacks them.
 PYVER ?= 3.12
+GPU_WHEELS ?= msgspec tomlkit tomli-w
+GPU_WHEELS_EXTRA ?=
 gpu-wheelhouse: $(STAMP)
-	$(BIN)/python -m pip download --quiet --dest .gpu-wheelhouse --only-binary=:all: --python-version $(PYVER) \
-		--platform manylinux2014_x86_64 --platform manylinux_2_28_x86_64 \
-		msgspec rich tomlkit tomli-w transformers safetensors huggingface_hub pytest
+	$(BIN)/python -m pip download --quiet --no-deps --dest .gpu-wheelhouse --only-binary=:all: --python-version $(PYVER) \
+		--platform manylinux2014_x86_64 --platform manylinux_2_28_x86_64 --platform any \
+		$(GPU_WHEELS) $(GPU_WHEELS_EXTRA)
 	du -sh .gpu-wheelhouse

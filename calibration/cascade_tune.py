@@ -17,6 +17,7 @@ import math
 import time
 from dataclasses import dataclass, field
 
+import msgspec
 import numpy as np
 
 from streetcascade.calibration.cascade_eval import N_SHUFFLES
@@ -44,7 +45,7 @@ class TuneResult:
     exit_rates: list[float]
     within_budget: bool
     kept_current: bool
-    # Evidence stages (OCR): the fitted combination rule, per stage name.
+    # Evidence stages (OCR, VLM judge): the fitted combination rule, per stage name.
     rules: dict[str, LogOddsRule] = field(default_factory=dict)
 
 
@@ -62,15 +63,25 @@ def stage_logits(stage, images: list[np.ndarray]) -> tuple[np.ndarray, float]:
 
 @dataclass
 class EvidenceFeatures:
-    """What an evidence stage (OCR) read on every challenge: readable text, a roadwork phrase."""
+    """What an evidence stage found on every challenge: readable text and a roadwork phrase
+    (OCR), or the judge's p(yes) (a VLM stage)."""
 
     has_text: np.ndarray
     hit: np.ndarray
+    judge: np.ndarray | None = None
 
 
 def evidence_features(stage, images: list[np.ndarray]) -> tuple[EvidenceFeatures, float]:
-    """Read every image once with an evidence stage; its per-image latency (ms, median of the
-    first LATENCY_SAMPLES)."""
+    """Read every image once with an evidence stage (or ask the judge); its per-image latency
+    (ms, median of the first LATENCY_SAMPLES)."""
+    if hasattr(stage, "judge_probabilities"):  # a VLM judge: p(yes) per image
+        p, times = [], []
+        for img in images:
+            t0 = time.perf_counter()
+            p.append(float(stage.judge_probabilities([img])[0]))
+            times.append((time.perf_counter() - t0) * 1000.0)
+        none = np.zeros(len(images), bool)
+        return EvidenceFeatures(none, none, np.array(p)), float(np.median(times[:LATENCY_SAMPLES]))
     from streetcascade.runtime.evidence import find_phrases
 
     has_text, hit, times = [], [], []
@@ -84,7 +95,15 @@ def evidence_features(stage, images: list[np.ndarray]) -> tuple[EvidenceFeatures
 
 
 def combined(rule: LogOddsRule, prior: np.ndarray, feats: EvidenceFeatures) -> np.ndarray:
+    if feats.judge is not None:
+        return np.array([rule.combine_judge(float(p), float(j)) for p, j in zip(prior, feats.judge)])
     return np.array([rule.combine(float(p), bool(t), bool(h)) for p, t, h in zip(prior, feats.has_text, feats.hit)])
+
+
+def fit_rule(prior: np.ndarray, feats: EvidenceFeatures, labels: np.ndarray) -> LogOddsRule:
+    if feats.judge is not None:
+        return LogOddsRule.fit_judge(prior, feats.judge, labels)
+    return LogOddsRule.fit(prior, feats.has_text, feats.hit, labels)
 
 
 def _bands_to_thresholds(band: tuple[float, float]) -> tuple[float, float]:
@@ -111,8 +130,11 @@ def run_tune(engine_set, challenges: ChallengeSet, *, latency_budget_ms: float =
             logits.append(None)
             lat.append(ms)
             temps.append(stage.thresholds.temperature)
-            log.info("stage %s: %.2f ms per image, text on %.0f%%, a roadwork phrase on %.0f%%", stage.name, ms,
-                     100 * feats.has_text.mean(), 100 * feats.hit.mean())
+            if feats.judge is not None:
+                log.info("stage %s: %.2f ms per image, p(yes) > 0.5 on %.0f%%", stage.name, ms, 100 * np.mean(feats.judge > 0.5))
+            else:
+                log.info("stage %s: %.2f ms per image, text on %.0f%%, a roadwork phrase on %.0f%%", stage.name, ms,
+                         100 * feats.has_text.mean(), 100 * feats.hit.mean())
             continue
         z, ms = stage_logits(stage, challenges.images)
         logits.append(z)
@@ -139,7 +161,7 @@ def run_tune(engine_set, challenges: ChallengeSet, *, latency_budget_ms: float =
     fitted_rules = {}
     for k in evidence:
         prior = chain(temps, {**current_rules, **fitted_rules})[k - 1]
-        fitted_rules[k] = LogOddsRule.fit(prior, evidence[k].has_text, evidence[k].hit, labels)
+        fitted_rules[k] = fit_rule(prior, evidence[k], labels)
     probs = chain(temps, fitted_rules)
     scores = [StageScores(s.name, p, ms) for s, p, ms in zip(stages, probs, lat)]
     choice = tune_exit_thresholds(scores, labels, latency_budget_ms, seed=seed, n_shuffles=N_SHUFFLES)
@@ -155,7 +177,7 @@ def run_tune(engine_set, challenges: ChallengeSet, *, latency_budget_ms: float =
     for k, stage in enumerate(stages):
         low, high = bands_out[k] if k < len(bands_out) else (stage.thresholds.exit_low, stage.thresholds.exit_high)
         thresholds[stage.name] = StageThresholds(round(float(low), 6), round(float(high), 6), round(float(temps_out[k]), 6))
-    rules = {stages[k].name: LogOddsRule(*(round(float(v), 4) for v in (r.hit, r.text_without_hit, r.no_text))) for k, r in rules_out.items()}
+    rules = {stages[k].name: LogOddsRule(**{f: round(float(v), 4) for f, v in msgspec.structs.asdict(r).items()}) for k, r in rules_out.items()}
     rates = np.bincount(exit_stage, minlength=len(stages)) / max(exit_stage.size, 1)
     return TuneResult(thresholds, before.steady_mean_reward, after.steady_mean_reward, before_ms, after_ms,
                       [float(r) for r in rates], after_ms <= latency_budget_ms, kept, rules)

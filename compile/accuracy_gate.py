@@ -3,7 +3,11 @@
 
 `compare` runs the FP32 engine and the quantized engine (both through the runtime's backend)
 on the validation challenges (validator mix) and measures what changes: decision flips, the
-accuracy / MCC / AUC of each against the labels, and the probability error. `check` holds those
+accuracy / MCC / AUC of each against the labels, and the probability error. It takes one
+decision logit per sample from each engine: a classifier's logit (`engine_logits`), or for
+graphs that are not image classifiers whatever `engine_outputs` returns reduced to one logit
+(a VLM judge's log p(yes) - log p(no): softmax over the two answers = sigmoid of it), so an
+int4 (or INT8) judge is gated against its FP32 engine the same way. `check` holds those
 figures against the configured limits. `layer_sensitivity` quantizes one layer at a time (all
 others FP32, same calibration scales) and ranks the layers by the flips and probability error
 they cause alone: the report's "layers that hurt", and what `sensitivity_keep_fp32` leaves FP32.
@@ -50,12 +54,28 @@ def engine_logits(path: Path, io: GraphIO, images: np.ndarray, runtime: RuntimeC
         return slot.logits(images)
 
 
-def engine_logits_each_batch(path: Path, io: GraphIO, images: np.ndarray, runtime: RuntimeConfig = RuntimeConfig(),
-                             backend_name: str = "onnxruntime") -> list[np.ndarray]:
-    """Logits over `images` run one at a time, and (max_batch > 1) in batches of max_batch: an
-    engine may run batch 1 through other kernels (the OpenVINO backend's fixed-shape copy)."""
+def engine_outputs(path: Path, io: GraphIO, feeds: Sequence[dict[str, np.ndarray]], output: str, runtime: RuntimeConfig = RuntimeConfig(),
+                   backend_name: str = "onnxruntime", optimize: bool = False) -> np.ndarray:
+    """One named output of the engine at `path` for each feed dict (any graph: prompts for a
+    language model, images and token ids for a VLM), rows concatenated, through the runtime's
+    backend. `optimize` (ONNX Runtime): run its optimiser at load (graphs not optimised offline)."""
     backend = get_backend(backend_name)
-    with backend.load(str(path), io, backend.options_for(runtime, "cpu")) as engine, engine.slot() as slot:
+    options = backend.options_for(runtime, "cpu")
+    if optimize:
+        options = msgspec.structs.replace(options, optimize=True)
+    if output not in {o.name for o in io.outputs}:
+        raise CompileError(f"{path}: no output {output!r} (has {', '.join(o.name for o in io.outputs)})")
+    with backend.load(str(path), io, options) as engine, engine.slot() as slot:
+        return np.concatenate([slot.infer(f)[output] for f in feeds], axis=0)
+
+
+def engine_logits_each_batch(path: Path, io: GraphIO, images: np.ndarray, runtime: RuntimeConfig = RuntimeConfig(),
+                             backend_name: str = "onnxruntime", device: str = "cpu") -> list[np.ndarray]:
+    """Logits over `images` run one at a time, and (max_batch > 1) in batches of max_batch: an
+    engine may run batch 1 through other kernels (the OpenVINO backend's fixed-shape copy; a
+    GPU engine's CUDA graph per batch size)."""
+    backend = get_backend(backend_name)
+    with backend.load(str(path), io, backend.options_for(runtime, device)) as engine, engine.slot() as slot:
         return [slot.logits(images, batch) for batch in sorted({1, io.max_batch})]
 
 
@@ -76,8 +96,10 @@ def compare(
     kept_fp32: Sequence[str] = (),
     reference: str = "onnxruntime-fp32",
 ) -> AccuracyGate:
-    """Gate figures for one quantized (or bf16) engine against the FP32 engine `reference`;
-    `limits` is a CalibrationConfig (max_* fields)."""
+    """Gate figures for one quantized (or bf16, or int4) engine against the FP32 engine
+    `reference`: one decision logit per sample from each (probability = sigmoid); `limits` is a
+    CalibrationConfig (max_* fields). `method` names how the engine was made ("minmax",
+    "int4-rtn-b128", "int4-awq", ...); `n_calibration` 0 for data-free methods."""
     if not np.all(np.isfinite(quant_logits)):
         raise CompileError("the quantized (or bf16) engine produced non-finite logits on the validation split")
     p32, pq = sigmoid(fp32_logits), sigmoid(quant_logits)

@@ -49,12 +49,15 @@ def export_graph(graph: ExportableGraph, path: Path, fused_attention: bool = Fal
         fusing = fused_attention_export(module, decl.opset)
     else:
         fusing = contextlib.nullcontext()
+    before = set(path.parent.iterdir())
     try:
         with warnings.catch_warnings(), fusing:
             warnings.simplefilter("ignore")  # TracerWarnings about python ints; shapes are fixed by design
+            example = (tuple(torch.from_numpy(graph.example[s.name]) for s in decl.io.inputs) if graph.example is not None
+                       else tuple(_example(s) for s in decl.io.inputs))
             torch.onnx.export(
                 module,
-                tuple(_example(s) for s in decl.io.inputs),
+                example,
                 str(path),
                 dynamo=False,
                 opset_version=decl.opset,
@@ -67,6 +70,7 @@ def export_graph(graph: ExportableGraph, path: Path, fused_attention: bool = Fal
         raise
     except Exception as exc:
         raise CompileError(f"ONNX export of the {decl.role} graph failed: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}") from exc
+    gather_external_data(path, [p for p in path.parent.iterdir() if p not in before and p != path])
     _check_no_control_flow(path)
     if fused_attention:
         from .fused_attention import type_fused_outputs
@@ -79,11 +83,43 @@ def export_graph(graph: ExportableGraph, path: Path, fused_attention: bool = Fal
     return path
 
 
-def _set_metadata(path: Path, metadata: dict[str, str]) -> None:
-    """Key/values the runtime reads back through `Engine.metadata()` (kept by ORT's optimiser)."""
+def weights_file(path: Path) -> Path:
+    """Where a graph past protobuf's 2 GiB limit keeps its weights: `<graph file>.data` beside it."""
+    return path.with_name(path.name + ".data")
+
+
+def has_external_data(path: Path) -> bool:
+    """True when the graph's initializers live in a file beside it."""
+    import onnx
+    from onnx.external_data_helper import uses_external_data
+
+    model = onnx.load(str(path), load_external_data=False)
+    return any(uses_external_data(t) for t in model.graph.initializer)
+
+
+def gather_external_data(path: Path, written: list[Path]) -> None:
+    """The TorchScript exporter writes a model past 2 GiB with one file per weight beside it
+    (named after the weights): collect them into `weights_file(path)` and remove them."""
+    if not written:
+        return
     import onnx
 
-    model = onnx.load(str(path))
+    log.info("%s is past protobuf's 2 GiB: its %d weight files go into %s", path.name, len(written), weights_file(path).name)
+    model = onnx.load(str(path))  # reads the weight files
+    onnx.save_model(model, str(path), save_as_external_data=True, all_tensors_to_one_file=True, location=weights_file(path).name,
+                    size_threshold=1024)
+    del model
+    for stray in written:
+        if stray != weights_file(path):
+            stray.unlink(missing_ok=True)
+
+
+def _set_metadata(path: Path, metadata: dict[str, str]) -> None:
+    """Key/values the runtime reads back through `Engine.metadata()` (kept by ORT's optimiser).
+    Weights in an external file stay there (only the graph file is rewritten)."""
+    import onnx
+
+    model = onnx.load(str(path), load_external_data=False)
     onnx.helper.set_model_props(model, {**{p.key: p.value for p in model.metadata_props}, **metadata})
     onnx.save(model, str(path))
 

@@ -40,10 +40,18 @@ MIN_BLOCKS = 3  # per side
 # millisecond, one noisy spell moved a recorded ratio by 3x; with 150 it stayed within 7%.
 BUDGET_S = 1.0
 MAX_RUNS = 200
+# Costly graphs get fewer calls than `runs`, down to MIN_BLOCKS blocks, to stay near MAX_S; a
+# graph whose fewest calls would still take longer than SKIP_S is not timed (TooSlowToTime).
+MAX_S = 20.0
+SKIP_S = 60.0
 RECORD_REPEATS = 3  # compile-time measurements of a cheap graph; the median one is recorded
 RECORD_BUDGET_S = 4.0  # "cheap": the extra repeats take at most this long
 # How engines are loaded for timing: one thread, no spinning (see the module docstring).
 TIMING_RUNTIME = RuntimeConfig(intra_op_threads=1, spin_wait=False)
+
+
+class TooSlowToTime(Exception):
+    """The graph and its reference are too slow to time side by side at compile time."""
 
 
 @contextmanager
@@ -123,7 +131,12 @@ def measure(engine_call: Callable[[], object], reference_call_: Callable[[], obj
     of the per-block ratios, p99 the ratio of the pooled 99th percentiles. At least `runs` calls
     a side, more for cheap graphs (as many as fit in `budget_s`, at most MAX_RUNS)."""
     pair_ms = float(np.median(time_calls(engine_call, WARMUP, warmup=0)) + np.median(time_calls(reference_call_, WARMUP, warmup=0)))
-    runs = max(runs, min(MAX_RUNS, int(budget_s * 1000.0 / max(pair_ms, 1e-3))))
+    fewest = MIN_BLOCKS * BLOCK
+    if budget_s and fewest * pair_ms / 1000.0 > SKIP_S:
+        raise TooSlowToTime(f"{fewest} calls of the engine and the reference would take {fewest * pair_ms / 1000.0:.0f} s")
+    if budget_s:
+        runs = max(runs, min(MAX_RUNS, int(budget_s * 1000.0 / max(pair_ms, 1e-3))))
+        runs = min(runs, max(fewest, int(MAX_S * 1000.0 / max(pair_ms, 1e-3))))
     engine, ref = [], []
     for _ in range(max(MIN_BLOCKS, -(-runs // BLOCK))):
         engine.append(time_calls(engine_call, BLOCK, warmup=0))

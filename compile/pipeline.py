@@ -17,7 +17,7 @@ import shutil
 import tempfile
 import time
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import msgspec
@@ -43,7 +43,12 @@ log = logging.getLogger(__name__)
 # loader compares, `Backend.package`).
 LIBRARIES = ("onnxruntime", "torch", "transformers", "onnx", "numpy")
 # Intermediate files a build leaves in its work folder (kept with --keep-raw).
-INTERMEDIATES = ("*.raw.onnx", "*.int8.onnx", "*.qdq.onnx", "*.kept.onnx", "*.fp32-ref.*", "*.tmp.onnx", "*.ort-int8.onnx")
+INTERMEDIATES = ("*.raw.onnx", "*.raw.onnx.data", "*.int8.onnx", "*.int8.onnx.data", "*.qdq.onnx", "*.kept.onnx", "*.fp32-ref.*", "*.tmp.onnx", "*.tmp.onnx.data", "*.ort-int8.onnx")
+
+
+def at_precision(stage: StageConfig, precision: str) -> StageConfig:
+    """The stage as built at another precision (one of its graphs); its int4 table only at int4."""
+    return msgspec.structs.replace(stage, precision=precision, int4=stage.int4 if precision == "int4" else None)
 
 
 @dataclass
@@ -61,9 +66,13 @@ class _Stage:
     # reference (`with_latency`), once the choice is made.
     time_latency: bool = True
     model: ExportableModel | None = None  # after build()
+    awq_matched: set[str] = field(default_factory=set)  # precision int4 from AutoAWQ: the layers some graph holds
+    notes: list[str] = field(default_factory=list)  # what the target said about its builds (BuiltGraph.notes)
 
     def build_graph(self, graph: ExportableGraph) -> GraphEntry:
-        stage, decl, progress = self.stage, graph.decl, self.progress
+        decl, progress = graph.decl, self.progress
+        # A graph may be built at its own precision (a VLM's vision tower stays FP32).
+        stage = at_precision(self.stage, decl.precision) if decl.precision else self.stage
         raw = self.workdir / f"{stage.name}.{decl.role}.raw.onnx"
         shapes = ", ".join(f"{s.name} {s.dtype}{s.shape}" for s in decl.io.inputs)
         if self.target.needs_onnx and not raw.exists():  # another candidate target (auto) exported it already
@@ -73,15 +82,20 @@ class _Stage:
             export_graph(graph, raw, fused_attention=fused)
         out = self.workdir / f"{stage.name}.{decl.role}.{stage.precision}{self.target.suffix}"
         built = self.target.build(BuildJob(stage, self.config, self.config_path, decl.io, raw, out, progress, graph))
+        self.awq_matched.update(built.awq_matched)
+        self.notes.extend(n for n in built.notes if n not in self.notes)
         tolerance = stage.parity_tolerance or parity_gate.DEFAULT_TOLERANCE.get(stage.precision, 1e-2)
         backend = get_backend(self.target.backend)
         with _closing(backend), backend.load(str(built.path), decl.io, backend.options_for_target(self.config.runtime, self.info)) as engine:
             memory = engine.memory()  # first: it measures a fresh engine's peak at max_batch
-            parity_ort, images = None, None
-            if decl.parity == "tensor":  # not a classifier (OCR): every output vs its source graph
-                progress.step(f"{stage.name}: {decl.role}: weights {memory.weights_bytes / 2**20:.0f} MiB; parity vs the source graph "
-                              f"on {len(graph.parity_feeds or [])} example inputs (tolerance {tolerance:g})")
-                parity = parity_gate.check_tensor_parity(engine, graph.reference, graph.parity_feeds or [], tolerance, f"{stage.name}/{decl.role}")
+            parity_ort = None
+            if decl.parity in ("tensor", "relative", "judge"):  # not a classifier (OCR, VLM): outputs vs the family's reference
+                what = {"tensor": "every output", "relative": "every output relative to its scale", "judge": "p(yes)"}[decl.parity]
+                progress.step(f"{stage.name}: {decl.role}: weights {memory.weights_bytes / 2**20:.0f} MiB, activations {memory.activations_bytes / 2**20:.0f} MiB; "
+                              f"parity ({what}) on {len(graph.parity_feeds or [])} example inputs (tolerance {tolerance:g})")
+                check = {"tensor": parity_gate.check_tensor_parity, "relative": parity_gate.check_relative_parity,
+                         "judge": parity_gate.check_judge_parity}[decl.parity]
+                parity = check(engine, graph.reference, graph.parity_feeds or [], tolerance, f"{stage.name}/{decl.role}")
             else:
                 folder = resolve_relative(self.config_path, self.config.parity_images) if self.config.parity_images else None
                 images, n_real = parity_gate.parity_images(stage.input_size, folder, seed=stage.seed)
@@ -106,6 +120,7 @@ class _Stage:
             build=built.build,
             parity_onnxruntime=parity_ort,
             companions=[CompanionFile(file=p.name, sha256=sha256_file(p), size_bytes=p.stat().st_size) for p in built.companions],
+            weight_quant=built.weight_quant,
         )
 
     def with_latency(self, entry: StageEntry) -> StageEntry:
@@ -113,19 +128,28 @@ class _Stage:
         side on one thread each: the ratio the latency-regression suite holds later runs to."""
         if not self.config.target.latency_runs or self.model is None:
             return entry
-        graphs = [msgspec.structs.replace(g, latency=self.time_against_reference(self.workdir / g.file, exportable))
-                  for g, exportable in zip(entry.graphs, self.model.graphs)]
+        by_role = {g.decl.role: g for g in self.model.graphs}
+        graphs = [msgspec.structs.replace(g, latency=self.time_against_reference(self.workdir / g.file, by_role[g.role]))
+                  if g.role in by_role else g for g in entry.graphs]
         return msgspec.structs.replace(entry, graphs=graphs)
 
-    def time_against_reference(self, path: Path, graph: ExportableGraph) -> LatencyRatio:
-        from .latency import measure_graph, timing_engine
+    def time_against_reference(self, path: Path, graph: ExportableGraph) -> LatencyRatio | None:
+        from .latency import TooSlowToTime, measure_graph, timing_engine
 
         images = None
         if graph.decl.parity == "classifier":
             folder = resolve_relative(self.config_path, self.config.parity_images) if self.config.parity_images else None
             images = parity_gate.parity_images(self.stage.input_size, folder, seed=self.stage.seed)[0]
-        with timing_engine(path, graph.decl.io, self.info) as engine:
-            result = measure_graph(engine, graph, images, self.info.device, self.config.target.latency_runs)
+        try:
+            with timing_engine(path, graph.decl.io, self.info) as engine:
+                result = measure_graph(engine, graph, images, self.info.device, self.config.target.latency_runs)
+        except TooSlowToTime as exc:
+            self.progress.step(f"{self.stage.name}: {graph.decl.role}: latency vs the reference not recorded: {exc}")
+            return None
+        except Exception as exc:  # timing is a record for the regression suite, not a gate: never fail the build on it
+            log.warning("%s/%s: latency vs the reference not recorded: %s: %s", self.stage.name, graph.decl.role, type(exc).__name__, exc)
+            self.progress.step(f"{self.stage.name}: {graph.decl.role}: latency vs the reference not recorded ({type(exc).__name__}: {exc})")
+            return None
         self.progress.step(f"{self.stage.name}: {graph.decl.role}: batch-1 latency {result.engine_p50_ms:.2f} ms vs {result.reference} "
                            f"{result.reference_p50_ms:.2f} ms (p50 ratio {result.ratio_p50:.2f}, {result.runs} runs each, side by side)")
         return result
@@ -148,9 +172,16 @@ class _Stage:
         if [g.decl.role for g in model.graphs] != declared:
             raise CompileError(f"family {stage.family}: loaded graphs {[g.decl.role for g in model.graphs]} differ from the declared {declared}")
         for graph in model.graphs:
-            if graph.decl.parity not in ("classifier", "tensor"):
+            if graph.decl.parity not in ("classifier", "tensor", "relative", "judge"):
                 raise CompileError(f"family {stage.family}: no parity check for {graph.decl.parity!r} graphs")
+            if graph.decl.precision and graph.decl.precision != stage.precision:
+                self.target.check_precision(at_precision(stage, graph.decl.precision), self.config.target.device)
         self.model = model
+        graphs = [self.build_graph(graph) for graph in model.graphs]
+        from .int4 import check_awq_stage
+
+        int4_notes = check_awq_stage(stage, self.config_path, self.awq_matched)
+        evidence_stage = family.kind in ("ocr", "vlm")  # moves the earlier stage's probability (streetcascade/evidence.py)
         entry = StageEntry(
             name=stage.name,
             kind=family.kind,
@@ -160,13 +191,30 @@ class _Stage:
             placeholder_weights=model.placeholder,
             input_size=stage.input_size,
             thresholds=stage.thresholds,
-            graphs=[self.build_graph(graph) for graph in model.graphs],
-            notes=model.notes + [f"{g.decl.role} input: {g.decl.preprocessing}" for g in model.graphs if g.decl.preprocessing]
+            graphs=graphs,
+            notes=model.notes + int4_notes + self.notes + [f"{g.decl.role} input: {g.decl.preprocessing}" for g in model.graphs if g.decl.preprocessing]
             + (["attention fused: every scaled_dot_product_attention is ONNX Runtime's MultiHeadAttention"] if stage.attention == "fused" else []),
             evidence=(stage.evidence or Vocabulary()) if family.kind == "ocr" else None,
-            combine=(stage.combine or LogOddsRule()) if family.kind == "ocr" else None,
+            combine=(stage.combine or LogOddsRule()) if evidence_stage else None,
         )
+        if model.finish is not None:
+            entry = self.finish(model, entry)
         return self.with_latency(entry) if self.time_latency else entry
+
+    def finish(self, model, entry: StageEntry) -> StageEntry:
+        """The family's checks of the whole stage, over its built engines."""
+        from .models.base import BuiltStage
+
+        backend = get_backend(self.target.backend)
+        options = backend.options_for_target(self.config.runtime, self.info)
+        io = {g.role: (g.file, g.io) for g in entry.graphs}
+
+        def load(role: str):
+            file, graph_io = io[role]
+            return backend.load(str(self.workdir / file), graph_io, options)
+
+        with _closing(backend):
+            return model.finish(BuiltStage(entry, self.workdir, self.config, self.config_path, load, self.progress))
 
 
 def compile_cascade(config_path: str | Path, out_dir: str | Path | None = None, progress: bool = True, keep_raw: bool = False,
@@ -261,16 +309,35 @@ def _choose_target(infos: dict[str, TargetInfo], skipped, name, config_path, con
     index = next((i for i, s in enumerate(config.stages) if get_family(s.family).kind == "classifier"), 0)
     stage = config.stages[index]
     built: dict[str, tuple[Target, TargetInfo, StageEntry, _Stage]] = {}
+    failed: dict[str, CompileError] = {}
     for backend_name, described in infos.items():
         target = get_target(backend_name)
         info = msgspec.structs.replace(described, name=name)
         progress.step(f"target auto: building {stage.name} with {backend_name}")
-        candidate = _Stage(stage, config_path, config, target, info, workdir, progress, time_latency=False)
-        built[backend_name] = (target, info, candidate.build(), candidate)
-    progress.step(f"target auto: timing {stage.name} at batch 1 with {', '.join(infos)} side by side ({AUTO_TIMED_RUNS} runs each)")
-    median = _time_candidates(built, workdir, config)
-    winner = min(median, key=median.get)
-    progress.step("target auto: " + ", ".join(f"{k} {v:.2f} ms" for k, v in median.items()) + f" -> {winner}")
+        before = set(workdir.iterdir())
+        try:
+            # Only the kept candidate is timed against its reference (with_latency), after the choice.
+            candidate = _Stage(stage, config_path, config, target, info, workdir, progress, time_latency=False)
+            built[backend_name] = (target, info, candidate.build(), candidate)
+        except CompileError as exc:
+            # One candidate refusing the stage (a parity or accuracy gate, a graph its library
+            # misreads) leaves the others: auto keeps what builds, and the manifest says why not.
+            failed[backend_name] = exc
+            progress.step(f"target auto: {backend_name} could not build {stage.name}: {exc}")
+            for path in set(workdir.iterdir()) - before:
+                if not any(path.match(pattern) for pattern in INTERMEDIATES):  # the shared export stays for the next candidate
+                    shutil.rmtree(path) if path.is_dir() else path.unlink()
+    if not built:
+        raise next(iter(failed.values()))
+    skipped = {**skipped, **{k: f"could not build {stage.name}: {v}" for k, v in failed.items()}}
+    if len(built) > 1:
+        progress.step(f"target auto: timing {stage.name} at batch 1 with {', '.join(built)} side by side ({AUTO_TIMED_RUNS} runs each)")
+        median = _time_candidates(built, workdir, config)
+        winner = min(median, key=median.get)
+        progress.step("target auto: " + ", ".join(f"{k} {v:.2f} ms" for k, v in median.items()) + f" -> {winner}")
+    else:
+        median, winner = {}, next(iter(built))
+        progress.step(f"target auto: only {winner} built {stage.name} -> {winner}")
     for backend_name, (_, _, entry, _) in built.items():
         if backend_name != winner:
             for graph in entry.graphs:
@@ -278,7 +345,7 @@ def _choose_target(infos: dict[str, TargetInfo], skipped, name, config_path, con
                     (workdir / file).unlink(missing_ok=True)
     target, info, entry, kept = built[winner]
     entry = kept.with_latency(entry)
-    selection = TargetSelection(stage=stage.name, batch=1, runs=AUTO_TIMED_RUNS, median_ms={k: round(v, 3) for k, v in median.items()}, skipped=skipped)
+    selection = TargetSelection(stage=stage.name, batch=1, runs=AUTO_TIMED_RUNS if median else 0, median_ms={k: round(v, 3) for k, v in median.items()}, skipped=skipped)
     return target, msgspec.structs.replace(info, selection=selection), index, entry
 
 

@@ -5,6 +5,7 @@
     streetcascade model-card --config miner.toml       # model_card.json for the Hugging Face repo
     streetcascade natix-register --config miner.toml   # NATIX's registration (--dry-run prints it)
     streetcascade doctor --config miner.toml           # every check, each with a fix
+    streetcascade ray-deploy --config miner.toml       # the engine set as a Ray Serve application
 
 Each also takes `--env-file miner.env` (the reference miner's names) and `--network finney|test`.
 
@@ -85,8 +86,13 @@ def load_miner_engine_set(cfg: MinerConfig, warmup: bool = True):
 
 
 def build_cascade(cfg: MinerConfig):
-    """(cascade, closer) from [engine]: a real engine set, or the fake instant model."""
+    """(cascade, closer) from [engine]: a Ray Serve application (ray_address), a real engine set, or the fake instant model."""
     eng = cfg.engine
+    if eng.ray_address:  # the stages run as Ray Serve deployments; the cascade logic stays here
+        from streetcascade.runtime.ray_plan import ray_module
+
+        remote = ray_module("ray_stage").connect_cascade(eng.ray_address, cfg.ray, cfg.runtime)
+        return remote.cascade, remote.close
     if eng.engine == "fake":
         from streetcascade.runtime import Cascade, ClassifierStage
         from streetcascade.runtime.backends.fake import FakeEngine
@@ -280,6 +286,36 @@ def cmd_doctor(args: argparse.Namespace) -> int:
     return _run(args, body)
 
 
+def cmd_ray_deploy(args: argparse.Namespace) -> int:
+    def body(cfg: MinerConfig) -> int:
+        from streetcascade.runtime.ray_plan import describe_replicas, ray_module
+
+        from . import ray_deploy
+
+        where = args.config or args.env_file
+        address = args.address or cfg.engine.ray_address
+        if args.delete:
+            if not address:
+                raise ConfigError("--delete needs --address or [engine] ray_address")
+            ray_module("ray_app").delete(cfg.ray.app_name, address, cfg.ray.connect_timeout_s)
+            print(f"deleted Ray Serve application {cfg.ray.app_name!r}")
+            return 0
+        print(describe_replicas(ray_deploy.plan(cfg, where)))
+        if args.dry_run:
+            return 0
+        if not address:
+            raise ConfigError("no Ray cluster: pass --address (\"auto\", HOST:6379, ray://HOST:10001) or set [engine] ray_address")
+        t0 = time.perf_counter()
+        info = ray_deploy.deploy(cfg, address, where)
+        print(f"Ray Serve application {cfg.ray.app_name!r} ready in {time.perf_counter() - t0:.1f} s at {address}: engine set "
+              f"{info['engine_dir']} ({info['target']}), stages " + ", ".join(f"{s['name']} ({s['deployment']})" for s in info["stages"]))
+        if not cfg.engine.ray_address:
+            print(f"point the miner at it: [engine] ray_address = \"{address}\"")
+        return 0
+
+    return _run(args, body)
+
+
 def add_subcommands(subparsers) -> None:
     p = subparsers.add_parser(
         "serve",
@@ -343,6 +379,19 @@ def add_subcommands(subparsers) -> None:
     d.add_argument("--ntp-server", default="pool.ntp.org", help="host[:port] to compare the clock with ('' = skip)")
     d.add_argument("--timeout", type=float, default=3.0, help="seconds per network probe")
     d.set_defaults(func=cmd_doctor)
+
+    y = subparsers.add_parser(
+        "ray-deploy",
+        help="deploy the engine set as a Ray Serve application (each stage a deployment) for serve's [engine] ray_address",
+        description="Plans each stage's replicas from [ray] (CPUs, GPU fraction, memory per replica against its share of "
+        "the [runtime] budget; refuses what does not fit), then deploys or updates the application on the Ray cluster "
+        "and waits until every replica has loaded its stage. Needs the ray extra. See docs/ray.md.",
+    )
+    add_config_args(y)
+    y.add_argument("--address", default="", help="the Ray cluster (default [engine] ray_address): auto, HOST:6379, ray://HOST:10001")
+    y.add_argument("--dry-run", action="store_true", help="print the plan; touch no cluster")
+    y.add_argument("--delete", action="store_true", help="remove the application from the cluster")
+    y.set_defaults(func=cmd_ray_deploy)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -15,6 +15,7 @@ import msgspec
 
 from streetcascade.errors import ConfigError
 from streetcascade.runtime.images import SAFE_IMAGE_FORMATS
+from streetcascade.runtime.ray_plan import RayConfig
 
 log = logging.getLogger(__name__)
 from streetcascade.settings import RuntimeConfig
@@ -48,6 +49,10 @@ class EngineConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     # written by `streetcascade tune`) replace the engine set's compile-time values. Only its
     # thresholds are used: run-time settings come from this file's [runtime] table.
     cascade_config: str = ""
+    # "" = run the engine set in this process. Otherwise the Ray cluster that serves it as a Ray
+    # Serve application (`streetcascade ray-deploy`, the [ray] table): "auto" (this machine is a
+    # Ray node), "HOST:6379" (the head's GCS) or "ray://HOST:10001" (Ray Client). docs/ray.md.
+    ray_address: str = ""
 
 
 # Keys that moved from [engine] to [runtime] (a RuntimeConfig, shared with the cascade config).
@@ -166,6 +171,9 @@ class MinerConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     limits: LimitsConfig = LimitsConfig()
     edge: EdgeConfig = EdgeConfig()
     natix: NatixConfig = NatixConfig()
+    # The Ray Serve application (per-stage replicas, CPU/GPU shares, batching); used when
+    # [engine] ray_address is set and by `streetcascade ray-deploy`.
+    ray: RayConfig = RayConfig()
 
     def __post_init__(self):
         if not self.hotkeys:
@@ -215,6 +223,7 @@ def load_miner_config(path: str | Path | None, env_file: str | Path | None = Non
     if path is None and not raw.get("engine", {}).get("engine"):
         raise ConfigError("no engine set: pass --engine DIR, set STREETCASCADE_ENGINE in the env file, or use a miner.toml with [engine]")
     source = " + ".join(sources) or "command line"
+    RayConfig.check_raw(raw.get("ray"), source)
     try:
         cfg = decode_struct(raw, MinerConfig, source)
     except ConfigError as exc:

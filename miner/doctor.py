@@ -49,8 +49,31 @@ def _check_hotkeys(cfg: MinerConfig) -> tuple[list[Check], dict[int, str]]:
     return checks, ss58
 
 
+def _check_ray_app(cfg: MinerConfig) -> list[Check]:
+    """[engine] ray_address: the Ray Serve application answers and describes its stages."""
+    from streetcascade.runtime.ray_plan import ray_module
+
+    where = f"Ray Serve application {cfg.ray.app_name!r} at {cfg.engine.ray_address}"
+    try:
+        remote = ray_module("ray_stage").connect_cascade(cfg.engine.ray_address, cfg.ray, cfg.runtime)
+    except StreetcascadeError as exc:
+        return [Check("engine set", FAIL, str(exc), "start the cluster (`ray start --head`), deploy the application "
+                      "(`streetcascade ray-deploy --config miner.toml`), or fix [engine] ray_address / [ray] app_name (docs/ray.md)")]
+    with remote:
+        info = remote.info
+        checks = [Check("engine set", OK, f"{where}: stages {[s['name'] for s in info['stages']]}, engine set {info['engine_dir']} ({info['target']})")]
+        if info.get("placeholder_stages"):
+            checks.append(Check("weights", FAIL, f"stages {info['placeholder_stages']} were compiled from placeholder (random) weights",
+                                "compile from a real checkpoint and redeploy (`streetcascade ray-deploy`)"))
+        else:
+            checks.append(Check("weights", OK, "every stage was compiled from real weights"))
+        return checks
+
+
 def _check_engine(cfg: MinerConfig) -> list[Check]:
     eng = cfg.engine
+    if eng.ray_address:
+        return _check_ray_app(cfg)
     if eng.engine == "fake":
         return [Check("engine set", FAIL, 'engine = "fake": answers come from a test model, not a roadwork detector',
                       "compile an engine set (`streetcascade compile --config configs/default.toml`) and set [engine] engine to its folder")]

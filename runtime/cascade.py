@@ -73,7 +73,11 @@ class Cascade:
             if index > 0 and deadline_ms is not None:
                 elapsed = (time.perf_counter() - t_start) * 1000.0
                 if elapsed + stage.expected_ms * len(pending) + self.safety_margin_ms > deadline_ms:
-                    log.info("deadline: skipping stage %s for %d image(s)", stage.name, len(pending))
+                    log.info("deadline: skipping stage %s for %d image(s) (expected %.0f ms each, %.0f ms left)", stage.name, len(pending),
+                             stage.expected_ms, deadline_ms - elapsed - self.safety_margin_ms)
+                    with self._lock:  # per stage: how often the deadline could not hold it
+                        key = f"deadline_skips.{stage.name}"
+                        self.counters[key] = self.counters.get(key, 0) + len(pending)
                     for i in pending:
                         fallback[i] = True
                     break
@@ -81,8 +85,15 @@ class Cascade:
             try:
                 batch = [images[i] for i in pending]
                 given = getattr(stage, "score_given", None)
+                # A stage that can bound its own wait (a remote stage: runtime/ray_stage.py) is told
+                # the time left: before the deadline for stage 1 (nothing earlier to fall back on),
+                # before deadline - margin for a later stage.
+                extra = {}
+                if getattr(stage, "takes_time_left", False):
+                    margin = self.safety_margin_ms if index > 0 else 0.0
+                    extra["time_left_ms"] = None if deadline_ms is None else deadline_ms - margin - (t0 - t_start) * 1000.0
                 # An evidence stage (OCR) moves the earlier probability instead of replacing it.
-                scores = given(batch, [probs[i] for i in pending]) if index > 0 and given is not None else stage.score(batch)
+                scores = given(batch, [probs[i] for i in pending], **extra) if index > 0 and given is not None else stage.score(batch, **extra)
                 notes = None
                 if isinstance(scores, tuple):  # (probabilities, what the stage read per image)
                     scores, notes = scores
@@ -94,7 +105,10 @@ class Cascade:
                     if isinstance(exc, StreetcascadeError):
                         raise
                     raise InferenceError(f"stage {stage.name} failed: {exc}") from exc
-                log.exception("stage %s failed; keeping earlier answers", stage.name)
+                if isinstance(exc, StreetcascadeError):  # ours carry a one-line message (e.g. a remote stage's timeout)
+                    log.warning("stage %s failed: %s; keeping earlier answers", stage.name, exc)
+                else:
+                    log.exception("stage %s failed; keeping earlier answers", stage.name)
                 for i in pending:
                     fallback[i] = True
                 break

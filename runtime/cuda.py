@@ -8,8 +8,9 @@ error tree with CUDA's own name and message. What lives here:
   array (async copies need pinned memory to overlap), both allocated at load, freed on close.
 - `copy_h2d` / `copy_d2h`: async copies on a stream.
 - `GraphCapture`: capture everything enqueued on a stream (copy in, execute, copy out) into a
-  CUDA graph and replay it with one launch; failures are reported, so the caller can fall back
-  to the plain path and count it.
+  CUDA graph (thread-local capture mode) and replay it with one launch; a failed capture is
+  cleaned up (capture ended, partial graph destroyed, last error cleared, stream synchronised)
+  and reported, so the caller falls back to the plain path and counts it.
 - `ArenaPool`: one device scratch arena per thread, shared by every engine that thread runs one
   after another (TensorRT's USER_MANAGED execution-context memory), sized to the largest need.
 
@@ -107,7 +108,17 @@ class GraphCapture:
 
     Capture runs `enqueue` once in capture mode (nothing executes); TensorRT needs a warmed-up
     context (one plain run at this shape first) for capture to succeed. `GraphCapture.try_make`
-    returns None when capture or instantiation fails, leaving the stream usable."""
+    returns (None, why) when capture or instantiation fails, and leaves the process as it was
+    before the attempt (see `_abandon`), so the caller keeps the plain path and later captures,
+    engines and compiles in this process work.
+
+    Capture mode: thread-local. Global mode (CUDA's default) makes every *other* thread's
+    potentially unsafe call (a cudaMalloc, a synchronous copy: another slot loading or running
+    its plain path) fail and invalidate this capture; relaxed mode would let this thread's own
+    unsafe calls through silently and bake a wrong graph. Thread-local refuses exactly the
+    calls that would break this graph, and only in the thread that captures it."""
+
+    MODE = "cudaStreamCaptureModeThreadLocal"
 
     def __init__(self, graph, exec_graph, stream: Stream):
         self.graph = graph
@@ -116,24 +127,44 @@ class GraphCapture:
 
     @classmethod
     def try_make(cls, stream: Stream, enqueue) -> tuple["GraphCapture | None", str]:
-        err = rt.cudaStreamBeginCapture(stream.handle, rt.cudaStreamCaptureMode.cudaStreamCaptureModeThreadLocal)[0]
+        mode = getattr(rt.cudaStreamCaptureMode, cls.MODE)
+        err = rt.cudaStreamBeginCapture(stream.handle, mode)[0]
         if err != SUCCESS:
-            return None, f"cudaStreamBeginCapture: {err}"
+            cls._abandon(stream, None)
+            return None, f"cudaStreamBeginCapture: {_name(err)}"
         failure = ""
         try:
             enqueue()
-        except Exception as exc:  # the backend's enqueue failed under capture: fall back
+        except Exception as exc:  # noqa: BLE001 - the backend's enqueue failed under capture: fall back
             failure = f"enqueue under capture: {exc}"
+        # Always end the capture, whatever happened: a stream left capturing would swallow every
+        # later launch on it. An invalidated capture returns no graph; a capture that ended
+        # cleanly after the backend reported a failure returns a partial graph, never to be used.
         err, graph = rt.cudaStreamEndCapture(stream.handle)
-        if failure or err != SUCCESS or graph is None:
-            if graph is not None and err == SUCCESS:
-                rt.cudaGraphDestroy(graph)
-            return None, failure or f"cudaStreamEndCapture: {err}"
+        if failure or err != SUCCESS or not _is_graph(graph):
+            cls._abandon(stream, graph if err == SUCCESS else None)
+            return None, failure or f"cudaStreamEndCapture: {_name(err)}"
         err, exec_graph = rt.cudaGraphInstantiate(graph, 0)
         if err != SUCCESS:
-            rt.cudaGraphDestroy(graph)
-            return None, f"cudaGraphInstantiate: {err}"
+            cls._abandon(stream, graph)
+            return None, f"cudaGraphInstantiate: {_name(err)}"
         return cls(graph, exec_graph, stream), ""
+
+    @staticmethod
+    def _abandon(stream: Stream, graph) -> None:
+        """Leave no trace of a failed capture: destroy the partial graph, clear this thread's
+        last CUDA error (the capture's error would otherwise be reported by the next check
+        that reads it, far from its cause), end a capture somehow still open, and wait for the
+        stream. A synchronisation failure here is a sticky error: the context is lost, raise."""
+        if graph is not None and _is_graph(graph):
+            rt.cudaGraphDestroy(graph)
+        status = rt.cudaStreamIsCapturing(stream.handle)
+        if status[0] == SUCCESS and status[1] != rt.cudaStreamCaptureStatus.cudaStreamCaptureStatusNone:
+            err, left = rt.cudaStreamEndCapture(stream.handle)
+            if err == SUCCESS and _is_graph(left):
+                rt.cudaGraphDestroy(left)
+        rt.cudaGetLastError()
+        check(rt.cudaStreamSynchronize(stream.handle), "cudaStreamSynchronize after a failed CUDA graph capture")
 
     def launch(self) -> None:
         check(rt.cudaGraphLaunch(self.exec_graph, self.stream.handle), "cudaGraphLaunch")
@@ -143,6 +174,21 @@ class GraphCapture:
             rt.cudaGraphExecDestroy(self.exec_graph)
             rt.cudaGraphDestroy(self.graph)
             self.exec_graph = self.graph = None
+
+
+def _name(err) -> str:
+    name = rt.cudaGetErrorName(err)[1]
+    return name.decode() if isinstance(name, bytes) else str(name)
+
+
+def _is_graph(graph) -> bool:
+    """cuda.bindings hands back a cudaGraph_t wrapper even for NULL: look at its address."""
+    if graph is None:
+        return False
+    try:
+        return int(graph) != 0
+    except TypeError:
+        return True
 
 
 class ArenaPool:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import time
 from pathlib import Path
+from typing import Sequence
 
 import msgspec
 
@@ -58,22 +59,32 @@ def load_engine_set(
     thresholds: dict[str, StageThresholds] | None = None,
     warmup: bool = True,
     rules: dict[str, LogOddsRule] | None = None,
+    only_stages: Sequence[str] | None = None,
 ) -> EngineSet:
-    """Load every stage of the engine set in `engine_dir`.
+    """Load every stage of the engine set in `engine_dir` (or only the stages named in `only_stages`).
 
     `thresholds` replaces a stage's thresholds from the manifest, e.g. with the values
     `streetcascade tune` wrote into the cascade config; `rules` does the same for evidence
-    stages' combination rules.
+    stages' combination rules. `only_stages` loads a part of the set: its files are checked and its
+    memory planned against `runtime.budget_bytes` alone (a Ray Serve replica of one stage:
+    runtime/ray_app.py).
     """
     t0 = time.perf_counter()
     engine_dir = Path(engine_dir)
     manifest = read_manifest(engine_dir)
-    backend = get_backend(manifest.target.backend)
-    backend.check_target(manifest, engine_dir)
-    verify_files(engine_dir, manifest)
     unknown = sorted(set(thresholds or {}) - {s.name for s in manifest.stages})
     if unknown:
         raise EngineMismatch(f"{engine_dir}: the config names stage(s) {', '.join(unknown)} that this engine set lacks; recompile")
+    if only_stages is not None:
+        missing = sorted(set(only_stages) - {s.name for s in manifest.stages})
+        if missing or not only_stages:
+            raise EngineMismatch(f"{engine_dir}: no stage(s) {', '.join(missing) or '(none named)'} in this engine set; it has "
+                                 f"{', '.join(s.name for s in manifest.stages)}")
+        # A part of the set: only its files are hashed, only its memory is planned.
+        manifest = msgspec.structs.replace(manifest, stages=[s for s in manifest.stages if s.name in set(only_stages)])
+    backend = get_backend(manifest.target.backend)
+    backend.check_target(manifest, engine_dir)
+    verify_files(engine_dir, manifest)
     plan = plan_memory(manifest, runtime)
     if manifest.target.device == "cuda":
         from streetcascade.gpu import free_bytes

@@ -35,6 +35,7 @@ class PlanLine(msgspec.Struct, frozen=True):
     host_buffers_bytes: int  # all slots together
     shared_scratch_bytes: int = 0  # taken from the per-slot arena shared with the other engines
     kv_bytes: int = 0
+    note: str = ""  # what the figures were measured at (a VLM: image tokens per resolution)
 
     @property
     def budget_bytes(self) -> int:
@@ -72,7 +73,7 @@ class MemoryPlan(msgspec.Struct, frozen=True):
             f"{line.stage}/{line.role}: weights {line.weights_bytes / MIB:.0f} MiB + activations {line.activations_bytes / MIB:.0f} MiB "
             + (f"+ scratch {line.shared_scratch_bytes / MIB:.0f} MiB (shared) " if line.shared_scratch_bytes else "")
             + (f"+ KV {line.kv_bytes / MIB:.0f} MiB " if line.kv_bytes else "")
-            + f"+ host buffers {line.host_buffers_bytes / MIB:.1f} MiB ({line.device})"
+            + f"+ host buffers {line.host_buffers_bytes / MIB:.1f} MiB ({line.device}" + (f"; {line.note})" if line.note else ")")
             for line in self.lines
         ]
         extra = []
@@ -96,7 +97,7 @@ class MemoryPlan(msgspec.Struct, frozen=True):
         out = [f"{'stage/part':<28} {'device':<6} {'weights':>8} {'activ.':>8} {'scratch':>8} {'KV':>8} {'host':>8}   {unit}"]
         for line in self.lines:
             out.append(f"{(line.stage + '/' + line.role)[:28]:<28} {line.device:<6} {gib(line.weights_bytes)} {gib(line.activations_bytes)} "
-                       f"{gib(line.shared_scratch_bytes)} {gib(line.kv_bytes)} {gib(line.host_buffers_bytes)}")
+                       f"{gib(line.shared_scratch_bytes)} {gib(line.kv_bytes)} {gib(line.host_buffers_bytes)}" + (f"   {line.note}" if line.note else ""))
         if self.arena_bytes:
             out.append(f"{'shared scratch arena':<28} {'':<6} {'':>8} {'':>8} {gib(self.arena_bytes)}   ({self.slots} slot(s) x the largest)")
         if self.context_bytes:
@@ -127,9 +128,20 @@ def plan_memory(manifest: Manifest, runtime: RuntimeConfig = RuntimeConfig()) ->
             activations_bytes=max(0, m.activations_bytes - shared),
             host_buffers_bytes=m.host_buffers_bytes * runtime.slots,
             shared_scratch_bytes=shared,
+            note=_measured_at(stage, graph),
         ))
     context = CUDA_CONTEXT_BYTES if manifest.target.device == "cuda" else 0
     return MemoryPlan(lines, runtime.slots, runtime.budget_bytes, context)
+
+
+def _measured_at(stage, graph) -> str:
+    """A VLM's figures depend on the image's token count: say which it was measured for."""
+    v = stage.vlm
+    if v is None:
+        return ""
+    if graph.role == "vision":
+        return f"{v.vision_tokens} image tokens at {stage.input_size}x{stage.input_size}, measured at up to {graph.io.axis_sizes.get('tokens', 0)}"
+    return f"prompt + image up to {graph.io.axis_sizes.get('sequence', v.max_tokens)} tokens, batch {graph.io.max_batch}"
 
 
 def plan_from_config(config, runtime: RuntimeConfig | None = None) -> MemoryPlan:
@@ -143,6 +155,7 @@ def plan_from_config(config, runtime: RuntimeConfig | None = None) -> MemoryPlan
     for stage in config.stages:
         e = estimate_stage(stage.name, stage.source, stage.family, stage.precision, stage.max_batch, stage.input_size, stage.max_tokens)
         lines.append(PlanLine(
+            note=e.note,
             stage=stage.name,
             role=stage.family,
             file=stage.source,

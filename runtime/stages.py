@@ -3,7 +3,9 @@
 A stage is anything with `name`, `expected_ms`, `score(images) -> probabilities` and
 `exits(p)`. A later stage that reads evidence rather than judging on its own (OCR) may instead
 offer `score_given(images, priors) -> probabilities`: the cascade hands it the earlier stage's
-probabilities to move (streetcascade/evidence.py's LogOddsRule). The manifest names each stage's kind; `build_stage` looks the kind up here and
+probabilities to move (streetcascade/evidence.py's LogOddsRule). A stage that runs
+elsewhere (runtime/ray_stage.py: a Ray Serve deployment) sets `takes_time_left = True`; the
+cascade then passes `time_left_ms=` (None without a deadline) to bound its wait. The manifest names each stage's kind; `build_stage` looks the kind up here and
 hands it the stage's manifest entry, its loaded engines (by graph role) and its thresholds.
 Adding a stage kind (OCR, a VLM judge) is one file with a class that has `roles` and
 `from_manifest`, and one line in `STAGE_KINDS`.
@@ -25,6 +27,7 @@ from .backends.base import Engine
 STAGE_KINDS = Registry("stage kind (upgrade streetcascade to run it)", {
     "classifier": "streetcascade.runtime.classifier:ClassifierStage",
     "ocr": "streetcascade.runtime.ocr_stage:OcrStage",
+    "vlm": "streetcascade.runtime.vlm_stage:VlmStage",
 }, unknown=EngineMismatch, unavailable=None)
 
 

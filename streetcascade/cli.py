@@ -235,17 +235,30 @@ def cmd_info(args) -> int:
                   f"host buffers {m.host_buffers_bytes / 2**20:.2f} MiB per slot ({m.method})")
             if p.reference == "onnx-source-onnxruntime":  # tensor parity (OCR graphs): every output value
                 print(f"  parity    max |d output| {p.max_abs_logit_error:.2e} vs the source graph (tolerance {p.tolerance:g}) over {p.n_images} inputs")
+            elif "relative" in p.reference:  # features of any scale (a VLM's vision tower)
+                print(f"  parity    max |d output| {p.max_abs_logit_error:.2e} = {p.max_abs_prob_error:.2e} of the largest value vs {p.reference.split(' ')[0]} "
+                      f"(tolerance {p.tolerance:g}) over {p.n_images} inputs")
             else:
                 print(f"  parity    max |dp| {p.max_abs_prob_error:.2e} (tolerance {p.tolerance:g}), max |dlogit| {p.max_abs_logit_error:.2e}, flips {p.decision_flips:.1%} over {p.n_images} images")
             if g.accuracy_gate is not None:
                 a = g.accuracy_gate
-                print(f"  gate      vs {a.reference} on {a.n_images} {a.split} challenges: flips {a.flip_rate:.2%} (limit {a.max_flip_rate:.2%}), "
+                print(f"  gate      vs {a.reference} on {a.n_images} {a.split} {'challenges' if a.split == 'validation' else 'images'}: flips {a.flip_rate:.2%} (limit {a.max_flip_rate:.2%}), "
                       f"MCC {a.mcc_fp32:.3f} -> {a.mcc_quant:.3f}, accuracy {a.accuracy_fp32:.3f} -> {a.accuracy_quant:.3f}, max |dp| {a.max_abs_prob_error:.3f}"
                       + (f", kept FP32: {', '.join(a.kept_fp32)}" if a.kept_fp32 else ""))
             if g.latency is not None:
                 lat = g.latency
                 print(f"  latency   batch {lat.batch}: {lat.engine_p50_ms:.2f} ms p50 / {lat.engine_p99_ms:.2f} ms p99 vs {lat.reference} "
                       f"{lat.reference_p50_ms:.2f} / {lat.reference_p99_ms:.2f} ms: ratio {lat.ratio_p50:.2f} / {lat.ratio_p99:.2f} (at compile time)")
+            if g.weight_quant is not None:
+                print(f"  weights   {g.weight_quant.summary()}")
+        if s.vlm is not None:
+            v = s.vlm
+            print(f"  judge     {v.model}: {len(v.prompt_ids) - 1} prompt tokens + {v.vision_tokens} image tokens per {s.input_size}x{s.input_size} image "
+                  f"(up to {v.max_tokens} in all); answers {', '.join(t + ('+' if y else '-') for t, y in zip(v.answer_tokens, v.answer_yes))}; "
+                  f"{v.expected_ms:.0f} ms per image at compile time")
+            if v.parity is not None:
+                print(f"  parity    end to end vs {v.parity.reference}: max |dp(yes)| {v.parity.max_abs_prob_error:.2e} (tolerance {v.parity.tolerance:g}), "
+                      f"max |d answer logit| {v.parity.max_abs_logit_error:.2e} over {v.parity.n_images} images")
         for note in s.notes:
             print(f"  note      {note}")
     plan = plan_memory(manifest, _config(args).runtime if args.config else RuntimeConfig())
@@ -348,8 +361,12 @@ def cmd_tune(args) -> int:
           + ("" if result.within_budget else "  OVER BUDGET: no setting fits; fastest chosen"))
     for name, t in result.thresholds.items():
         print(f"stage       {name}: exit p<{t.exit_low:g} / p>{t.exit_high:g}, temperature {t.temperature:.4g}")
+    kinds = {s.name: s.kind for s in engine_set.manifest.stages}
     for name, r in result.rules.items():
-        print(f"combine     {name}: log-odds +{r.hit:.3g} on a roadwork phrase, {r.text_without_hit:+.3g} on other text, {r.no_text:+.3g} on none")
+        if kinds.get(name) == "vlm":
+            print(f"combine     {name}: log-odds + {r.judge:.3g} x the judge's log-odds {r.judge_bias:+.3g}")
+        else:
+            print(f"combine     {name}: log-odds +{r.hit:.3g} on a roadwork phrase, {r.text_without_hit:+.3g} on other text, {r.no_text:+.3g} on none")
     print("exits       " + "  ".join(f"{n}: {r:.1%}" for n, r in zip(result.thresholds, result.exit_rates)))
     if args.dry_run:
         print("dry run: config not changed")

@@ -31,8 +31,9 @@ from streetcascade.errors import ConfigError
 from streetcascade.evidence import LogOddsRule, Vocabulary
 from streetcascade.settings import Probability, RuntimeConfig, StageThresholds
 from streetcascade.structs import load_toml
+from streetcascade.vlm import JudgeSettings
 
-# What a target can build is its own list (Target.precisions); bf16, fp8 and int4 are planned
+# What a target can build is its own list (Target.precisions); bf16, fp8 and int4 are also planned
 # (`streetcascade plan`) before a target builds them.
 Precision = Literal["fp32", "fp16", "bf16", "fp8", "int8-dynamic", "int8-static", "int4"]
 # Precisions whose engines pass the accuracy gate (flips, MCC, accuracy, AUC vs the FP32 engine
@@ -60,6 +61,42 @@ class TargetConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     # module, or the source ONNX graph), side by side; the ratio goes into the manifest for the
     # latency-regression suite (tests/latency/). 0 = not measured.
     latency_runs: Annotated[int, msgspec.Meta(ge=0, le=10000)] = 30
+    # aoti: Inductor's max-autotune (GEMM and fused-kernel configurations timed on this GPU at
+    # compile time; minutes longer to build). Ignored by other targets.
+    autotune: bool = False
+
+
+INT4_BLOCK_SIZES = (16, 32, 64, 128, 256)
+
+
+class Int4Config(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """`precision = "int4"`: 4-bit weights, float activations (compile/int4.py; docs/quantization.md).
+    From an AutoAWQ checkpoint (`source`), the checkpoint's own ints are imported (no
+    re-quantization); otherwise every MatMul with a constant weight is rounded to nearest.
+
+        [stages.int4]
+        block_size = 128          # weights per scale along K: 16, 32, 64, 128 or 256 (smaller: closer to FP32, larger file)
+        symmetric = true          # false: a zero point per block too
+        accuracy_level = 4        # 4: the CPU kernel multiplies int8-quantized activations (faster); 0: float activations
+        keep_float = ["*lm_head*"]  # ONNX node-name patterns left float
+        awq_rest = "float"        # AutoAWQ source: MatMuls the checkpoint left float stay float, or "rtn"
+        embeddings = "int4"       # token-embedding tables 4-bit too (onnxruntime target), or "float"
+    """
+
+    bits: Literal[4] = 4
+    block_size: int = 128
+    symmetric: bool = True
+    accuracy_level: Literal[0, 1, 2, 3, 4] = 4
+    keep_float: list[str] = []
+    awq_rest: Literal["float", "rtn"] = "float"
+    # Token-embedding tables (Gathers over a constant table of >= 256 rows), which are not MatMuls:
+    # "int4" rounds them to 4 bits per block like the MatMuls (ONNX Runtime target: GatherBlockQuantized;
+    # a language model's largest weight), "float" keeps them.
+    embeddings: Literal["float", "int4"] = "int4"
+
+    def __post_init__(self):
+        if self.block_size not in INT4_BLOCK_SIZES:
+            raise ValueError(f"block_size {self.block_size}: use a power of two from 16 to 256 ({', '.join(map(str, INT4_BLOCK_SIZES))})")
 
 
 class StageConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
@@ -89,15 +126,27 @@ class StageConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     # (fp32 1e-4, int8-dynamic 0.15).
     parity_tolerance: Annotated[float, msgspec.Meta(ge=0.0, le=1.0)] = 0.0
     seed: int = 0
-    # OCR stages: the roadwork phrases to look for and how what is read moves the earlier
-    # probability (streetcascade/evidence.py); defaults when absent.
+    # OCR stages: the roadwork phrases to look for; evidence stages (OCR, VLM judge): how what
+    # they find moves the earlier probability (streetcascade/evidence.py); defaults when absent.
     evidence: Vocabulary | None = None
     combine: LogOddsRule | None = None
+    # VLM judge stages (families qwen2.5-vl, qwen3-vl): prompt, answer words, resolution
+    # (streetcascade/vlm.py); defaults when absent.
+    judge: JudgeSettings | None = None
+    # precision "int4": block size, symmetry, kernel accuracy level, layers kept float ([stages.int4]).
+    int4: Int4Config | None = None
 
     def __post_init__(self):
         # msgspec reports a ValueError here as a ValidationError naming the stage's path.
         if self.exit_low > self.exit_high:
             raise ValueError(f"need exit_low <= exit_high, got {self.exit_low} > {self.exit_high}")
+        if self.int4 is not None and self.precision != "int4":
+            raise ValueError(f"an int4 table is set but precision is {self.precision!r}: set precision = \"int4\" or remove [stages.int4]")
+
+    @property
+    def int4_settings(self) -> Int4Config:
+        """The int4 settings (defaults when the table is absent)."""
+        return self.int4 or Int4Config()
 
     @property
     def thresholds(self) -> StageThresholds:

@@ -12,6 +12,11 @@ probability's log-odds, by what was read: a roadwork phrase (`hit`), text withou
 unsure prior (0.5 -> 0.98) and let text that is not about roadwork lean towards "no"
 (0.5 -> 0.38). `fit` estimates the weights from labelled examples (the earlier probability,
 what was read, the label) by logistic regression with the prior's log-odds as a fixed offset.
+
+A judge stage (a VLM asked "is there road work?", streetcascade/vlm.py) gives a probability
+instead of a reading: its log-odds, times `judge`, plus `judge_bias`, are added to the earlier
+probability's. The defaults (1, 0) treat the judge as independent evidence at even odds (naive
+Bayes); `fit_judge` estimates both from labelled examples the same way.
 """
 
 from __future__ import annotations
@@ -86,6 +91,9 @@ class LogOddsRule(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     hit: Weight = 4.0
     text_without_hit: Weight = -0.5
     no_text: Weight = 0.0
+    # Judge stages: weight of the judge's log-odds, and a constant added with it.
+    judge: Weight = 1.0
+    judge_bias: Weight = 0.0
 
     def weight(self, has_text: bool, hit: bool) -> float:
         if hit:
@@ -94,6 +102,36 @@ class LogOddsRule(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
 
     def combine(self, prior: float, has_text: bool, hit: bool) -> float:
         return sigmoid(logit(prior) + self.weight(has_text, hit))
+
+    def combine_judge(self, prior: float, p_yes: float) -> float:
+        """The earlier probability moved by a judge's p(yes)."""
+        return sigmoid(logit(prior) + self.judge * logit(p_yes) + self.judge_bias)
+
+    @classmethod
+    def fit_judge(cls, priors: Sequence[float], p_yes: Sequence[float], labels: Sequence[int], l2: float = 0.1, steps: int = 50) -> "LogOddsRule":
+        """Maximum-likelihood `judge` and `judge_bias` (small L2 pull towards the defaults 1, 0)
+        by Newton's method, the prior's log-odds as a fixed offset; the OCR weights keep their
+        defaults."""
+        offset = np.array([logit(float(p)) for p in priors])
+        z_judge = np.array([logit(float(p)) for p in p_yes])
+        y = np.asarray(labels, dtype=np.float64)
+        if len(y) == 0:
+            raise ValueError("no examples to fit the combination rule on")
+        if not (len(offset) == len(z_judge) == len(y)):
+            raise ValueError(f"priors, p_yes and labels differ in length ({len(offset)}, {len(z_judge)}, {len(y)})")
+        x = np.stack([z_judge, np.ones_like(z_judge)], axis=1)
+        anchor = np.array([1.0, 0.0])
+        w = anchor.copy()
+        for _ in range(steps):
+            p = 1.0 / (1.0 + np.exp(-(offset + x @ w)))
+            grad = x.T @ (p - y) + l2 * (w - anchor)
+            hess = (x * (p * (1 - p))[:, None]).T @ x + l2 * np.eye(2)
+            step = np.linalg.solve(hess, grad)
+            w -= step
+            if np.abs(step).max() < 1e-8:
+                break
+        w = np.clip(w, -20.0, 20.0)
+        return cls(judge=float(w[0]), judge_bias=float(w[1]))
 
     @classmethod
     def fit(cls, priors: Sequence[float], has_text: Sequence[bool], hits: Sequence[bool], labels: Sequence[int],

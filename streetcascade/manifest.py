@@ -157,6 +157,31 @@ class LatencyRatio(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     ratio_p99: float
 
 
+class WeightQuant(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """Weight-only 4-bit quantization of a graph (`precision = "int4"`, compile/int4.py): what
+    was converted, how, and what it saved. The activations stay float."""
+
+    method: str  # "rtn" (round to nearest, ONNX Runtime / NNCF), "awq" (AutoAWQ's ints imported), "awq+rtn"
+    bits: int
+    block_size: int  # values per scale along K (AWQ: the checkpoint's group size, or a power-of-two divisor)
+    symmetric: bool  # no zero points (AWQ is always asymmetric)
+    accuracy_level: int  # MatMulNBits compute: 0 = float activations, 4 = int8 activations (faster)
+    converted: int  # MatMuls whose weights are 4-bit now
+    awq_layers: int = 0  # of those, weights taken from the AutoAWQ checkpoint's own ints
+    kept_float: list[str] = []  # constant-weight MatMuls left float (keep_float, or not in the AWQ checkpoint)
+    bytes_before: int = 0  # the converted weights in float32
+    bytes_after: int = 0  # the same as 4-bit codes + scales + zero points
+    embeddings: int = 0  # embedding tables (Gathers) made 4-bit too ([stages.int4] embeddings = "int4"; not in the bytes above)
+
+    def summary(self) -> str:
+        ratio = self.bytes_before / max(1, self.bytes_after)
+        src = f", {self.awq_layers} from the AWQ checkpoint" if self.awq_layers else ""
+        return (f"{self.converted} MatMul(s) to {self.bits}-bit ({self.method}, block {self.block_size}, "
+                f"{'symmetric' if self.symmetric else 'zero points'}, accuracy_level {self.accuracy_level}{src}): "
+                f"{self.bytes_before / 2**20:.1f} MiB -> {self.bytes_after / 2**20:.1f} MiB ({ratio:.1f}x); "
+                f"{len(self.kept_float)} kept float" + (f"; {self.embeddings} embedding table(s) 4-bit" if self.embeddings else ""))
+
+
 class GraphEntry(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     role: str  # what the graph does in its stage: "classifier" for stage-1 graphs
     file: str  # relative to the engine-set folder
@@ -178,6 +203,9 @@ class GraphEntry(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     # Batch-1 latency against the reference, measured at compile time ([target] latency_runs).
     latency: LatencyRatio | None = None
 
+    # precision int4: the 4-bit weights (block size, AWQ or round-to-nearest, bytes saved).
+    weight_quant: WeightQuant | None = None
+
 
 class BuildInfo(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     """How a GPU engine was built: its optimisation profile per input (batch min / opt / max),
@@ -191,6 +219,40 @@ class BuildInfo(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     timing_cache: str = ""  # the timing cache file used and updated (relative to engines_dir)
 
 
+class VlmEntry(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """A VLM judge stage (stage kind "vlm"): what its runtime needs besides the graphs (the
+    prompt as token ids, the answer tokens, how images become patches) and what was measured at
+    compile time (tokens per image, latency, end-to-end parity against transformers)."""
+
+    model: str  # the host-side preparation (runtime/qwen_vl.py): "qwen2.5-vl" | "qwen3-vl"
+    prompt: str  # the question asked
+    # The rendered chat prompt as token ids, with ONE image_token_id where the image's tokens go.
+    prompt_ids: list[int]
+    image_token_id: int
+    answer_tokens: list[str]  # as the tokenizer spells them (columns of the prefill's answer_logits)
+    answer_ids: list[int]
+    answer_yes: list[bool]  # which answer tokens mean "yes"
+    # Image preparation (the processor's): resize to min..max pixels, sides multiples of
+    # patch_size x merge_size, x * rescale, (x - mean) / std, patches of temporal x patch x patch.
+    patch_size: int
+    merge_size: int
+    temporal_patch_size: int
+    min_pixels: int
+    max_pixels: int
+    mean: list[float]
+    std: list[float]
+    rescale: float
+    window_size: int = 0  # Qwen2.5-VL: window attention size in pixels
+    pos_embed_side: int = 0  # Qwen3-VL: side of the learned position-embedding grid
+    deepstack_layers: int = 0  # Qwen3-VL: vision features added after the first N decoder layers
+    vision_tokens: int = 0  # language-model tokens per image at the configured resolution (square image)
+    max_tokens: int = 0  # prompt + image tokens the prefill was measured for
+    expected_ms: float = 0.0  # one image, end to end, measured at compile time
+    # The compiled chain (numpy preparation, vision graph, prefill graph) against transformers'
+    # full forward on the same images, on the answer logits.
+    parity: Parity | None = None
+
+
 class StageEntry(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     name: str
     kind: str  # how the runtime runs it (runtime.stages registry): "classifier"
@@ -202,9 +264,11 @@ class StageEntry(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     thresholds: StageThresholds
     graphs: list[GraphEntry]
     notes: list[str] = []
-    # OCR stages: the vocabulary and the combination rule they run with.
+    # Evidence stages (OCR, VLM judge): the combination rule they run with; OCR: the vocabulary.
     evidence: Vocabulary | None = None
     combine: LogOddsRule | None = None
+    # VLM judge stages: prompt ids, answer tokens, image preparation, measured figures.
+    vlm: VlmEntry | None = None
 
 
 class Manifest(msgspec.Struct, frozen=True, forbid_unknown_fields=True):

@@ -54,6 +54,9 @@ KNOWN: dict[str, ModelShape] = {
     "dinov3-vitl16": ModelShape("vision", 303_100_000, 24, 1024, 16, 201),
     "dinov3-vith16plus": ModelShape("vision", 840_500_000, 32, 1280, 20, 201),
     "vit-base-patch16": ModelShape("vision", 86_400_000, 12, 768, 12, 197),
+    # PP-OCR (the rapidocr wheel's detector + recognizer, ~16 MB of FP32 weights); the CNN's
+    # feature maps at the detector's 736-pixel side stand in as 2000 "tokens".
+    "rapidocr": ModelShape("vision", 3_900_000, 1, 96, 1, 2000),
     "florence-2-base": ModelShape("encoder-decoder", 232_000_000, 6, 768, 12, 577, 12, 64, 0, 1024),
     "florence-2-large": ModelShape("encoder-decoder", 771_000_000, 12, 1024, 16, 577, 16, 64, 0, 1024),
     # Qwen3-VL-8B: LM 36 layers, hidden 4096, 8 KV heads of 128; vocab 151,936 (embeddings and
@@ -61,7 +64,17 @@ KNOWN: dict[str, ModelShape] = {
     "qwen3-vl-8b": ModelShape("decoder", 8_767_000_000, 36, 4096, 32, 64, 8, 128, 1_820_000_000, 4096),
     "qwen2.5-vl-7b": ModelShape("decoder", 8_292_000_000, 28, 3584, 28, 64, 4, 128, 1_760_000_000, 4096),
     "qwen3-vl-2b": ModelShape("decoder", 2_127_000_000, 28, 2048, 16, 64, 8, 128, 720_000_000, 4096),
+    # Qwen2.5-VL-3B: LM 36 layers, hidden 2048, 2 KV heads of 128; tied embeddings (311M) and a
+    # 670M vision tower.
+    "qwen2.5-vl-3b": ModelShape("decoder", 3_754_000_000, 36, 2048, 16, 64, 2, 128, 981_000_000, 4096),
+    # The test-sized VLMs (`random:tiny` of families qwen2.5-vl / qwen3-vl).
+    "qwen2.5-vl-tiny": ModelShape("decoder", 200_000, 2, 64, 4, 64, 2, 16, 0, 4096),
+    "qwen3-vl-tiny": ModelShape("decoder", 300_000, 3, 64, 4, 64, 2, 16, 0, 4096),
 }
+# Vision-language judges (streetcascade/vlm.py): one prefill pass over prompt + image tokens, no
+# KV cache kept. Family -> pixels per image-token side (patch x merge) and the vision tower's width.
+JUDGE_FAMILIES = {"qwen2.5-vl": (28, 1280), "qwen3-vl": (32, 1024)}
+JUDGE_PROMPT_TOKENS = 64
 
 
 def shape_from_config(directory: Path) -> ModelShape | None:
@@ -120,6 +133,7 @@ class StageEstimate:
     scratch_bytes: int  # activations at max_batch (shareable arena)
     kv_bytes: int
     host_bytes: int  # per slot
+    note: str = ""
 
 
 def estimate_stage(name: str, source: str, family: str, precision: str, max_batch: int, input_size: int = 224, max_tokens: int = 0) -> StageEstimate:
@@ -132,6 +146,8 @@ def estimate_stage(name: str, source: str, family: str, precision: str, max_batc
     else:
         weights = shape.params * per_param
     act = ACT_BYTES[precision]
+    if family in JUDGE_FAMILIES:
+        return _judge_estimate(name, shape, family, precision, int(weights), max_batch, input_size, max_tokens)
     ctx = max_tokens or shape.default_tokens
     if shape.kind == "decoder":
         # A prefill of max_batch sequences of ctx tokens; attention is fused (no T x T scores).
@@ -149,3 +165,18 @@ def estimate_stage(name: str, source: str, family: str, precision: str, max_batc
         kv = max_batch * (ctx + cross) * per_token
     host = max_batch * input_size * input_size * 3 + max_batch * 4 * 2
     return StageEstimate(name, precision, int(weights), int(scratch), int(kv), int(host))
+
+
+def _judge_estimate(name: str, shape: ModelShape, family: str, precision: str, weights: int, max_batch: int, input_size: int, max_tokens: int) -> StageEstimate:
+    """A VLM judge: the vision tower on one image (patches = 4 x its tokens), then one prefill of
+    max_batch prompts of prompt + image tokens, attention scores unfused (CPU graphs); no KV cache."""
+    factor, vision_hidden = JUDGE_FAMILIES[family]
+    tokens = (-(-input_size // factor)) ** 2  # ceil(side / factor) squared, as smart_resize of a square
+    ctx = max_tokens or tokens + JUDGE_PROMPT_TOKENS
+    act = ACT_BYTES[precision]
+    patches = 4 * tokens
+    vision = patches * vision_hidden * 12 * act + 16 * patches * patches * 4
+    prefill = max_batch * (ctx * shape.hidden * 12 * act + shape.heads * ctx * ctx * 4)
+    host = patches * 3 * 2 * 16 * 16 * 4 + max_batch * ctx * 8 * 6
+    return StageEstimate(name, precision, weights, int(max(vision, prefill)), 0, int(host),
+                         note=f"{tokens} image tokens at {input_size}x{input_size}, {ctx} tokens per prompt")

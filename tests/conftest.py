@@ -72,6 +72,44 @@ def tiny_engine_dir(tiny_config) -> Path:
     return compile_cascade(tiny_config, progress=False)
 
 
+@pytest.fixture(scope="session")
+def tiny_ocr_engine_dir(tmp_path_factory, tiny_dinov3_dir) -> Path:
+    """Stage 1 a tiny random DINOv3 that is never sure (its band covers everything), then PP-OCR
+    on REAL weights (the rapidocr wheel's, cached); skips, saying so, when they cannot be had."""
+    from streetcascade.compile.pipeline import compile_cascade
+    from streetcascade.errors import CompileError
+
+    root = tmp_path_factory.mktemp("ocr")
+    cfg = write_config(root / "c.toml", [
+        {"name": "stage1", "family": "dinov3", "source": str(tiny_dinov3_dir), "max_batch": 2, "exit_low": 0.01, "exit_high": 0.99},
+        {"name": "ocr", "family": "ppocr", "source": "rapidocr", "max_batch": 6, "exit_low": 0.5, "exit_high": 0.5},
+    ], root / "engines")
+    try:
+        return compile_cascade(cfg, progress=False)
+    except CompileError as exc:
+        pytest.skip(f"NOT CHECKED on real PP-OCR weights: {exc}")
+
+
+@pytest.fixture(scope="session")
+def tiny_vlm(tmp_path_factory):
+    """family -> (checkpoint dir, compiled engine set) of a tiny Qwen-VL judge (fp32, 224 px,
+    max_batch 2), built once per session."""
+    from streetcascade.compile.pipeline import compile_cascade
+
+    built = {}
+
+    def get(family: str):
+        if family not in built:
+            root = tmp_path_factory.mktemp(family)
+            ckpt = tiny_checkpoint(tmp_path_factory, family)
+            cfg = write_config(root / "c.toml", [{"name": "judge", "family": family, "source": str(ckpt), "input_size": 224, "max_batch": 2}],
+                               root / "engines")
+            built[family] = (ckpt, compile_cascade(cfg, progress=False))
+        return built[family]
+
+    return get
+
+
 @pytest.fixture()
 def engine_copy(tiny_engine_dir, tmp_path) -> Path:
     """A private copy of the compiled engine set, for tests that damage it."""

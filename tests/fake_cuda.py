@@ -5,6 +5,15 @@ against the installed cuda-bindings): every call returns (error,) or (error, val
 "Device" and pinned allocations are real ctypes buffers, so copies move real bytes; work put
 on a stream runs at once, or, while the stream is being captured, is recorded into a graph
 that `cudaGraphLaunch` replays. Kernels come from the fake TensorRT (`enqueue`).
+
+Failed captures are simulated the ways a real GPU produces them (`fail_capture`):
+- "end": cudaStreamEndCapture reports an error and returns no graph (True means this);
+- "invalidate": the first copy enqueued under capture is refused (as CUDA refuses an unsafe
+  call) and invalidates the capture: EndCapture returns cudaErrorStreamCaptureInvalidated;
+- "instantiate": the graph captures but cudaGraphInstantiate fails.
+`failing_captures` captures fail (then they succeed: a later engine in the same process).
+Like the real runtime, every failed call records the thread's last error until
+cudaGetLastError reads and clears it, and graphs are counted so a leak shows.
 """
 
 from __future__ import annotations
@@ -20,6 +29,8 @@ class cudaError_t(enum.IntEnum):
     cudaErrorInvalidValue = 1
     cudaErrorMemoryAllocation = 2
     cudaErrorStreamCaptureUnsupported = 900
+    cudaErrorStreamCaptureInvalidated = 901
+    cudaErrorIllegalState = 401
     cudaErrorInsufficientDriver = 35
 
 
@@ -31,6 +42,13 @@ class cudaMemcpyKind(enum.IntEnum):
 class cudaStreamCaptureMode(enum.IntEnum):
     cudaStreamCaptureModeGlobal = 0
     cudaStreamCaptureModeThreadLocal = 1
+    cudaStreamCaptureModeRelaxed = 2
+
+
+class cudaStreamCaptureStatus(enum.IntEnum):
+    cudaStreamCaptureStatusNone = 0
+    cudaStreamCaptureStatusActive = 1
+    cudaStreamCaptureStatusInvalidated = 2
 
 
 OK = (cudaError_t.cudaSuccess,)
@@ -40,6 +58,8 @@ OK = (cudaError_t.cudaSuccess,)
 class _Stream:
     id: int
     capturing: list | None = None
+    invalidated: bool = False
+    mode: int | None = None
 
     def __int__(self):
         return self.id
@@ -61,10 +81,16 @@ class _Props:
 class FakeCuda:
     """State of the simulated GPU; `module()` is what replaces cuda.bindings.runtime."""
 
-    def __init__(self, device_bytes: int = 24 << 30, gpus: int = 1, fail_capture: bool = False):
+    def __init__(self, device_bytes: int = 24 << 30, gpus: int = 1, fail_capture: bool | str = False, failing_captures: int = 1 << 30,
+                 name: str = "NVIDIA GeForce RTX 4090", sm: tuple[int, int] = (8, 9)):
+        self.props = _Props(name=name.encode(), major=sm[0], minor=sm[1], totalGlobalMem=device_bytes)
         self.device_bytes = device_bytes
         self.gpus = gpus
-        self.fail_capture = fail_capture
+        self.fail_capture = "end" if fail_capture is True else fail_capture
+        self.failing_captures = failing_captures
+        self.last_error = cudaError_t.cudaSuccess
+        self.live_graphs = 0
+        self.capture_modes: list[int] = []
         self.buffers: dict[int, ctypes.Array] = {}
         self.device_allocated = 0
         self.streams: dict[int, _Stream] = {}
@@ -72,6 +98,13 @@ class FakeCuda:
         self.calls: list[str] = []
 
     # -- the API --
+    def _fail(self, err):
+        self.last_error = err
+        return (err, None)
+
+    def _failing(self, how: str) -> bool:
+        return self.fail_capture == how and self.failing_captures > 0
+
     def _alloc(self, n):
         buf = ctypes.create_string_buffer(int(n))
         ptr = ctypes.addressof(buf)
@@ -120,22 +153,51 @@ class FakeCuda:
 
     def cudaMemcpyAsync(self, dst, src, n, kind, stream):
         self.calls.append(f"memcpy {kind.name}")
+        s = self.streams[int(stream)]
+        if s.capturing is not None and self._failing("invalidate"):
+            s.invalidated = True  # CUDA refuses the call and invalidates the whole capture
+            return self._fail(cudaError_t.cudaErrorStreamCaptureUnsupported)[:1]
         self.enqueue(stream, lambda: ctypes.memmove(int(dst), int(src), int(n)))
         return OK
 
     def cudaStreamBeginCapture(self, stream, mode):
-        self.streams[int(stream)].capturing = []
+        s = self.streams[int(stream)]
+        if s.capturing is not None:
+            return self._fail(cudaError_t.cudaErrorIllegalState)[:1]
+        s.capturing, s.invalidated, s.mode = [], False, int(mode)
+        self.capture_modes.append(int(mode))
         return OK
+
+    def cudaStreamIsCapturing(self, stream):
+        s = self.streams[int(stream)]
+        if s.capturing is None:
+            return (cudaError_t.cudaSuccess, cudaStreamCaptureStatus.cudaStreamCaptureStatusNone)
+        status = cudaStreamCaptureStatus.cudaStreamCaptureStatusInvalidated if s.invalidated else cudaStreamCaptureStatus.cudaStreamCaptureStatusActive
+        return (cudaError_t.cudaSuccess, status)
 
     def cudaStreamEndCapture(self, stream):
         s = self.streams[int(stream)]
+        if s.capturing is None:
+            return self._fail(cudaError_t.cudaErrorIllegalState)
         ops, s.capturing = s.capturing, None
-        if self.fail_capture:
-            return (cudaError_t.cudaErrorStreamCaptureUnsupported, None)
+        if s.invalidated:
+            self.failing_captures -= 1
+            return self._fail(cudaError_t.cudaErrorStreamCaptureInvalidated)
+        if self._failing("end"):
+            self.failing_captures -= 1
+            return self._fail(cudaError_t.cudaErrorStreamCaptureUnsupported)
+        self.live_graphs += 1
         return (cudaError_t.cudaSuccess, _Graph(ops))
 
     def cudaGraphInstantiate(self, graph, flags):
+        if self._failing("instantiate"):
+            self.failing_captures -= 1
+            return self._fail(cudaError_t.cudaErrorInvalidValue)
         return (cudaError_t.cudaSuccess, _Graph(list(graph.ops)))
+
+    def cudaGetLastError(self):
+        err, self.last_error = self.last_error, cudaError_t.cudaSuccess
+        return (err,)
 
     def cudaGraphLaunch(self, exec_graph, stream):
         self.launches += 1
@@ -144,6 +206,7 @@ class FakeCuda:
         return OK
 
     def cudaGraphDestroy(self, graph):
+        self.live_graphs -= 1
         return OK
 
     def cudaGraphExecDestroy(self, graph):
@@ -161,7 +224,7 @@ class FakeCuda:
         return (cudaError_t.cudaSuccess, self.gpus)
 
     def cudaGetDeviceProperties(self, i):
-        return (cudaError_t.cudaSuccess, _Props(totalGlobalMem=self.device_bytes))
+        return (cudaError_t.cudaSuccess, self.props)
 
     def cudaSetDevice(self, i):
         return OK
@@ -181,15 +244,16 @@ class FakeCuda:
         "cudaStreamSynchronize", "cudaMemcpyAsync", "cudaStreamBeginCapture", "cudaStreamEndCapture", "cudaGraphInstantiate",
         "cudaGraphLaunch", "cudaGraphDestroy", "cudaGraphExecDestroy", "cudaGetErrorName", "cudaGetErrorString",
         "cudaGetDeviceCount", "cudaGetDeviceProperties", "cudaSetDevice", "cudaMemGetInfo", "cudaDriverGetVersion",
-        "cudaRuntimeGetVersion",
+        "cudaRuntimeGetVersion", "cudaStreamIsCapturing", "cudaGetLastError",
     )
-    CONSTANTS = ("cudaError_t", "cudaMemcpyKind", "cudaStreamCaptureMode", "cudaHostAllocDefault", "cudaStreamNonBlocking")
+    CONSTANTS = ("cudaError_t", "cudaMemcpyKind", "cudaStreamCaptureMode", "cudaStreamCaptureStatus", "cudaHostAllocDefault", "cudaStreamNonBlocking")
 
     def module(self) -> types.ModuleType:
         m = types.ModuleType("cuda.bindings.runtime")
         for name in self.FUNCTIONS:
             setattr(m, name, getattr(self, name))
         m.cudaError_t, m.cudaMemcpyKind, m.cudaStreamCaptureMode = cudaError_t, cudaMemcpyKind, cudaStreamCaptureMode
+        m.cudaStreamCaptureStatus = cudaStreamCaptureStatus
         m.cudaHostAllocDefault, m.cudaStreamNonBlocking = 0, 1
         return m
 

@@ -96,3 +96,10 @@ def test_wheel_holds_the_product_only(tmp_path):
     assert "streetcascade/runtime/backends/onnxruntime.py" in names and "streetcascade/miner/axon_app.py" in names
     assert not [n for n in names if "bench" in n.split("/") or "client" in n.rsplit("/", 1)[-1]]
     assert not [n for n in names if n.startswith("tests/") or n.startswith("bench/")]
+
+
+def test_only_the_ray_modules_import_ray():
+    """Ray (the `ray` extra) stays inside the application and the miner's remote stages."""
+    offenders = sorted(m for m in _importers("ray") if m not in ("streetcascade.runtime.ray_app", "streetcascade.runtime.ray_stage"))
+    assert offenders == []
+    assert "streetcascade.runtime.ray_stage" in _importers("ray")  # the check can fail

@@ -10,6 +10,8 @@ FAMILIES = Registry("model family", {
     "hf-classifier": "streetcascade.compile.models.hf_classifier:FAMILY",
     "ppocr": "streetcascade.compile.models.ppocr:FAMILY",
     "florence2": "streetcascade.compile.models.florence2:FAMILY",
+    "qwen2.5-vl": "streetcascade.compile.models.qwen_vl:QWEN25_FAMILY",
+    "qwen3-vl": "streetcascade.compile.models.qwen_vl:QWEN3_FAMILY",
 }, unavailable=None)
 
 

@@ -31,7 +31,7 @@ from streetcascade.manifest import GraphIO
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 # Files that define a checkpoint's behaviour (hashed into the manifest).
-CHECKPOINT_PATTERNS = ("*.json", "*.safetensors", "*.bin", "*.txt", "*.model")
+CHECKPOINT_PATTERNS = ("*.json", "*.safetensors", "*.bin", "*.txt", "*.model", "*.jinja")  # .jinja: a chat template
 OPSET = 17  # LayerNormalization is a single FP32-friendly op from 17 on
 
 
@@ -45,9 +45,14 @@ class GraphDecl:
     opset: int = OPSET
     # How the parity gate compares it with the reference: "classifier" = probabilities of one
     # logit per image on sample photos + synthetic images; "tensor" = every output value on the
-    # family's example inputs (graphs that are not classifiers, e.g. OCR).
+    # family's example inputs (graphs that are not classifiers, e.g. OCR); "relative" = the same,
+    # the error relative to the largest reference value (features of any scale, a VLM's vision
+    # tower); "judge" = a yes/no judge's outputs: p(yes) from its `yes_logodds` output within
+    # the tolerance, every output's largest difference recorded.
     parity: str = "classifier"
     preprocessing: str = ""  # what the graph does to its input before the model, for the manifest
+    # Built at this precision whatever the stage's ("" = the stage's): a VLM's vision tower.
+    precision: str = ""
 
 
 @dataclass(frozen=True)
@@ -91,6 +96,9 @@ class ExportableGraph:
     onnx_source: Path | None = None  # a ready ONNX graph, copied instead of exported
     parity_feeds: list[dict[str, np.ndarray]] | None = None  # "tensor" parity: the example inputs
     metadata: dict[str, str] = field(default_factory=dict)  # stored in the ONNX file (e.g. a tokenizer)
+    # Inputs to trace the export with (default: zeros of the declared shapes, named axes at 2):
+    # graphs whose axes must agree with each other (a VLM's patches and windows).
+    example: dict[str, np.ndarray] | None = None
 
 
 @dataclass
@@ -99,6 +107,26 @@ class ExportableModel:
     source_sha256: str
     placeholder: bool  # random weights: must never be passed off as a detector
     notes: list[str] = field(default_factory=list)
+    # Checks of the stage as a whole once its graphs are built (a VLM: the chain of graphs against
+    # the PyTorch model, the accuracy gate of lossy precisions); returns the (amended) entry.
+    finish: Callable[["BuiltStage"], Any] | None = None
+
+
+@dataclass
+class BuiltStage:
+    """A stage whose graphs are built (in `workdir`, not yet in the engine set), for
+    `ExportableModel.finish`: its manifest entry so far and how to load its engines."""
+
+    entry: Any  # StageEntry
+    workdir: Path
+    config: Any  # CascadeConfig
+    config_path: Path
+    load: Callable[[str], Any]  # role -> the built engine, loaded through the target's backend
+    progress: Any
+
+    def raw(self, role: str) -> Path:
+        """The exported FP32 ONNX graph of a role (the accuracy gate's reference)."""
+        return self.workdir / f"{self.entry.name}.{role}.raw.onnx"
 
 
 @dataclass
@@ -184,7 +212,12 @@ def open_checkpoint(
         model, norm = random_model(source.value)
         return Checkpoint(model, norm, hash_text(f"{stage.source}:{stage.seed}"), True, None)
     directory = fetch_hub_snapshot(source.value) if source.kind == "hub" else source.value
-    model = load_or_fail("weights", stage.source, lambda: pretrained_model(directory))
+    # An AutoAWQ checkpoint loads as its exact dequantized float32 copy (precision int4 then
+    # imports its own 4-bit codes into the exported graph: compile/int4.py).
+    from ..int4 import float_checkpoint
+
+    weights = str(float_checkpoint(directory))
+    model = load_or_fail("weights", stage.source, lambda: pretrained_model(weights))
     return Checkpoint(model, processor_normalization(directory), hash_checkpoint(directory), False, directory)
 
 
@@ -237,11 +270,22 @@ def numpy_preprocess(images: np.ndarray, norm: Normalization) -> np.ndarray:
 
 def logit_from_logits(logits: torch.Tensor, positive: int) -> torch.Tensor:
     """Log-odds of the positive class: one logit as is; for N >= 2 classes
-    l_pos - logsumexp(l_others), which equals logit(softmax(logits)[pos])."""
-    if logits.shape[-1] == 1:
+    l_pos - logsumexp(l_others), which equals logit(softmax(logits)[pos]).
+
+    Written so the exported graph has no ReduceLogSumExp: torch.logsumexp exports (opset 13-17)
+    as ReduceLogSumExp with an `axes` attribute, which OpenVINO's ONNX reader 2026.3.0-2026.4.1
+    ignores, reducing over the batch too (openvinotoolkit/openvino#38238; docs/openvino-reduce.md).
+    Two labels (the usual head) need no reduction at all: l_pos - l_other exactly. N > 2: the
+    max-shifted form (ReduceMax + ReduceSum, which every reader handles) over a constant-index
+    gather, so no zero-width slice appears either."""
+    n = logits.shape[-1]
+    if n == 1:
         return logits[:, 0]
-    others = torch.cat([logits[:, :positive], logits[:, positive + 1 :]], dim=-1)
-    return logits[:, positive] - torch.logsumexp(others, dim=-1)
+    if n == 2:
+        return logits[:, positive] - logits[:, 1 - positive]
+    others = logits[:, [i for i in range(n) if i != positive]]
+    top = others.amax(dim=-1, keepdim=True)
+    return logits[:, positive] - (top[:, 0] + torch.log(torch.exp(others - top).sum(dim=-1)))
 
 
 class ClassifierFamily(ModelFamily):

@@ -14,7 +14,7 @@ from typing import Any, ClassVar
 
 from streetcascade.config import CascadeConfig, StageConfig
 from streetcascade.errors import CompileError
-from streetcascade.manifest import AccuracyGate, BuildInfo, GraphIO, TargetInfo
+from streetcascade.manifest import AccuracyGate, BuildInfo, GraphIO, TargetInfo, WeightQuant
 from streetcascade.progress import QUIET, Progress
 
 
@@ -39,6 +39,9 @@ class BuiltGraph:
     accuracy_gate: AccuracyGate | None = None  # quantized with calibration data: the gate's figures
     build: BuildInfo | None = None  # engine-per-GPU targets: profiles, library figures, build time
     companions: list[Path] = field(default_factory=list)  # files the engine loads from beside it (OpenVINO's .bin)
+    weight_quant: WeightQuant | None = None  # precision int4: what is 4-bit and how (the manifest's figures)
+    awq_matched: list[str] = field(default_factory=list)  # AutoAWQ layers this graph holds (the stage checks them all)
+    notes: list[str] = field(default_factory=list)  # for the operator: the stage's manifest notes (`info` prints them)
 
 
 class Target(ABC):
@@ -47,6 +50,8 @@ class Target(ABC):
     suffix: ClassVar[str]  # engine file suffix, e.g. ".onnx"
     # Builds from the exported ONNX graph (False: from the PyTorch module, e.g. AOTInductor).
     needs_onnx: ClassVar[bool] = True
+    # Builds a VLM judge's graphs (stage kind "vlm": token-length axes, contrib ops in int4).
+    judge_stages: ClassVar[bool] = False
 
     @abstractmethod
     def describe(self, config: CascadeConfig) -> TargetInfo:
@@ -62,9 +67,12 @@ class Target(ABC):
                 f"stage {stage.name}: precision {stage.precision!r} is not available for the {self.backend} target "
                 f"(have: {', '.join(self.precisions)})"
             )
-        if stage.attention == "fused":
-            from ..models import get_family
+        from ..models import get_family
 
+        if get_family(stage.family).kind == "vlm" and not self.judge_stages:
+            raise CompileError(f"stage {stage.name}: the {self.backend} target does not build VLM judge stages ({stage.family}); "
+                               "use the onnxruntime or openvino target")
+        if stage.attention == "fused":
             kind = get_family(stage.family).kind
             if kind != "classifier":  # OCR graphs: ready-made ONNX (PP-OCR) or masked, causal attention (Florence-2)
                 raise CompileError(f"stage {stage.name}: attention = \"fused\" applies to classifier families (a ViT's attention); "

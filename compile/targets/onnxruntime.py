@@ -34,11 +34,14 @@ def quantize_dynamic_int8(src: Path, dst: Path) -> Path:
 
     from ..quantize import quiet_preprocess_advice
 
+    from ..export import has_external_data
+
     try:
         with quiet_preprocess_advice():
             quantize_dynamic(
                 str(src),
                 str(dst),
+                use_external_data_format=has_external_data(src),
                 weight_type=QuantType.QInt8,
                 op_types_to_quantize=["MatMul", "Gemm"],
                 per_channel=False,
@@ -66,9 +69,13 @@ def _drop_untyped_value_info(path: Path) -> None:
 
 def optimize_offline(src: Path, dst: Path, io: GraphIO, runtime: RuntimeConfig = RuntimeConfig()) -> Path:
     """Run ORT's full graph optimiser once and save the optimised graph (fusions for attention,
-    GELU, LayerNorm, MatMul+Add; layout transforms for this CPU)."""
+    GELU, LayerNorm, MatMul+Add; layout transforms for this CPU). A source with its weights in an
+    external file (past protobuf's 2 GiB) gives `dst` with its weights in `weights_file(dst)`."""
+    from ..export import has_external_data, weights_file
+
     backend = get_backend(ONNXRUNTIME)
-    options = msgspec.structs.replace(backend.options_for(runtime, "cpu"), save_optimized_to=str(dst))
+    options = msgspec.structs.replace(backend.options_for(runtime, "cpu"), save_optimized_to=str(dst),
+                                      save_weights_to=weights_file(dst).name if has_external_data(src) else "")
     try:
         backend.load(str(src), io, options).close()
     except StreetcascadeError as exc:
@@ -78,17 +85,28 @@ def optimize_offline(src: Path, dst: Path, io: GraphIO, runtime: RuntimeConfig =
     return dst
 
 
+def with_weights_file(built: BuiltGraph) -> BuiltGraph:
+    """The engine's external weights file (graphs past 2 GiB) as a companion the manifest hashes."""
+    from ..export import weights_file
+
+    data = weights_file(built.path)
+    if data.exists():
+        built.companions.append(data)
+    return built
+
+
 class OnnxRuntimeTarget(Target):
     """cpu: quantize (optional) and optimise offline for this CPU. cuda ("ort-cuda", for
     operators with CUDA but not the TensorRT Python package): the graph at its precision (fp16
     converted like TensorRT's), optimised at load by the chosen execution provider (the CUDA
     provider, or ONNX Runtime's TensorRT provider with its caches next to the graph)."""
 
+    judge_stages = True
     backend = ONNXRUNTIME
-    precisions = ("fp32", "fp16", "int8-dynamic", "int8-static")
+    precisions = ("fp32", "fp16", "int8-dynamic", "int8-static", "int4")
     suffix = ".onnx"
-    CPU_PRECISIONS = ("fp32", "int8-dynamic", "int8-static")
-    GPU_PRECISIONS = ("fp32", "fp16", "int8-static")
+    CPU_PRECISIONS = ("fp32", "int8-dynamic", "int8-static", "int4")
+    GPU_PRECISIONS = ("fp32", "fp16", "int8-static", "int4")
 
     def describe(self, config: CascadeConfig) -> TargetInfo:
         device = config.target.device
@@ -113,6 +131,8 @@ class OnnxRuntimeTarget(Target):
 
     def build(self, job: BuildJob) -> BuiltGraph:
         precision = job.stage.precision
+        if precision == "int4":
+            return self.build_int4(job)
         if job.config.target.device == "cuda":
             return self.build_gpu_graph(job)
         if precision == "int8-static":
@@ -123,8 +143,27 @@ class OnnxRuntimeTarget(Target):
         src = job.raw
         if precision == "int8-dynamic":
             src = quantize_dynamic_int8(job.raw, job.raw.with_suffix(".int8.onnx"))
-        return BuiltGraph(optimize_offline(src, job.out, job.io, job.config.runtime))
+        return with_weights_file(BuiltGraph(optimize_offline(src, job.out, job.io, job.config.runtime)))
 
+
+    @staticmethod
+    def build_int4(job: BuildJob) -> BuiltGraph:
+        """4-bit weights (MatMulNBits: AutoAWQ's own codes, or round to nearest), optimised
+        offline for this CPU, or as it is for the CUDA provider (which optimises at load)."""
+        import shutil
+
+        from ..int4 import build_int4_onnx
+
+        if job.config.target.device == "cuda" and job.config.target.execution_provider != "cuda":
+            raise CompileError(f"stage {job.stage.name}: int4 (MatMulNBits, an ONNX Runtime contrib op) runs on its CUDA provider, not the "
+                               f"{job.config.target.execution_provider} provider: set [target] execution_provider = \"cuda\"")
+        graph = build_int4_onnx(job, job.raw.with_name(job.raw.name.replace(".raw.onnx", ".int4.tmp.onnx")),
+                                embeddings=job.stage.int4_settings.embeddings == "int4")
+        if job.config.target.device == "cuda":
+            shutil.copyfile(graph.path, job.out)
+        else:
+            optimize_offline(graph.path, job.out, job.io, job.config.runtime)
+        return with_weights_file(BuiltGraph(job.out, weight_quant=graph.report, awq_matched=graph.awq_matched))
 
     @staticmethod
     def build_gpu_graph(job: BuildJob) -> BuiltGraph:

@@ -7,7 +7,10 @@ backend with `save_optimized_to`), so loading skips the optimiser: that is what 
 
 from __future__ import annotations
 
+import contextlib
+import itertools
 import logging
+import threading
 from pathlib import Path
 from typing import Annotated, Literal
 
@@ -39,6 +42,9 @@ class OrtOptions(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     optimize: bool = False
     # Write the optimised graph here (the offline optimisation step of compile); "" = don't.
     save_optimized_to: str = ""
+    # ...with its weights in this companion file beside it ("" = inline): graphs past protobuf's
+    # 2 GiB limit (a VLM's language model in FP32).
+    save_weights_to: str = ""
     # cuda: which execution provider runs the graph (the CUDA provider backs TensorRT's up).
     execution_provider: Literal["cuda", "tensorrt"] = "cuda"
     gpu_index: Annotated[int, msgspec.Meta(ge=0)] = 0
@@ -64,6 +70,9 @@ def session_options(options: OrtOptions) -> "ort.SessionOptions":
     so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL if optimize else ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     if options.save_optimized_to:
         so.optimized_model_filepath = options.save_optimized_to
+        if options.save_weights_to:
+            so.add_session_config_entry("session.optimized_model_external_initializers_file_name", options.save_weights_to)
+            so.add_session_config_entry("session.optimized_model_external_initializers_min_size_in_bytes", "1024")
         # ORT warns that an ENABLE_ALL graph may hold hardware-specific (NCHWc) kernels: that is
         # why the manifest records the CPU features and `check_target` compares them.
         so.log_severity_level = 3
@@ -78,7 +87,7 @@ def session_options(options: OrtOptions) -> "ort.SessionOptions":
 def gpu_providers(options: OrtOptions, graph_path: str) -> list[tuple[str, dict[str, str]]]:
     """The provider list (with options) for a GPU session. Pure: built and tested without a GPU.
 
-    CUDA provider: CUDA graphs (one per batch size, `gpu_graph_id`), exhaustive cuDNN search
+    CUDA provider: CUDA graphs (one per slot and batch size, `gpu_graph_id`), exhaustive cuDNN search
     once per shape. TensorRT provider first when asked for, its engine and timing caches under
     `cache_dir` (built on first load, reused after), the CUDA provider behind it for any node
     TensorRT does not take. Never the CPU provider: `session.disable_cpu_ep_fallback` makes a
@@ -100,10 +109,22 @@ def gpu_providers(options: OrtOptions, graph_path: str) -> list[tuple[str, dict[
         "trt_engine_cache_path": cache,
         "trt_timing_cache_enable": "True",
         "trt_timing_cache_path": cache,
-        "trt_cuda_graph_enable": "True" if options.cuda_graphs else "False",
+        # Off: ORT's TensorRT provider keeps one CUDA graph per session (no gpu_graph_id in the
+        # releases read), replayed whatever is bound: with batch sizes 1..max_batch and one IO
+        # binding per slot it would replay another batch's or another slot's addresses.
+        "trt_cuda_graph_enable": "False",
         "trt_builder_optimization_level": "3",
     })
     return [trt, cuda]
+
+
+def graph_capture_refused(exc: BaseException) -> bool:
+    """ONNX Runtime's refusal, at session creation, to capture a graph that is not entirely on
+    the capturing provider ("This session cannot use the graph capture feature as requested
+    by the user as all compute graph nodes have not been partitioned to the CUDA EP", and its
+    variants across versions)."""
+    text = str(exc).lower()
+    return "graph capture" in text or "cuda graph" in text
 
 
 def providers_for(options: OrtOptions, graph_path: str = "") -> list:
@@ -185,11 +206,25 @@ class OrtSlot(Slot):
 
 class OrtGpuSlot(Slot):
     """IO bound on the GPU: per batch size, device input and output buffers made once and bound
-    once (CUDA graphs replay fixed addresses), one `gpu_graph_id` per batch size."""
+    once (a CUDA graph replays the addresses it was captured with), one `gpu_graph_id` per
+    (slot, batch size).
 
-    def __init__(self, engine: "OrtEngine"):
+    ONNX Runtime's CUDA graphs (provider option `enable_cuda_graph`, ORT docs "Using CUDA
+    Graphs"): inputs and outputs bound through IOBinding to device OrtValues whose addresses
+    never change, new inputs copied into those OrtValues (`update_inplace`), shapes fixed per
+    graph; the first run(s) of a graph id run plainly and capture, later runs replay. Two
+    consequences for slots: a graph id belongs to one slot's buffers (a graph captured on slot
+    A's input address would, replayed for slot B, read slot A's input), so ids are per slot; and
+    `run` must not be entered from two threads at once while graphs are on (the same docs), so
+    runs take the engine's lock."""
+
+    def __init__(self, engine: "OrtEngine", index: int = 0):
         super().__init__(engine)
+        self.index = index
         self._per_batch: dict[int, tuple] = {}
+
+    def graph_id(self, batch: int) -> int:
+        return self.index * (self.engine.io.max_batch + 1) + batch
 
     def _buffers(self, batch: int):
         entry = self._per_batch.get(batch)
@@ -205,22 +240,24 @@ class OrtGpuSlot(Slot):
                 outputs[spec.name] = ort.OrtValue.ortvalue_from_shape_and_type([batch, *spec.shape[1:]], np.dtype(spec.dtype).type, "cuda", device_id)
                 binding.bind_ortvalue_output(spec.name, outputs[spec.name])
             run_options = ort.RunOptions()
-            if engine.options.cuda_graphs:
-                run_options.add_run_config_entry("gpu_graph_id", str(batch))
+            if engine.graphs_enabled:
+                run_options.add_run_config_entry("gpu_graph_id", str(self.graph_id(batch)))
             entry = self._per_batch[batch] = (binding, inputs, outputs, run_options)
         return entry
 
     def infer(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         batch = self.check_feeds(feeds)
+        engine = self.engine
         binding, inputs, outputs, run_options = self._buffers(batch)
-        for name, value in inputs.items():
-            value.update_inplace(np.ascontiguousarray(feeds[name]))
-        try:
-            self.engine.session.run_with_iobinding(binding, run_options)
-        except Exception as exc:
-            raise InferenceError(f"onnxruntime ({self.engine.options.execution_provider} provider) failed: {exc}") from exc
-        self.engine.runs += 1
-        return {name: value.numpy() for name, value in outputs.items()}
+        with engine.run_lock:
+            for name, value in inputs.items():
+                value.update_inplace(np.ascontiguousarray(feeds[name]))
+            try:
+                engine.session.run_with_iobinding(binding, run_options)
+            except Exception as exc:
+                raise InferenceError(f"onnxruntime ({engine.options.execution_provider} provider) failed: {exc}") from exc
+            engine.runs += 1
+            return {name: value.numpy() for name, value in outputs.items()}
 
     def close(self) -> None:
         for binding, *_ in self._per_batch.values():
@@ -236,12 +273,28 @@ class OrtEngine(Engine):
         # Host RAM on a CPU; on a GPU what the device lost (cudaMemGetInfo), as measured figures.
         self._used = rss_bytes if options.device == "cpu" else (lambda: -free_bytes(options.gpu_index))
         before = self._used()
+        self.graphs_enabled = options.device == "cuda" and options.cuda_graphs
+        self.graphs_note = ""
         try:
-            self.session = ort.InferenceSession(path, sess_options=session_options(options), providers=providers_for(options, path))
+            self.session = self._session(path, options)
         except StreetcascadeError:
             raise
         except Exception as exc:
-            raise EngineMismatch(f"{path}: onnxruntime cannot load it: {str(exc).splitlines()[0]}") from exc
+            if not (self.graphs_enabled and graph_capture_refused(exc)):
+                raise EngineMismatch(f"{path}: onnxruntime cannot load it: {str(exc).splitlines()[0]}") from exc
+            # ORT refuses graph capture at session creation when a node is not on the
+            # capturing provider: run without graphs, say so once.
+            self.graphs_enabled = False
+            self.graphs_note = f"CUDA graphs refused by onnxruntime ({str(exc).splitlines()[0][:300]}); running without them"
+            log.warning("%s: %s", path, self.graphs_note)
+            try:
+                self.session = self._session(path, msgspec.structs.replace(options, cuda_graphs=False))
+            except StreetcascadeError:
+                raise
+            except Exception as exc2:
+                raise EngineMismatch(f"{path}: onnxruntime cannot load it: {str(exc2).splitlines()[0]}") from exc2
+        self.run_lock = threading.Lock() if self.graphs_enabled else contextlib.nullcontext()
+        self._slot_index = itertools.count()
         # Weights are inline in our graphs: the file size is a floor for what the session holds
         # (ORT may also pre-pack GEMM weights, which the RSS delta catches).
         self._weights_bytes = max(self._used() - before, Path(path).stat().st_size)
@@ -254,8 +307,18 @@ class OrtEngine(Engine):
                 f"{[s.name for s in io.inputs]} / {[s.name for s in io.outputs]}"
             )
 
+    @staticmethod
+    def _session(path: str, options: OrtOptions):
+        return ort.InferenceSession(path, sess_options=session_options(options), providers=providers_for(options, path))
+
     def slot(self) -> Slot:
-        return OrtSlot(self) if self.options.device == "cpu" or has_free_axes(self.io.outputs) else OrtGpuSlot(self)
+        # The GPU slot keeps device buffers per slot and batch size (CUDA graphs replay fixed
+        # addresses): only for graphs whose batch is their one free axis; others (OCR maps, a VLM's
+        # token axes) bind per call.
+        fixed = not has_free_axes(self.io.outputs) and not has_free_axes(self.io.inputs)
+        if self.options.device == "cpu" or not fixed:
+            return OrtSlot(self)
+        return OrtGpuSlot(self, next(self._slot_index))
 
     def metadata(self) -> dict[str, str]:
         return dict(self.session.get_modelmeta().custom_metadata_map)

@@ -42,6 +42,10 @@ METADATA_KEY = ["streetcascade", "metadata_json"]
 # fixed, the CPU plugin generates fused kernels whose f32 arithmetic differed from ONNX Runtime's
 # by up to 2e-3 (Florence-2's vision tower), more than fp32's parity tolerance.
 FIXED_BATCH1_KEY = ["streetcascade", "fixed_batch1"]
+# Set by the target on int4 engines built with accuracy_level 0: "0" turns off the CPU plugin's
+# dynamic int8 quantization of activations in front of compressed (4-bit) weights, so the
+# engine multiplies float activations, as it was checked. Absent: the plugin's default.
+DYNAMIC_QUANT_KEY = ["streetcascade", "dynamic_quantization_group_size"]
 # CPU features that make the plugin's bf16 real (without them it computes in f32).
 BF16_FEATURES = ("avx512_bf16", "amx_bf16")
 
@@ -91,15 +95,18 @@ class OvOptions(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     intra_op_threads: Annotated[int, msgspec.Meta(ge=0)] = 0  # 0 = one per core
 
 
-def plugin_config(options: OvOptions, precision: str) -> dict[str, object]:
+def plugin_config(options: OvOptions, precision: str, dynamic_quantization: int | None = None) -> dict[str, object]:
     """Latency settings for a small CPU box: one stream (one request runs on all the threads),
     one thread per core, threads pinned, and the engine's own compute precision."""
-    return {
+    config: dict[str, object] = {
         "PERFORMANCE_HINT": "LATENCY",
         "NUM_STREAMS": 1,
         "INFERENCE_NUM_THREADS": options.intra_op_threads or physical_cores(),
         "INFERENCE_PRECISION_HINT": PLUGIN_PRECISION[precision],
     }
+    if dynamic_quantization is not None:
+        config["DYNAMIC_QUANTIZATION_GROUP_SIZE"] = dynamic_quantization
+    return config
 
 
 class OvSlot(Slot):
@@ -137,6 +144,7 @@ class OvEngine(Engine):
         except Exception as exc:
             raise EngineMismatch(f"{path}: openvino cannot read it: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") from exc
         self.precision = inference_precision(model)
+        self.dynamic_quantization = int(model.get_rt_info(DYNAMIC_QUANT_KEY).astype(str)) if model.has_rt_info(DYNAMIC_QUANT_KEY) else None
         if self.precision == "bf16" and not has_bf16():
             raise EngineMismatch(f"{path}: a bf16 engine, and this CPU has none of {', '.join(BF16_FEATURES)}; recompile here")
         # A port may carry several tensor names (an output that is also another tensor): match
@@ -164,7 +172,7 @@ class OvEngine(Engine):
 
     def _compile(self, path: str, model: "ov.Model") -> "ov.CompiledModel":
         try:
-            compiled = core().compile_model(model, "CPU", plugin_config(self.options, self.precision))
+            compiled = core().compile_model(model, "CPU", plugin_config(self.options, self.precision, self.dynamic_quantization))
         except Exception as exc:
             raise EngineMismatch(f"{path}: openvino cannot compile it for this CPU: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") from exc
         took = compiled.get_property("INFERENCE_PRECISION_HINT")

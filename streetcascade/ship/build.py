@@ -277,7 +277,7 @@ def package(opts: PackageOptions, progress=None) -> PackageResult:
     python, platform_tag = target_python(opts)
     if manifest.target.device == "cpu":
         check_arch(manifest, platform_tag)
-    names = contents.requirement_names(manifest, chain=cfg.chain.metagraph == "chain")
+    names = contents.requirement_names(manifest, chain=cfg.chain.metagraph == "chain", ray=bool(cfg.engine.ray_address))
     requirements = contents.requirements(names, pin_installed=True)
     placeholders = [s.name for s in manifest.stages if s.placeholder_weights]
     if placeholders:

@@ -18,7 +18,7 @@ from streetcascade.manifest import Manifest
 
 # Files of the `streetcascade` package the online side imports (tests/ship/test_contents.py
 # imports each of them with the offline side blocked).
-CORE_MODULES = ("__init__", "config", "errors", "evidence", "gpu", "machine", "manifest", "registry", "settings", "sizing", "structs")
+CORE_MODULES = ("__init__", "config", "errors", "evidence", "gpu", "machine", "manifest", "registry", "settings", "sizing", "structs", "vlm")
 SUBPACKAGES = ("runtime", "miner")  # whole, as installed (runtime/backends included)
 SHIP_MODULES = ("__init__", "bundle", "entry")
 
@@ -40,11 +40,13 @@ STAGE_KINDS = {"ocr": ("opencv-python-headless", "rapidfuzz")}
 FAMILIES = {"florence2": ("tokenizers",)}
 # [chain] metagraph = "chain" reads the metagraph through the bittensor SDK (miner/chain.py).
 CHAIN = ("bittensor", "async-substrate-interface")
+# [engine] ray_address sends the stages to a Ray Serve application (runtime/ray_stage.py).
+RAY = ("ray",)
 # Never in an artifact, whatever pulls them in (checked after resolving).
 FORBIDDEN = ("torch", "transformers", "onnx", "onnxscript", "safetensors", "nncf", "pytest")
 
 
-def requirement_names(manifest: Manifest, chain: bool) -> list[str]:
+def requirement_names(manifest: Manifest, chain: bool, ray: bool = False) -> list[str]:
     key = (manifest.target.backend, manifest.target.device)
     if key not in BACKENDS:
         raise ConfigError(f"cannot package an engine set for backend {key[0]} on {key[1]}; known: "
@@ -54,6 +56,8 @@ def requirement_names(manifest: Manifest, chain: bool) -> list[str]:
         names += STAGE_KINDS.get(stage.kind, ()) + FAMILIES.get(stage.family, ())
     if chain:
         names += CHAIN
+    if ray:
+        names += RAY
     return list(dict.fromkeys(names))
 
 
@@ -93,6 +97,7 @@ def requirements(names: list[str], pin_installed: bool) -> list[str]:
                 version = None
             if version:
                 marker = spec.partition(";")[2].strip()
-                spec = f"{name}=={version}" + (f"; {marker}" if marker else "")
+                extras = re.match(r"[A-Za-z0-9._-]+(\[[^\]]*\])?", spec).group(1) or ""  # ray[serve]
+                spec = f"{name}{extras}=={version}" + (f"; {marker}" if marker else "")
         out.append(spec)
     return out

@@ -63,9 +63,11 @@ def test_gpu_bench_plumbing_on_the_cpu():
     lines = []
     rows = run_gpu_bench(["tiny"], [1], runs=4, device="cpu", out=lines.append)
     variants = {r["variant"] for r in rows}
-    assert variants == {"eager fp32", "torch.compile default", "aoti (cpu)"}
-    assert all(r["median_ms"] > 0 and r["vs_eager"] > 0 for r in rows)
-    assert any(line.startswith("| tiny | 1 | aoti (cpu)") for line in lines)
+    assert variants == {"eager fp32", "torch.compile default", "streetcascade aoti fp32"}
+    assert all(r["median_ms"] > 0 and r["vs_eager"] > 0 and r["max_abs_dp"] < 1e-4 for r in rows)
+    assert all(r["gpu_ms"] is None and r["vs_eager_graph"] is None for r in rows)  # no GPU: no GPU-only time, no graphed peer
+    assert any(line.startswith("| tiny | 1 | streetcascade aoti fp32") for line in lines)
+    assert any("eager fp32 + CUDA graph: needs CUDA" in line for line in lines)
 
 
 def test_end_to_end_bench_tiny_prints_ratios():
@@ -88,3 +90,49 @@ def test_fused_attention_bench_keeps_parity():
     assert result["fused_ops"] == 2 and result["max_abs_logit_diff"]["fp32"] < 1e-4
     assert set(result["median_ms"]) == {"plain-fp32", "plain-int8", "fused-fp32", "fused-int8"}
     assert any("MultiHeadAttention ops" in line for line in lines)
+
+
+def test_frontend_bench_prints_library_rows_with_pixel_agreement(capsys):
+    """bench.frontend on the validators' 224 x 224 JPEGs: every library row present (or skipped
+    with a note), each writing the same pixels as the Python path (decode only at this size)."""
+    from bench.frontend import run
+
+    rows = run(("validator",), runs=3, threads=2)
+    out = capsys.readouterr().out
+    paths = {r["path"] for r in rows}
+    assert {"python path (runtime today)", "PIL draft"} <= paths
+    for lib in ("simplejpeg", "PyTurboJPEG"):
+        assert lib in paths or f"note: {lib}" in out
+    assert all(r["max_diff"] == 0 for r in rows)  # 224 x 224: every path decodes the same pixels
+    assert "| validator | single | python path (runtime today) |" in out and "x best library" in out
+
+
+def test_int4_bench_tiny_prints_ratios():
+    """bench.int4's whole path on a tiny Qwen2: every variant built as compile builds it, timed,
+    sized, its peak RSS measured in a fresh process, its logits compared with FP32."""
+    from bench.int4 import run
+
+    lines = []
+    rows = run(hidden=64, layers=2, intermediate=128, heads=4, kv_heads=2, vocab=256, prefill=16, runs=2, rounds=1, out=lines.append)
+    by = {r["variant"]: r for r in rows}
+    assert set(by) == {"fp32", "int8", "int4-b32", "int4-b128"}
+    assert by["fp32"]["cosine_prefill"] == 1.0 and all(r["cosine_prefill"] > 0.9 and r["cosine_decode"] > 0.9 for r in rows)
+    assert by["int4-b128"]["file_bytes"] < by["int8"]["file_bytes"] < by["fp32"]["file_bytes"]
+    assert all(r["prefill_ms"] > 0 and r["decode_ms"] > 0 and r["peak_rss_bytes"] > 0 for r in rows)
+    assert any(line.startswith("| int4-b32 |") for line in lines)
+
+
+def test_vlm_bench_tiny_prints_the_tables(tmp_path):
+    """bench.vlm's whole path on the tiny Qwen3-VL (phases in this process): FP32 / INT8 / INT4
+    prefill side by side, the judges end to end vs transformers' generate, the FP32 judge's
+    p(yes) equal to transformers'."""
+    pytest.importorskip("tokenizers", exc_type=ImportError)
+    from bench.vlm import GENERATE, run
+
+    lines = []
+    result = run(preset="tiny", size=224, runs=2, rounds=1, block=32, out=lines.append, workdir=str(tmp_path), in_process=True)
+    text = "\n".join(lines)
+    assert "| int4 |" in text and "| int8-dynamic |" in text and f"| {GENERATE} |" in text and "x faster than generate" in text
+    p = result["judge"]["p_yes"]
+    assert abs(p["fp32 (vision fp32, prefill fp32)"] - p[GENERATE]) < 1e-4 and abs(p["transformers forward"] - p[GENERATE]) < 1e-4
+    assert result["file_bytes"]["int4"] < result["file_bytes"]["fp32"]

@@ -37,6 +37,7 @@ def test_aoti_package_compiles_loads_and_matches(aoti_engine_dir):
     assert aoti_engine_dir.name.endswith("-aoti") and m.target.backend == "aoti" and g.file.endswith(".pt2")
     assert g.build.builder.endswith(" aoti") and g.build.profiles["pixels"][2] == [4, 224, 224, 3]
     assert g.parity.max_abs_prob_error < 1e-5 and "torch" in m.library_versions
+    assert "AOTInductor built with freezing" in m.stages[0].notes  # what the target said reaches the manifest
     rng = np.random.default_rng(0)
     images = rng.integers(0, 255, (6, 224, 224, 3), dtype=np.uint8)
     with load_engine_set(aoti_engine_dir) as es:

@@ -68,7 +68,7 @@ def test_cuda_stand_in_names_exist_in_the_real_bindings():
     missing = [n for n in (*fake_cuda.FakeCuda.FUNCTIONS, *fake_cuda.FakeCuda.CONSTANTS) if not hasattr(rt, n)]
     assert not missing
     for enum_name, members in {"cudaMemcpyKind": fake_cuda.cudaMemcpyKind, "cudaStreamCaptureMode": fake_cuda.cudaStreamCaptureMode,
-                               "cudaError_t": fake_cuda.cudaError_t}.items():
+                               "cudaStreamCaptureStatus": fake_cuda.cudaStreamCaptureStatus, "cudaError_t": fake_cuda.cudaError_t}.items():
         real = getattr(rt, enum_name)
         assert all(hasattr(real, m.name) for m in members), enum_name
 
@@ -229,19 +229,35 @@ def test_cuda_graph_replay_equals_plain_and_arena_is_shared(sim, tmp_path, tiny_
     assert cuda.device_allocated == 0  # slots, arena and engines freed on close
 
 
-def test_capture_failure_falls_back_and_is_counted(monkeypatch, tmp_path, tiny_dinov3_dir):
+@pytest.mark.parametrize("how", ["end", "invalidate", "instantiate"])
+def test_failed_capture_falls_back_cleans_up_and_the_process_keeps_working(monkeypatch, tmp_path, tiny_dinov3_dir, how):
+    """A capture that fails (however CUDA reports it) is counted, the slot keeps the plain path
+    with the same answers, and nothing is left behind: no open capture, no partial graph, no
+    pending last error. Then, in the same process, a fresh compile and a fresh engine capture
+    and replay normally."""
     from streetcascade import gpu
 
-    cuda = fake_cuda.install(monkeypatch, fake_cuda.FakeCuda(fail_capture=True))
+    cuda = fake_cuda.install(monkeypatch, fake_cuda.FakeCuda(fail_capture=how, failing_captures=0))
     fake_tensorrt.install(monkeypatch, fake_tensorrt.FakeTrt(cuda))
     try:
-        dest = compile_cascade(trt_config(tmp_path, tiny_dinov3_dir), progress=False)
+        dest = compile_cascade(trt_config(tmp_path / "a", tiny_dinov3_dir), progress=False)
+        cuda.failing_captures = 1  # the next capture fails
         x = {"pixels": np.full((2, 224, 224, 3), 90, np.uint8)}
         with load_engine_set(dest, warmup=False) as es, es.engines[0].slot() as slot:
             outs = [slot.infer(x)["logit"] for _ in range(4)]
             assert es.engines[0].stats == {"graph_launches": 0, "graph_fallbacks": 1}
             for o in outs[1:]:
                 np.testing.assert_array_equal(o, outs[0])
+            assert cuda.last_error == fake_cuda.cudaError_t.cudaSuccess  # cleared, not left for the next check to find
+            assert all(s.capturing is None for s in cuda.streams.values()) and cuda.live_graphs == 0
+        assert cuda.capture_modes and set(cuda.capture_modes) == {fake_cuda.cudaStreamCaptureMode.cudaStreamCaptureModeThreadLocal}
+        again = compile_cascade(trt_config(tmp_path / "b", tiny_dinov3_dir), progress=False)  # a good compile after it
+        with load_engine_set(again, warmup=False) as es, es.engines[0].slot() as slot:
+            later = [slot.infer(x)["logit"] for _ in range(3)]
+            assert es.engines[0].stats == {"graph_launches": 1, "graph_fallbacks": 0}
+        for o in later:
+            np.testing.assert_allclose(o, outs[0], atol=1e-6)
+        assert cuda.device_allocated == 0
     finally:
         gpu.probe_gpus.cache_clear()
 

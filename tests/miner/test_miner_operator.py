@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import http.server
 import json
+import re
 import socket
 import struct
 import sys
@@ -313,7 +314,11 @@ def test_doctor_fresh_checkout_fake_engine(op):
 
 def test_doctor_clock_skew(op):
     rc, out = doctor(op, "--ntp-server", FakeNtp(10.0).address)
-    assert line(out, "clock").startswith("[fail]") and "-10000 ms" in line(out, "clock")
+    assert line(out, "clock").startswith("[fail]")
+    # The fake server stamps its reply once, so the measured offset is off by up to half the
+    # round trip (milliseconds on a loaded 2-core box): compare within a tolerance.
+    measured_ms = float(re.search(r"([+-]\d+) ms against", line(out, "clock")).group(1))
+    assert abs(measured_ms + 10000) < 200, line(out, "clock")
     rc, out = doctor(op, "--ntp-server", FakeNtp(-1.0).address)
     assert line(out, "clock").startswith("[warn]")
     rc, out = doctor(op, "--ntp-server", f"127.0.0.1:{free_port()}", "--timeout", "0.3")

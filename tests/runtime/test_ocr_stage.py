@@ -24,18 +24,9 @@ from streetcascade.errors import CompileError, InferenceError  # noqa: E402
 
 
 @pytest.fixture(scope="module")
-def ocr_set(tmp_path_factory, tiny_dinov3_dir):
+def ocr_set(tiny_ocr_engine_dir):
     """Stage 1 a tiny random DINOv3 that is never sure (its band covers everything), then PP-OCR."""
-    root = tmp_path_factory.mktemp("ocr")
-    cfg = write_config(root / "c.toml", [
-        {"name": "stage1", "family": "dinov3", "source": str(tiny_dinov3_dir), "max_batch": 2, "exit_low": 0.01, "exit_high": 0.99},
-        {"name": "ocr", "family": "ppocr", "source": "rapidocr", "max_batch": 6, "exit_low": 0.5, "exit_high": 0.5},
-    ], root / "engines")
-    try:
-        dest = compile_cascade(cfg, progress=False)
-    except CompileError as exc:
-        pytest.skip(f"NOT CHECKED on real PP-OCR weights: {exc}")
-    with load_engine_set(dest) as es:
+    with load_engine_set(tiny_ocr_engine_dir) as es:
         yield es
 
 

@@ -31,7 +31,9 @@ def staged_modules(stage: Path) -> list[str]:
 
 
 # Backends whose library is not installed here (or is torch, the AOTInductor backend's runtime).
-NEEDS_ABSENT_LIBRARY = {"streetcascade.runtime.backends.aoti", "streetcascade.runtime.backends.tensorrt", "streetcascade.runtime.cuda"}
+NEEDS_ABSENT_LIBRARY = {"streetcascade.runtime.backends.aoti", "streetcascade.runtime.backends.tensorrt", "streetcascade.runtime.cuda",
+                        # Ray Serve, only for [engine] ray_address (then the artifact carries ray).
+                        "streetcascade.runtime.ray_app", "streetcascade.runtime.ray_stage"}
 
 
 def test_every_packed_module_imports_from_the_staged_tree_alone(tmp_path, tiny_engine_dir):
@@ -123,8 +125,8 @@ def test_requirements_follow_the_engine_set(tiny_engine_dir):
     ov = msgspec.structs.replace(manifest, target=msgspec.structs.replace(manifest.target, backend="openvino"))
     assert "openvino" in contents.requirement_names(ov, chain=False) and "onnxruntime" not in contents.requirement_names(ov, chain=False)
     ocr = msgspec.structs.replace(manifest, stages=[*manifest.stages, msgspec.structs.replace(manifest.stages[0], kind="ocr", family="florence2")])
-    names = contents.requirement_names(ocr, chain=True)
-    assert {"opencv-python-headless", "rapidfuzz", "tokenizers", "bittensor"} <= set(names)
+    names = contents.requirement_names(ocr, chain=True, ray=True)
+    assert {"opencv-python-headless", "rapidfuzz", "tokenizers", "bittensor", "ray"} <= set(names)
     aoti = msgspec.structs.replace(manifest, target=msgspec.structs.replace(manifest.target, backend="aoti"))
     assert "torch" in contents.requirement_names(aoti, chain=False) and "torch" not in contents.forbidden_for(aoti)
 
@@ -140,6 +142,8 @@ def test_versions_come_from_pyproject_and_the_installed_set():
     declared = contents.declared_specifiers()
     assert declared["uvicorn"].startswith("uvicorn>=") and declared["onnxruntime"].startswith("onnxruntime>=")
     assert "extra" not in declared["uvloop"] and "sys_platform" in declared["uvloop"]  # the extra marker goes, the platform one stays
+    declared_ray = contents.requirements(["ray"], pin_installed=False)[0]
+    assert declared_ray.startswith("ray[serve]")  # the extra survives, pinned or not
     pinned = contents.requirements(["numpy", "uvloop", "surely-not-installed-xyz"], pin_installed=True)
     import numpy
 
