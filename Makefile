@@ -6,13 +6,17 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: demo test bench setup clean-engines gpu-wheelhouse
+.PHONY: demo test bench setup clean-engines gpu-wheelhouse latency
 
+# EXTRAS / VENV_FLAGS: the Dockerfile's build stages reuse this target (GPU: the TensorRT image's
+# own tensorrt through --system-site-packages).
+EXTRAS ?= cpu,compile,miner,ocr,openvino,ray,dev,ship
+VENV_FLAGS ?=
 $(STAMP): pyproject.toml constraints-cpu.txt
-	$(PY) -m venv $(VENV)
+	$(PY) -m venv $(VENV_FLAGS) $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	# constraints-cpu.txt pins the CPU build of torch (other versions pull multi-GB CUDA wheels).
-	$(BIN)/python -m pip install --quiet -c constraints-cpu.txt -e '.[cpu,compile,miner,ocr,openvino,ray,dev]'
+	$(BIN)/python -m pip install --quiet -c constraints-cpu.txt -e '.[$(EXTRAS)]'
 	touch $(STAMP)
 
 setup: $(STAMP)
@@ -25,6 +29,10 @@ demo: $(STAMP)
 # pytest exits 5 when it collects no test: that is not a failure of the code under test.
 test: $(STAMP)
 	$(BIN)/python -m pytest; rc=$$?; if [ $$rc -eq 5 ]; then echo "pytest collected no tests"; rc=0; fi; exit $$rc
+
+# The latency-regression suite alone (part of `make test` too): ratios against references timed side by side.
+latency: $(STAMP)
+	$(BIN)/python -m pytest -m latency tests/latency
 
 bench: $(STAMP)
 	$(BIN)/python -m bench.stage1 --models vits16,vitb16 --batch 1,8 --markdown

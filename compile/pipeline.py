@@ -26,15 +26,15 @@ from streetcascade.config import CascadeConfig, StageConfig, TargetConfig, load_
 from streetcascade.errors import CompileError, ConfigError, StreetcascadeError
 from streetcascade.evidence import LogOddsRule, Vocabulary
 from streetcascade.machine import version_of
-from streetcascade.manifest import (FORMAT_VERSION, CompanionFile, GraphEntry, Manifest, StageEntry, TargetInfo, TargetSelection, sha256_file,
-                                    write_manifest)
+from streetcascade.manifest import (FORMAT_VERSION, CompanionFile, GraphEntry, LatencyRatio, Manifest, StageEntry, TargetInfo, TargetSelection,
+                                    sha256_file, write_manifest)
 from streetcascade.progress import Progress
 from streetcascade.runtime.backends import get_backend
 
 from . import parity as parity_gate
 from .export import export_graph
 from .models import get_family
-from .models.base import ExportableGraph
+from .models.base import ExportableGraph, ExportableModel
 from .targets import AUTO, CPU_TARGETS, BuildJob, Target, engine_set_name, get_target
 
 log = logging.getLogger(__name__)
@@ -62,6 +62,10 @@ class _Stage:
     info: TargetInfo
     workdir: Path
     progress: Progress
+    # Off for the candidates `backend = "auto"` compares: only the kept one is timed against its
+    # reference (`with_latency`), once the choice is made.
+    time_latency: bool = True
+    model: ExportableModel | None = None  # after build()
     awq_matched: set[str] = field(default_factory=set)  # precision int4 from AutoAWQ: the layers some graph holds
     notes: list[str] = field(default_factory=list)  # what the target said about its builds (BuiltGraph.notes)
 
@@ -119,6 +123,37 @@ class _Stage:
             weight_quant=built.weight_quant,
         )
 
+    def with_latency(self, entry: StageEntry) -> StageEntry:
+        """Each graph's batch-1 latency vs PyTorch eager (or the source ONNX graph), timed side by
+        side on one thread each: the ratio the latency-regression suite holds later runs to."""
+        if not self.config.target.latency_runs or self.model is None:
+            return entry
+        by_role = {g.decl.role: g for g in self.model.graphs}
+        graphs = [msgspec.structs.replace(g, latency=self.time_against_reference(self.workdir / g.file, by_role[g.role]))
+                  if g.role in by_role else g for g in entry.graphs]
+        return msgspec.structs.replace(entry, graphs=graphs)
+
+    def time_against_reference(self, path: Path, graph: ExportableGraph) -> LatencyRatio | None:
+        from .latency import TooSlowToTime, measure_graph, timing_engine
+
+        images = None
+        if graph.decl.parity == "classifier":
+            folder = resolve_relative(self.config_path, self.config.parity_images) if self.config.parity_images else None
+            images = parity_gate.parity_images(self.stage.input_size, folder, seed=self.stage.seed)[0]
+        try:
+            with timing_engine(path, graph.decl.io, self.info) as engine:
+                result = measure_graph(engine, graph, images, self.info.device, self.config.target.latency_runs)
+        except TooSlowToTime as exc:
+            self.progress.step(f"{self.stage.name}: {graph.decl.role}: latency vs the reference not recorded: {exc}")
+            return None
+        except Exception as exc:  # timing is a record for the regression suite, not a gate: never fail the build on it
+            log.warning("%s/%s: latency vs the reference not recorded: %s: %s", self.stage.name, graph.decl.role, type(exc).__name__, exc)
+            self.progress.step(f"{self.stage.name}: {graph.decl.role}: latency vs the reference not recorded ({type(exc).__name__}: {exc})")
+            return None
+        self.progress.step(f"{self.stage.name}: {graph.decl.role}: batch-1 latency {result.engine_p50_ms:.2f} ms vs {result.reference} "
+                           f"{result.reference_p50_ms:.2f} ms (p50 ratio {result.ratio_p50:.2f}, {result.runs} runs each, side by side)")
+        return result
+
     def parity_vs_onnxruntime(self, engine, raw: Path, decl, images, tolerance: float):
         """A GPU engine against the FP32 ONNX Runtime engine of the graph it was built from."""
         ort_backend = get_backend("onnxruntime")
@@ -141,6 +176,7 @@ class _Stage:
                 raise CompileError(f"family {stage.family}: no parity check for {graph.decl.parity!r} graphs")
             if graph.decl.precision and graph.decl.precision != stage.precision:
                 self.target.check_precision(at_precision(stage, graph.decl.precision), self.config.target.device)
+        self.model = model
         graphs = [self.build_graph(graph) for graph in model.graphs]
         from .int4 import check_awq_stage
 
@@ -164,7 +200,7 @@ class _Stage:
         )
         if model.finish is not None:
             entry = self.finish(model, entry)
-        return entry
+        return self.with_latency(entry) if self.time_latency else entry
 
     def finish(self, model, entry: StageEntry) -> StageEntry:
         """The family's checks of the whole stage, over its built engines."""
@@ -273,23 +309,44 @@ def _choose_target(infos: dict[str, TargetInfo], skipped, name, config_path, con
     losers' files are removed."""
     index = next((i for i, s in enumerate(config.stages) if get_family(s.family).kind == "classifier"), 0)
     stage = config.stages[index]
-    built: dict[str, tuple[Target, TargetInfo, StageEntry]] = {}
+    built: dict[str, tuple[Target, TargetInfo, StageEntry, _Stage]] = {}
+    failed: dict[str, CompileError] = {}
     for backend_name, described in infos.items():
         target = get_target(backend_name)
         info = msgspec.structs.replace(described, name=name)
         progress.step(f"target auto: building {stage.name} with {backend_name}")
-        built[backend_name] = (target, info, _Stage(stage, config_path, config, target, info, workdir, progress).build())
-    progress.step(f"target auto: timing {stage.name} at batch 1 with {', '.join(infos)} side by side ({AUTO_TIMED_RUNS} runs each)")
-    median = _time_candidates(built, workdir, config)
-    winner = min(median, key=median.get)
-    progress.step("target auto: " + ", ".join(f"{k} {v:.2f} ms" for k, v in median.items()) + f" -> {winner}")
-    for backend_name, (_, _, entry) in built.items():
+        before = set(workdir.iterdir())
+        try:
+            # Only the kept candidate is timed against its reference (with_latency), after the choice.
+            candidate = _Stage(stage, config_path, config, target, info, workdir, progress, time_latency=False)
+            built[backend_name] = (target, info, candidate.build(), candidate)
+        except CompileError as exc:
+            # One candidate refusing the stage (a parity or accuracy gate, a graph its library
+            # misreads) leaves the others: auto keeps what builds, and the manifest says why not.
+            failed[backend_name] = exc
+            progress.step(f"target auto: {backend_name} could not build {stage.name}: {exc}")
+            for path in set(workdir.iterdir()) - before:
+                if not any(path.match(pattern) for pattern in INTERMEDIATES):  # the shared export stays for the next candidate
+                    shutil.rmtree(path) if path.is_dir() else path.unlink()
+    if not built:
+        raise next(iter(failed.values()))
+    skipped = {**skipped, **{k: f"could not build {stage.name}: {v}" for k, v in failed.items()}}
+    if len(built) > 1:
+        progress.step(f"target auto: timing {stage.name} at batch 1 with {', '.join(built)} side by side ({AUTO_TIMED_RUNS} runs each)")
+        median = _time_candidates(built, workdir, config)
+        winner = min(median, key=median.get)
+        progress.step("target auto: " + ", ".join(f"{k} {v:.2f} ms" for k, v in median.items()) + f" -> {winner}")
+    else:
+        median, winner = {}, next(iter(built))
+        progress.step(f"target auto: only {winner} built {stage.name} -> {winner}")
+    for backend_name, (_, _, entry, _) in built.items():
         if backend_name != winner:
             for graph in entry.graphs:
                 for file in [graph.file, *(c.file for c in graph.companions)]:
                     (workdir / file).unlink(missing_ok=True)
-    target, info, entry = built[winner]
-    selection = TargetSelection(stage=stage.name, batch=1, runs=AUTO_TIMED_RUNS, median_ms={k: round(v, 3) for k, v in median.items()}, skipped=skipped)
+    target, info, entry, kept = built[winner]
+    entry = kept.with_latency(entry)
+    selection = TargetSelection(stage=stage.name, batch=1, runs=AUTO_TIMED_RUNS if median else 0, median_ms={k: round(v, 3) for k, v in median.items()}, skipped=skipped)
     return target, msgspec.structs.replace(info, selection=selection), index, entry
 
 
@@ -301,7 +358,7 @@ def _time_candidates(built, workdir: Path, config: CascadeConfig) -> dict[str, f
 
     calls, opened = {}, []
     try:
-        for backend_name, (target, info, entry) in built.items():
+        for backend_name, (target, info, entry, _) in built.items():
             graph = entry.graphs[0]
             backend = get_backend(target.backend)
             engine = backend.load(str(workdir / graph.file), graph.io, backend.options_for_target(config.runtime, info))

@@ -44,11 +44,26 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(out)
 
 
-def setup_logging(level: str = "INFO", as_json: bool = False) -> None:
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(JsonFormatter() if as_json else logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+def setup_logging(level: str = "INFO", as_json: bool = False, log_file: str = "") -> None:
+    """Log to stderr, and also to `log_file` when given (rotated at 50 MB, 5 kept)."""
+    formatter = JsonFormatter() if as_json else logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s")
+    handlers: list[logging.Handler] = [logging.StreamHandler(sys.stderr)]
+    if log_file:
+        from logging.handlers import RotatingFileHandler
+        from pathlib import Path
+
+        try:
+            Path(log_file).parent.mkdir(parents=True, exist_ok=True)
+            handlers.append(RotatingFileHandler(log_file, maxBytes=50 * 2**20, backupCount=5, encoding="utf-8"))
+        except OSError as exc:
+            raise ConfigError(f"log_file {log_file}: cannot write it ({exc.strerror or exc})") from None
+    for handler in handlers:
+        handler.setFormatter(formatter)
     root = logging.getLogger()
-    root.handlers[:] = [handler]
+    for old in root.handlers:
+        if isinstance(old, logging.FileHandler):  # ours from an earlier call: release the file
+            old.close()
+    root.handlers[:] = handlers
     try:
         root.setLevel(level.upper())
     except ValueError:
@@ -140,8 +155,7 @@ def _run(args: argparse.Namespace, body) -> int:
     try:
         setup_logging(args.log_level or "WARNING", getattr(args, "log_json", False))
         cfg = config_from_args(args)
-        if not args.log_level:
-            setup_logging(cfg.log_level, getattr(args, "log_json", False) or cfg.log_json)
+        setup_logging(args.log_level or cfg.log_level, getattr(args, "log_json", False) or cfg.log_json, cfg.log_file)
         return body(cfg)
     except StreetcascadeError as exc:
         log.error("%s", exc)
@@ -158,31 +172,34 @@ def _hotkey_entry(cfg: MinerConfig, port: int):
     raise ConfigError(f"no [[hotkeys]] entry on port {port}; ports: {[h.port for h in cfg.hotkeys]}")
 
 
-def cmd_serve(args: argparse.Namespace) -> int:
-    def body(cfg: MinerConfig) -> int:
-        from .keys import load_hotkey
+def serve_config(cfg: MinerConfig) -> int:
+    """Load the hotkeys and the cascade, then serve until SIGTERM/SIGINT (`serve`, and the
+    one-file artifact's `serve`)."""
+    from .keys import load_hotkey
 
-        hotkeys = [load_hotkey(h).ss58_address for h in cfg.hotkeys]
-        for hk, h in zip(hotkeys, cfg.hotkeys):
-            log.info("hotkey %s -> port %d (netuid %d on %s)", hk, h.port, cfg.chain.netuid, cfg.chain.chain_endpoint or cfg.chain.network)
-        t0 = time.perf_counter()
-        cascade, close = build_cascade(cfg)
-        log.info("cascade ready in %.2f s: stages %s", time.perf_counter() - t0, [s.name for s in cascade.stages])
+    hotkeys = [load_hotkey(h).ss58_address for h in cfg.hotkeys]
+    for hk, h in zip(hotkeys, cfg.hotkeys):
+        log.info("hotkey %s -> port %d (netuid %d on %s)", hk, h.port, cfg.chain.netuid, cfg.chain.chain_endpoint or cfg.chain.network)
+    t0 = time.perf_counter()
+    cascade, close = build_cascade(cfg)
+    log.info("cascade ready in %.2f s: stages %s", time.perf_counter() - t0, [s.name for s in cascade.stages])
+    try:
+        server = build_server(cfg, cascade, hotkeys)
         try:
-            server = build_server(cfg, cascade, hotkeys)
-            try:
-                import uvloop
+            import uvloop
 
-                uvloop.run(server.serve())
-            except ImportError:  # pragma: no cover
-                import asyncio
+            uvloop.run(server.serve())
+        except ImportError:  # pragma: no cover
+            import asyncio
 
-                asyncio.run(server.serve())
-        finally:
-            close()
-        return 0
+            asyncio.run(server.serve())
+    finally:
+        close()
+    return 0
 
-    return _run(args, body)
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    return _run(args, serve_config)
 
 
 def cmd_register(args: argparse.Namespace) -> int:

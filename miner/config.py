@@ -161,6 +161,9 @@ class MinerConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     metrics_port: int = 9100  # 0 = no metrics/health server
     log_level: str = "INFO"
     log_json: bool = False
+    # Also write the log here, rotated (relative to this file; "" = stderr only). The one-file
+    # artifact writes <state dir>/logs/miner.log unless this is set.
+    log_file: str = ""
     graceful_shutdown_s: float = 15.0
     engine: EngineConfig = EngineConfig()
     chain: ChainConfig = ChainConfig()
@@ -248,4 +251,4 @@ def resolve_paths(cfg: MinerConfig, base: Path) -> MinerConfig:
     if engine.engine != "fake":
         engine = msgspec.structs.replace(engine, engine=_resolve(base, engine.engine), cascade_config=_resolve(base, engine.cascade_config))
     chain = msgspec.structs.replace(cfg.chain, snapshot_path=_resolve(base, cfg.chain.snapshot_path))
-    return msgspec.structs.replace(cfg, hotkeys=hotkeys, engine=engine, chain=chain)
+    return msgspec.structs.replace(cfg, hotkeys=hotkeys, engine=engine, chain=chain, log_file=_resolve(base, cfg.log_file))

@@ -6,6 +6,7 @@
   streetcascade fit-head --config ... --data FOLDER --out heads/x.safetensors
   streetcascade eval     --config configs/default.toml --data FOLDER --out reports/x   validator reward + report page
   streetcascade tune     --config configs/default.toml --data FOLDER   exit thresholds + temperatures -> config
+  streetcascade package  --engines engines/cpu-x86_64 --config miner.toml -o miner-cpu-x86_64.pex   one runnable file
 
 Exit codes come from the error tree (streetcascade.errors): 0 ok, 2 config, 3 bad input,
 4 compile/parity, 5 engine mismatch, 6 budget, 7 backend unavailable, 1 anything else.
@@ -244,6 +245,10 @@ def cmd_info(args) -> int:
                 print(f"  gate      vs {a.reference} on {a.n_images} {a.split} {'challenges' if a.split == 'validation' else 'images'}: flips {a.flip_rate:.2%} (limit {a.max_flip_rate:.2%}), "
                       f"MCC {a.mcc_fp32:.3f} -> {a.mcc_quant:.3f}, accuracy {a.accuracy_fp32:.3f} -> {a.accuracy_quant:.3f}, max |dp| {a.max_abs_prob_error:.3f}"
                       + (f", kept FP32: {', '.join(a.kept_fp32)}" if a.kept_fp32 else ""))
+            if g.latency is not None:
+                lat = g.latency
+                print(f"  latency   batch {lat.batch}: {lat.engine_p50_ms:.2f} ms p50 / {lat.engine_p99_ms:.2f} ms p99 vs {lat.reference} "
+                      f"{lat.reference_p50_ms:.2f} / {lat.reference_p99_ms:.2f} ms: ratio {lat.ratio_p50:.2f} / {lat.ratio_p99:.2f} (at compile time)")
             if g.weight_quant is not None:
                 print(f"  weights   {g.weight_quant.summary()}")
         if s.vlm is not None:
@@ -372,6 +377,20 @@ def cmd_tune(args) -> int:
     return 0
 
 
+def cmd_package(args) -> int:
+    from streetcascade.ship.build import PackageOptions, package
+
+    opts = PackageOptions(
+        engines=Path(args.engines), config=Path(args.config), out=Path(args.out), tool=args.tool,
+        resolve="index" if args.wheelhouse else args.resolve, wheelhouse=Path(args.wheelhouse) if args.wheelhouse else None,
+        index_urls=args.index_url or [], find_links=args.find_links or [], python_version=args.python_version, platform=args.platform,
+        layout=args.layout,
+    )
+    result = package(opts, progress=None if args.quiet else _progress(args))
+    print(result.path)
+    return 0
+
+
 def _data_args(p, default_split: str) -> None:
     p.add_argument("--config", required=True, help="cascade config (its engine set, thresholds, temperatures, [calibration] data)")
     p.add_argument("--engines", help="engine-set folder (default: the config's)")
@@ -467,6 +486,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-temperature", action="store_true", help="keep the stages' temperatures")
     p.add_argument("--dry-run", action="store_true", help="print the result, leave the config as it is")
     p.set_defaults(func=cmd_tune)
+
+    p = sub.add_parser("package", help="one runnable file: the online side, one engine set and a miner config (docs/deploy.md)",
+                       description="Builds a PEX zipapp (or shiv) holding the runtime, the miner and their dependencies for one "
+                       "platform, the engine set and the miner config, checked by hash at every start. Run it with "
+                       "`python3 miner.pex serve|doctor|info|health`.")
+    p.add_argument("--engines", required=True, help="the engine-set folder, e.g. engines/cpu-x86_64")
+    p.add_argument("--config", required=True, help="the miner config to pack (its [engine] engine is replaced by the packed set)")
+    p.add_argument("-o", "--out", required=True, help="the artifact, e.g. miner-cpu-x86_64.pex")
+    p.add_argument("--tool", choices=["pex", "shiv"], default="pex")
+    p.add_argument("--resolve", choices=["env", "index"], default="env",
+                   help="env: the distributions installed in this virtualenv (offline, this Python and platform); index: a package index")
+    p.add_argument("--wheelhouse", default="", help="resolve only from this folder of wheels (offline; implies --resolve index)")
+    p.add_argument("--index-url", action="append", help="package index for --resolve index (repeatable; default PyPI)")
+    p.add_argument("--find-links", action="append", help="extra wheel folder or URL for --resolve index (repeatable)")
+    p.add_argument("--python-version", default="", help="build for another Python, e.g. 3.12 (index/wheelhouse; with --platform)")
+    p.add_argument("--platform", default="", help="e.g. manylinux2014_x86_64 (with --python-version)")
+    p.add_argument("--layout", choices=["zipapp", "packed"], default="zipapp", help="packed: a folder instead of one file (engine sets past 4 GiB)")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress lines")
+    p.set_defaults(func=cmd_package)
 
     try:  # the miner's subcommands (serve, register) when its module is present
         from streetcascade.miner.cli import add_subcommands

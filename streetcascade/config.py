@@ -57,6 +57,10 @@ class TargetConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     execution_provider: Literal["cuda", "tensorrt"] = "cuda"
     # TensorRT: builder workspace limit (0 = 4 GiB).
     workspace_bytes: Annotated[int, msgspec.Meta(ge=0)] = 0
+    # Timed batch-1 calls of each graph and of its reference (PyTorch eager on the exported
+    # module, or the source ONNX graph), side by side; the ratio goes into the manifest for the
+    # latency-regression suite (tests/latency/). 0 = not measured.
+    latency_runs: Annotated[int, msgspec.Meta(ge=0, le=10000)] = 30
     # aoti: Inductor's max-autotune (GEMM and fused-kernel configurations timed on this GPU at
     # compile time; minutes longer to build). Ignored by other targets.
     autotune: bool = False

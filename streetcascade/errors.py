@@ -50,6 +50,10 @@ class EngineMismatch(StreetcascadeError):
     exit_code = 5
 
 
+class ArtifactTampered(EngineMismatch):
+    """A file packed into a one-file artifact no longer has the hash recorded when it was packed."""
+
+
 class BudgetExceeded(StreetcascadeError):
     """The engine set does not fit in the configured memory budget."""
 

@@ -141,6 +141,23 @@ class AccuracyGate(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     harmful_layers: list[LayerHarm] = []  # worst first (when a sensitivity pass ran)
 
 
+class LatencyRatio(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """The engine's latency against a reference run of the same model, timed side by side
+    (interleaved rounds, one process) at compile time on the build machine. Absolute times move
+    from machine to machine and minute to minute on a shared box; the ratio moves much less, and
+    is what the latency-regression suite (tests/latency/) re-measures and compares."""
+
+    reference: str  # "pytorch-eager-cpu" | "pytorch-eager-cuda" (the exported module) | "onnx-source-onnxruntime"
+    batch: int
+    runs: int  # timed calls of each side
+    engine_p50_ms: float
+    engine_p99_ms: float
+    reference_p50_ms: float
+    reference_p99_ms: float
+    ratio_p50: float  # engine / reference; below 1 = the engine is faster
+    ratio_p99: float
+
+
 class WeightQuant(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     """Weight-only 4-bit quantization of a graph (`precision = "int4"`, compile/int4.py): what
     was converted, how, and what it saved. The activations stay float."""
@@ -184,6 +201,9 @@ class GraphEntry(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     parity_onnxruntime: Parity | None = None
     # Files the engine file loads from beside it; hashed and checked like it.
     companions: list[CompanionFile] = []
+    # Batch-1 latency against the reference, measured at compile time ([target] latency_runs).
+    latency: LatencyRatio | None = None
+
     # precision int4: the 4-bit weights (block size, AWQ or round-to-nearest, bytes saved).
     weight_quant: WeightQuant | None = None
 

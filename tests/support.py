@@ -15,8 +15,11 @@ TINY_VIT = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_
 
 
 def write_config(path: Path, stages: list[dict], engines_dir: Path, **top) -> Path:
+    """A cascade config for a test. Compiles skip the latency measurement ([target] latency_runs
+    = 0) unless the test asks for it: tests/latency/ does, the others need not pay for it."""
     import tomli_w
 
+    top["target"] = {"latency_runs": 0, **top.get("target", {})}
     doc = {"engines_dir": str(engines_dir), "parity_images": str(SAMPLES), **top, "stages": stages}
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(tomli_w.dumps(doc))

@@ -273,11 +273,22 @@ def numpy_preprocess(images: np.ndarray, norm: Normalization) -> np.ndarray:
 
 def logit_from_logits(logits: torch.Tensor, positive: int) -> torch.Tensor:
     """Log-odds of the positive class: one logit as is; for N >= 2 classes
-    l_pos - logsumexp(l_others), which equals logit(softmax(logits)[pos])."""
-    if logits.shape[-1] == 1:
+    l_pos - logsumexp(l_others), which equals logit(softmax(logits)[pos]).
+
+    Written so the exported graph has no ReduceLogSumExp: torch.logsumexp exports (opset 13-17)
+    as ReduceLogSumExp with an `axes` attribute, which OpenVINO's ONNX reader 2026.3.0-2026.4.1
+    ignores, reducing over the batch too (openvinotoolkit/openvino#38238; docs/openvino-reduce.md).
+    Two labels (the usual head) need no reduction at all: l_pos - l_other exactly. N > 2: the
+    max-shifted form (ReduceMax + ReduceSum, which every reader handles) over a constant-index
+    gather, so no zero-width slice appears either."""
+    n = logits.shape[-1]
+    if n == 1:
         return logits[:, 0]
-    others = torch.cat([logits[:, :positive], logits[:, positive + 1 :]], dim=-1)
-    return logits[:, positive] - torch.logsumexp(others, dim=-1)
+    if n == 2:
+        return logits[:, positive] - logits[:, 1 - positive]
+    others = logits[:, [i for i in range(n) if i != positive]]
+    top = others.amax(dim=-1, keepdim=True)
+    return logits[:, positive] - (top[:, 0] + torch.log(torch.exp(others - top).sum(dim=-1)))
 
 
 class ClassifierFamily(ModelFamily):

@@ -20,6 +20,7 @@ so the engine runs as it was gated on any machine that loads it. The ONNX graph'
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 from pathlib import Path
@@ -93,6 +94,63 @@ def onnx_metadata(path: Path) -> dict[str, str]:
 
 def count_ops(model, types: tuple[str, ...]) -> int:
     return sum(1 for op in model.get_ops() if op.get_type_name() in types)
+
+
+# Reductions whose `axes` is an attribute at ONNX opsets 13-17 (an input only from 18), and which
+# some OpenVINO ONNX readers convert as if it were an input: absent, so over EVERY axis, the
+# batch axis included (openvinotoolkit/openvino#38238; ReduceLogSumExp from 2026.3.0, ReduceL1
+# earlier; docs/openvino-reduce.md). At batch 1 the numbers even come out right; at batch N the
+# images are mixed. Probed per op on the installed OpenVINO, so a fixed release passes.
+AXES_ATTRIBUTE_REDUCES = ("ReduceL1", "ReduceLogSum", "ReduceLogSumExp")
+OV_ISSUE = "openvinotoolkit/openvino#38238"
+
+
+@functools.cache
+def reader_drops_reduce_axes(op_type: str) -> bool:
+    """True when the installed OpenVINO reads a one-node opset-17 `op_type` graph (axes=[1] on a
+    [2, 3] input) with an output shape other than [2]: the attribute was ignored."""
+    import openvino as ov
+    from onnx import TensorProto, helper
+
+    graph = helper.make_graph([helper.make_node(op_type, ["x"], ["y"], axes=[1], keepdims=0)], "axes_probe",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 3])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2])])
+    probe = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    read = _openvino().core().read_model(probe.SerializeToString(), b"")
+    return read.outputs[0].get_partial_shape() != ov.PartialShape([2])
+
+
+def misread_reductions(path: Path) -> list[str]:
+    """The nodes of the ONNX graph at `path` that the installed OpenVINO would reduce over every
+    axis (see AXES_ATTRIBUTE_REDUCES), as "OpType 'name'"."""
+    import onnx
+
+    model = onnx.load(str(path), load_external_data=False)
+    opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
+    if not 13 <= opset <= 17:
+        return []
+    return [f"{n.op_type} {n.name or '(unnamed)'!r}" for n in model.graph.node
+            if n.op_type in AXES_ATTRIBUTE_REDUCES and any(a.name == "axes" for a in n.attribute) and reader_drops_reduce_axes(n.op_type)]
+
+
+def read_onnx(path: Path, what: str):
+    """`path` read by OpenVINO's ONNX reader; refused (CompileError naming the OpenVINO bug) when
+    the reader would silently turn a per-row reduction into one over the whole batch."""
+    misread = misread_reductions(path)
+    if misread:
+        import openvino as ov
+
+        raise CompileError(
+            f"{what}: OpenVINO {ov.get_version().split('-')[0]} ignores the `axes` attribute of "
+            f"{', '.join(sorted({m.split()[0] for m in misread}))} at ONNX opsets 13-17 and reduces over every axis, the batch "
+            f"included ({OV_ISSUE}), so a batch would not answer like its images one at a time. Affected node(s): "
+            f"{', '.join(misread[:5])}{' ...' if len(misread) > 5 else ''}. Build this stage for the onnxruntime target, "
+            "use an OpenVINO release without the bug (<= 2026.2.1 for ReduceLogSumExp), or export the graph at opset 18 "
+            "(axes as an input)")
+    try:
+        return _openvino().core().read_model(str(path))
+    except Exception as exc:
+        raise CompileError(f"openvino could not read {path.name}: {str(exc)[:500]}") from exc
 
 
 WEIGHTED_OPS = ("MatMul", "Convolution")
@@ -220,14 +278,10 @@ class OpenVinoTarget(Target):
                                "(without, OpenVINO computes in f32); use fp32 or int8-static here")
 
     def build(self, job: BuildJob) -> BuiltGraph:
-        mod = _openvino()
         precision = job.stage.precision
         where = {"int8-static": " outside the INT8 layers", "int4": " with 4-bit weights"}.get(precision, "")
         job.progress.step(f"{job.stage.name}: OpenVINO IR, {precision} (computed in {compute_precision(precision)}{where})")
-        try:
-            model = mod.core().read_model(str(job.raw))
-        except Exception as exc:
-            raise CompileError(f"openvino could not read {job.raw.name}: {str(exc)[:500]}") from exc
+        model = read_onnx(job.raw, f"{job.stage.name}: {job.raw.name}")
         metadata = onnx_metadata(job.raw)
         gate = None
         if precision == "int4":
@@ -247,10 +301,7 @@ class OpenVinoTarget(Target):
         if awq_checkpoint_of(job.stage, job.config_path) is not None:
             graph = build_int4_onnx(job, job.raw.with_name(job.raw.name.replace(".raw.onnx", ".int4.tmp.onnx")))
             matched = graph.awq_matched
-            try:
-                model = _openvino().core().read_model(str(graph.path))
-            except Exception as exc:
-                raise CompileError(f"openvino could not read the 4-bit graph {graph.path.name}: {str(exc)[:500]}") from exc
+            model = read_onnx(graph.path, f"{job.stage.name}: the 4-bit graph {graph.path.name}")
             report = graph.report
         else:
             model = nncf_int4(model, settings, job.progress)

@@ -149,7 +149,14 @@ class Slot(Closeable, ABC):
         out = np.empty(len(images), dtype=np.float64)
         for start in range(0, len(images), batch):
             chunk = images[start : start + batch]
-            out[start : start + len(chunk)] = self.infer({name_in: chunk})[name_out].reshape(-1)
+            value = self.infer({name_in: chunk})[name_out]
+            # One value per image, or numpy would broadcast a single one over the whole batch
+            # (what an OpenVINO graph that reduced over the batch axis returned: every image
+            # got the same, wrong, answer; docs/openvino-reduce.md).
+            if value.size != len(chunk):
+                raise InferenceError(f"{self.engine.path}: output {name_out!r} has shape {list(value.shape)} for a batch of "
+                                     f"{len(chunk)} images; one value per image expected (the graph mixes the batch)")
+            out[start : start + len(chunk)] = value.reshape(-1)
         return out
 
 

@@ -283,6 +283,42 @@ def test_auto_times_both_targets_and_keeps_one(tmp_path, tiny_dinov3_dir):
         assert es.cascade.classify(np.zeros((224, 224, 3), np.uint8)).stage == "stage1"
 
 
+def test_auto_keeps_the_candidate_that_builds_when_another_refuses(tmp_path, tiny_dinov3_dir, monkeypatch):
+    """A candidate that cannot build the stage (a gate, a graph its library misreads) is dropped
+    with its reason, not the whole compile; its files do not reach the engine set."""
+    from streetcascade.compile.pipeline import compile_cascade
+    from streetcascade.compile.targets import openvino as ov_target
+    from streetcascade.manifest import read_manifest
+
+    def refuse(self, job):
+        job.out.write_bytes(b"half-written")  # what a failed build may leave behind
+        raise CompileError("OpenVINO misreads node X (test)")
+
+    monkeypatch.setattr(ov_target.OpenVinoTarget, "build", refuse)
+    dest = compile_cascade(_config(tmp_path, tiny_dinov3_dir, backend="auto"), progress=False)
+    m = read_manifest(dest)
+    sel = m.target.selection
+    assert m.target.backend == "onnxruntime" and sel.runs == 0 and sel.median_ms == {}
+    assert "could not build stage1: OpenVINO misreads node X" in sel.skipped["openvino"]
+    graph = m.stages[0].graphs[0]
+    assert {p.name for p in dest.iterdir()} == {graph.file, *(c.file for c in graph.companions), "manifest.json"}
+
+
+def test_auto_raises_when_no_candidate_builds(tmp_path, tiny_dinov3_dir, monkeypatch):
+    from streetcascade.compile.pipeline import compile_cascade
+    from streetcascade.compile.targets import onnxruntime as ort_target
+    from streetcascade.compile.targets import openvino as ov_target
+
+    def refuse(self, job):
+        raise CompileError(f"{type(self).__name__} refuses (test)")
+
+    monkeypatch.setattr(ov_target.OpenVinoTarget, "build", refuse)
+    monkeypatch.setattr(ort_target.OnnxRuntimeTarget, "build", refuse)
+    with pytest.raises(CompileError, match="refuses"):
+        compile_cascade(_config(tmp_path, tiny_dinov3_dir, backend="auto"), progress=False)
+    assert not (tmp_path / "engines" / "cpu-x86_64").exists() and not list((tmp_path / "engines").glob("*building*"))
+
+
 def test_auto_with_a_precision_only_one_target_builds(tmp_path, tiny_dinov3_dir):
     from streetcascade.compile.pipeline import auto_candidates
     from streetcascade.config import load_config

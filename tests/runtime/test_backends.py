@@ -110,6 +110,23 @@ def test_slot_logits_runs_any_count_in_max_batch_chunks(tiny_engine_dir):
     np.testing.assert_allclose(got, one_by_one, atol=1e-6)
 
 
+def test_slot_logits_refuses_one_value_for_a_whole_batch():
+    """A graph that reduced over the batch axis (OpenVINO's misread ReduceLogSumExp) returns one
+    value for N images; numpy would broadcast it to every image: refused instead."""
+    from streetcascade.runtime.backends.fake import FakeSlot
+
+    class BatchReducingSlot(FakeSlot):
+        def infer(self, feeds):
+            logits = super().infer(feeds)["logit"]
+            return {"logit": np.asarray(np.log(np.exp(logits).sum()), dtype=np.float32)}  # shape (), as OpenVINO gave
+
+    engine = FakeEngine(max_batch=4)
+    images = np.random.default_rng(0).integers(0, 256, (3, 224, 224, 3), dtype=np.uint8)
+    slot = BatchReducingSlot(engine)
+    assert slot.logits(images[:1]).shape == (1,)  # one image, one value: nothing to tell apart
+    with pytest.raises(InferenceError, match=r"shape \[\] for a batch of 3 images"):
+        slot.logits(images)
+
 def test_ort_memory_is_measured_on_a_fresh_engine_only(tiny_engine_dir):
     graph = read_manifest(tiny_engine_dir).stages[0].graphs[0]
     with _ort_engine(tiny_engine_dir) as engine:

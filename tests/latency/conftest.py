@@ -1,0 +1,134 @@
+"""The engine sets the latency-regression suite times, built once per session: stage 1 (a tiny
+DINOv3 from its real config class) with every CPU target installed, and the tiny two-stage
+cascade (stage 1 + PP-OCR on its real weights). Each manifest holds the engine-vs-reference
+ratios measured when it was compiled; the tests hold this run's ratios to them."""
+
+from __future__ import annotations
+
+import importlib.util
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pytest
+from support import SAMPLES, write_config
+
+from streetcascade.errors import CompileError
+
+
+@dataclass
+class LatencySet:
+    name: str
+    config: Path
+    engines: Path
+
+
+# The manifest's latency ratios are measured at compile time (tests elsewhere skip them).
+RECORDED = {"latency_runs": 30}
+
+
+@pytest.fixture(scope="session")
+def stage1_sets(tmp_path_factory, tiny_dinov3_dir) -> dict[str, LatencySet]:
+    """Stage 1 per CPU target installed."""
+    from streetcascade.compile.pipeline import compile_cascade
+
+    sets = {}
+    for backend in ("onnxruntime", "openvino"):
+        if importlib.util.find_spec(backend) is None:
+            continue
+        root = tmp_path_factory.mktemp(f"lat-{backend}")
+        cfg = write_config(root / "c.toml", [{"name": "stage1", "family": "dinov3", "source": str(tiny_dinov3_dir), "max_batch": 4}],
+                           root / "engines", target={"backend": backend, **RECORDED})
+        sets[backend] = LatencySet(f"stage1-{backend}", cfg, compile_cascade(cfg, progress=False))
+    return sets
+
+
+@pytest.fixture(scope="session")
+def cascade_set(tmp_path_factory, tiny_dinov3_dir) -> LatencySet:
+    """Stage 1 never sure (its band covers everything), then PP-OCR: every image runs both."""
+    pytest.importorskip("cv2", exc_type=ImportError)
+    pytest.importorskip("rapidfuzz", exc_type=ImportError)
+    from streetcascade.compile.pipeline import compile_cascade
+
+    root = tmp_path_factory.mktemp("lat-cascade")
+    cfg = write_config(root / "c.toml", [
+        {"name": "stage1", "family": "dinov3", "source": str(tiny_dinov3_dir), "max_batch": 2, "exit_low": 0.01, "exit_high": 0.99},
+        {"name": "ocr", "family": "ppocr", "source": "rapidocr", "max_batch": 6, "exit_low": 0.5, "exit_high": 0.5},
+    ], root / "engines", target=RECORDED)
+    try:
+        return LatencySet("stage1+ocr", cfg, compile_cascade(cfg, progress=False))
+    except CompileError as exc:
+        pytest.skip(f"NOT CHECKED on PP-OCR: {exc}")
+
+
+@pytest.fixture(scope="session")
+def reference_graphs():
+    """(config, stage name) -> {role: ExportableGraph}: a stage loaded again from its config (the
+    module PyTorch eager runs, or the source ONNX graph), cached for the session."""
+    cache: dict[tuple[str, str], dict] = {}
+
+    def get(config: Path, stage_name: str) -> dict:
+        key = (str(config), stage_name)
+        if key not in cache:
+            from streetcascade.compile.models import get_family
+            from streetcascade.config import load_config
+
+            cfg = load_config(config)
+            stage = next(s for s in cfg.stages if s.name == stage_name)
+            cache[key] = {g.decl.role: g for g in get_family(stage.family).load(stage, config).graphs}
+        return cache[key]
+
+    return get
+
+
+@pytest.fixture(scope="session")
+def parity_images() -> np.ndarray:
+    from streetcascade.compile.parity import parity_images as images
+
+    return images(224, SAMPLES)[0]
+
+
+@pytest.fixture(scope="session")
+def challenge() -> np.ndarray:
+    """A sample photo as a validator sends it: 224 x 224 RGB, decoded."""
+    from streetcascade.runtime import decode_image
+    from streetcascade.runtime.images import resize_to
+
+    return resize_to(decode_image((SAMPLES / "direction-sign.jpg").read_bytes()), 224)
+
+
+class TwiceAsSlow:
+    """A deliberate regression: every engine call is followed by as much busy work again, so it
+    takes twice as long (running the engine twice would not: the second run finds warm caches)."""
+
+    def __init__(self, engine):
+        self.engine = engine
+
+    def slot(self):
+        return TwiceAsSlowSlot(self.engine.slot())
+
+
+class TwiceAsSlowSlot:
+    def __init__(self, slot):
+        self.inner = slot
+
+    def infer(self, feeds):
+        t0 = time.perf_counter()
+        out = self.inner.infer(feeds)
+        until = 2 * time.perf_counter() - t0
+        while time.perf_counter() < until:
+            pass
+        return out
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.inner.close()
+
+
+@pytest.fixture(scope="session")
+def twice_as_slow():
+    """Wraps an engine so that every call takes twice as long (a deliberate regression)."""
+    return TwiceAsSlow
