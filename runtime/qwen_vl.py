@@ -135,7 +135,6 @@ def rope_index(input_ids: np.ndarray, attention_mask: np.ndarray, image_token_id
     return out
 
 
-
 class QwenPreparation(Preparation):
     """Qwen-VL's image processor (Qwen2VLImageProcessor): smart_resize, bicubic, patches in
     merge-block order; the prefill's 3-D rotary positions (get_rope_index)."""

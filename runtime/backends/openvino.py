@@ -195,7 +195,8 @@ class OvEngine(Engine):
         return dict(self._metadata)
 
     def memory(self) -> MemoryAccount:
-        """Like ONNX Runtime's: the RSS growth of compiling, then of the first run at max_batch."""
+        """Like ONNX Runtime's: the RSS growth of compiling, then the peak resident growth of the
+        first run at max_batch (`first_run_growth`)."""
         if self._activations_bytes is None:
             # max_batch through the dynamic graph where there is one, and the batch-1 copy's own arena.
             self._activations_bytes = first_run_growth(self, also=(1,) if self.two_plans else ())
