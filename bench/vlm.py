@@ -5,11 +5,17 @@ Built as `streetcascade compile` builds it: the FP32 engine set compiled from `r
 (a Qwen3-VL-2B-shaped model by default, the language model cut to --preset's -lmN layers when
 the full model would not fit in this machine's memory next to other work), then the INT8
 (dynamic) and INT4 (MatMulNBits + 4-bit embeddings) prefill graphs built by the onnxruntime
-target from the same exported graph (and an INT8 vision graph for the fastest judge).
+target from the same exported graph, an INT8 vision graph, and the vision graph exported again
+with its attention as ONNX Runtime's MultiHeadAttention (`attention = "fused"`) where the family
+allows it.
 
 Reports, side by side:
 - prefill: FP32 / INT8 / INT4 ms on the same inputs (interleaved rounds), file size, peak RSS of a
   fresh process that loads the graph and runs it once, p(yes) difference vs FP32;
+- the vision graph: FP32 / FP32 with fused attention / INT8 ms, and where the FP32 graph's time
+  goes (ONNX Runtime's profiler, by operator type);
+- the whole stage (vision + prefill graphs): file size and peak RSS of a fresh process that loads
+  both and judges the image once, per precision pair;
 - the judge end to end (image -> numpy preparation -> vision -> prefill -> p(yes)) with each
   precision vs transformers' `generate(max_new_tokens=1)` on the same model (same weights) and
   the same image and prompt (its image processor + generate), interleaved in one process, and
@@ -114,7 +120,28 @@ def phase_build(root: str, family: str, preset: str, size: int, block: int) -> d
     build_variant(dest, "prefill", "int8-dynamic", io["prefill"], stage, config, cfg)
     build_variant(dest, "prefill", "int4", io["prefill"], stage4, config, cfg)
     build_variant(dest, "vision", "int8-dynamic", io["vision"], stage, config, cfg)
+    build_fused_vision(dest, family, io["vision"], stage, config, cfg)
     return {"compile_s": compile_s}
+
+
+def build_fused_vision(dest: Path, family: str, io, stage, config, config_path: Path) -> Path | None:
+    """The vision graph exported again with `attention = "fused"` (same seeded weights) and built
+    by the onnxruntime target at FP32: judge.vision.fp32-mha.onnx; None where the family's vision
+    attention is masked (Qwen2.5-VL's windows)."""
+    import msgspec
+
+    from streetcascade.compile.export import export_graph
+    from streetcascade.compile.models import get_family
+    from streetcascade.compile.targets import BuildJob, get_target
+
+    out = dest / f"{stage.name}.vision.{FUSED}.onnx"
+    if out.exists() or not get_family(family).vision_attention_fusable:
+        return out if out.exists() else None
+    fused = msgspec.structs.replace(stage, attention="fused")
+    raw = dest / f"{stage.name}.vision-mha.raw.onnx"
+    export_graph(get_family(family).load(fused, config_path).graphs[0], raw, fused_attention=True)
+    get_target("onnxruntime").build(BuildJob(fused, config, config_path, io, raw, out))
+    return out
 
 
 def _load(root: Path, keys, io):
@@ -126,15 +153,23 @@ def _load(root: Path, keys, io):
     return {key: backend.load(str(root / "engines" / "cpu" / f"judge.{key[0]}.{key[1]}.onnx"), io[key[0]], options) for key in keys}
 
 
+FUSED = "fp32-mha"  # the vision graph with fused attention
+
+
+def vision_variants(root: Path) -> tuple[str, ...]:
+    return tuple(v for v in ("fp32", FUSED, "int8-dynamic") if (root / "engines" / "cpu" / f"judge.vision.{v}.onnx").exists())
+
+
 def phase_prefill(root: str, size: int, runs: int, rounds: int) -> dict:
     """FP32 / INT8 / INT4 prefill on the same inputs (the FP32 vision graph's output for the
-    image), interleaved; the vision graph FP32 vs INT8 likewise."""
+    image), interleaved; the vision graph's variants likewise; where the FP32 vision graph's
+    time goes, by operator type."""
     from streetcascade.runtime.vlm_stage import VlmJudge
 
     root = Path(root)
     _, _, entry, io = _setup(root)
     precisions = ("fp32", "int8-dynamic", "int4")
-    engines = _load(root, [("prefill", p) for p in precisions] + [("vision", "fp32"), ("vision", "int8-dynamic")], io)
+    engines = _load(root, [("prefill", p) for p in precisions] + [("vision", v) for v in vision_variants(root)], io)
     try:
         image = square_image(size)
         judge = VlmJudge({"vision": engines[("vision", "fp32")], "prefill": engines[("prefill", "fp32")]}, entry.vlm)
@@ -142,7 +177,7 @@ def phase_prefill(root: str, size: int, runs: int, rounds: int) -> dict:
         np.savez(root / "feeds.npz", **feeds)
         slots = {p: engines[("prefill", p)].slot() for p in precisions}
         outputs = {p: s.infer(feeds) for p, s in slots.items()}
-        vslots = {p: engines[("vision", p)].slot() for p in ("fp32", "int8-dynamic")}
+        vslots = {p: engines[("vision", p)].slot() for p in vision_variants(root)}
         vfeeds = judge.prep.vision_feeds(*judge.prep.patches(image))
         prefill_ms = interleaved({p: (lambda s=s: s.infer(feeds)) for p, s in slots.items()}, runs=runs, warmup=1, rounds=rounds)
         vision_ms = interleaved({p: (lambda s=s: s.infer(vfeeds)) for p, s in vslots.items()}, runs=runs, warmup=1, rounds=rounds)
@@ -153,12 +188,38 @@ def phase_prefill(root: str, size: int, runs: int, rounds: int) -> dict:
             engine.close()
     return {"tokens": int(feeds["input_ids"].shape[1]), "image_tokens": int(feeds["image_embeds"].shape[1]),
             "prefill_ms": {p: float(np.median(v)) for p, v in prefill_ms.items()}, "vision_ms": {p: float(np.median(v)) for p, v in vision_ms.items()},
+            "vision_ops": vision_profile(root / "engines" / "cpu" / "judge.vision.fp32.onnx", vfeeds),
             "p_yes": {p: float(sigmoid(o["yes_logodds"])[0]) for p, o in outputs.items()},
             "dlogit": {p: float(np.abs(o["answer_logits"] - outputs["fp32"]["answer_logits"]).max()) for p, o in outputs.items()}}
 
 
-JUDGES = {"fp32 (vision fp32, prefill fp32)": ("fp32", "fp32"), "int4 (vision fp32, prefill int4)": ("fp32", "int4"),
-          "int8 + int4 (vision int8, prefill int4)": ("int8-dynamic", "int4")}
+def vision_profile(path: Path, feeds: dict) -> dict[str, float]:
+    """Share of the graph's kernel time per operator type, from ONNX Runtime's profiler on one
+    run (after a warm-up), the session set up as the runtime sets it up."""
+    import collections
+    import json as jsonlib
+
+    import onnxruntime as ort
+
+    from streetcascade.runtime.backends.onnxruntime import OrtOptions, session_options
+
+    so = session_options(OrtOptions())
+    so.enable_profiling = True
+    so.profile_file_prefix = str(path.parent / "vision-profile")
+    session = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+    session.run(None, feeds)
+    session.run(None, feeds)
+    events = jsonlib.loads(Path(session.end_profiling()).read_text())
+    by_op: collections.Counter = collections.Counter()
+    for e in events:
+        if e.get("cat") == "Node" and e.get("name", "").endswith("_kernel_time"):
+            by_op[e["args"].get("op_name", "?")] += e["dur"]
+    total = sum(by_op.values()) or 1
+    return {op: d / total for op, d in by_op.most_common(6)}
+
+
+JUDGES = {"fp32 (vision fp32, prefill fp32)": ("fp32", "fp32"), "fp32, vision attention fused": (FUSED, "fp32"),
+          "int4 (vision fp32, prefill int4)": ("fp32", "int4"), "int8 + int4 (vision int8, prefill int4)": ("int8-dynamic", "int4")}
 GENERATE = "transformers generate(max_new_tokens=1)"
 
 
@@ -166,16 +227,16 @@ def phase_judge(root: str, family: str, size: int, runs: int, rounds: int) -> di
     """The judge end to end (image -> p(yes)) with each precision, and transformers' processor +
     generate(max_new_tokens=1) on the same weights, image and prompt: interleaved in one process."""
     from streetcascade.compile.models import get_family
-    from streetcascade.compile.models.qwen_vl_check import transformers_judge
     from streetcascade.runtime.vlm_stage import VlmJudge
 
     root = Path(root)
     cfg, config, entry, io = _setup(root)
-    keys = sorted({("vision", v) for v, _ in JUDGES.values()} | {("prefill", p) for _, p in JUDGES.values()})
+    judges_here = {name: vp for name, vp in JUDGES.items() if vp[0] in vision_variants(root)}
+    keys = sorted({("vision", v) for v, _ in judges_here.values()} | {("prefill", p) for _, p in judges_here.values()})
     engines = _load(root, keys, io)
     try:
         image = square_image(size)
-        judges = {name: VlmJudge({"vision": engines[("vision", v)], "prefill": engines[("prefill", p)]}, entry.vlm) for name, (v, p) in JUDGES.items()}
+        judges = {name: VlmJudge({"vision": engines[("vision", v)], "prefill": engines[("prefill", p)]}, entry.vlm) for name, (v, p) in judges_here.items()}
         model = get_family(family).open(config.stages[0], cfg, weights=True).model  # the same seeded weights
         generate = _transformers_generate(model, entry.vlm, image)
         calls = {name: (lambda j=j: j.run([image])) for name, j in judges.items()}
@@ -183,11 +244,30 @@ def phase_judge(root: str, family: str, size: int, runs: int, rounds: int) -> di
         ms = interleaved(calls, runs=runs, warmup=1, rounds=rounds)
         p = {name: float(sigmoid(j.run([image])["yes_logodds"])[0]) for name, j in judges.items()}
         p[GENERATE] = float(generate())
-        p["transformers forward"] = float(sigmoid(transformers_judge(model, entry.vlm, [image])["yes_logodds"])[0])
+        p["transformers forward"] = float(sigmoid(get_family(family).transformers_judge(model, entry.vlm, [image])["yes_logodds"])[0])
     finally:
         for engine in engines.values():
             engine.close()
     return {"judge_ms": {k: float(np.median(v)) for k, v in ms.items()}, "p_yes": p}
+
+
+def phase_stage_rss(root: str, size: int, vision: str, prefill: str) -> int:
+    """Peak RSS of this fresh process after loading the whole stage (vision + prefill graphs) and
+    judging the image once."""
+    from streetcascade.runtime.vlm_stage import VlmJudge
+
+    root = Path(root)
+    _, _, entry, io = _setup(root)
+    engines = _load(root, [("vision", vision), ("prefill", prefill)], io)
+    try:
+        VlmJudge({"vision": engines[("vision", vision)], "prefill": engines[("prefill", prefill)]}, entry.vlm).run([square_image(size)])
+    finally:
+        for engine in engines.values():
+            engine.close()
+    return [int(line.split()[1]) * 1024 for line in open("/proc/self/status") if line.startswith("VmHWM:")][0]
+
+
+STAGES = {"fp32": ("fp32", "fp32"), "int4 prefill, fp32 vision": ("fp32", "int4"), "int4 prefill, int8 vision": ("int8-dynamic", "int4")}
 
 
 def phase_rss(root: str, precision: str) -> int:
@@ -221,7 +301,8 @@ def run(family: str = "qwen3-vl", preset: str = "qwen3-vl-2b-lm4", size: int = 4
         rss = {p: _phase("rss", in_process, root=str(root), precision=p) for p in ("fp32", "int8-dynamic", "int4")}
         dest = root / "engines" / "cpu"
         sizes = {p: file_bytes(dest / f"judge.prefill.{p}.onnx") for p in ("fp32", "int8-dynamic", "int4")}
-        vision_bytes = {p: file_bytes(dest / f"judge.vision.{p}.onnx") for p in ("fp32", "int8-dynamic")}
+        vision_bytes = {p: file_bytes(dest / f"judge.vision.{p}.onnx") for p in vision_variants(root)}
+        stage_rss = {name: _phase("stage_rss", in_process, root=str(root), size=size, vision=v, prefill=p) for name, (v, p) in STAGES.items()}
         _, _, entry, _ = _setup(root)
     finally:
         if tmp_holder is not None:
@@ -237,16 +318,24 @@ def run(family: str = "qwen3-vl", preset: str = "qwen3-vl-2b-lm4", size: int = 4
     for p in ("fp32", "int8-dynamic", "int4"):
         out(f"| {p} | {pre['prefill_ms'][p]:.0f} | {f32 / pre['prefill_ms'][p]:.2f}x | {sizes[p] / 2**20:.0f} | {sizes['fp32'] / sizes[p]:.2f}x | "
             f"{rss[p] / 2**20:.0f} | {pre['p_yes'][p]:.4f} | {pre['dlogit'][p]:.3f} |")
-    out(f"vision graph: fp32 {pre['vision_ms']['fp32']:.0f} ms ({vision_bytes['fp32'] / 2**20:.0f} MiB), int8-dynamic "
-        f"{pre['vision_ms']['int8-dynamic']:.0f} ms ({vision_bytes['int8-dynamic'] / 2**20:.0f} MiB)")
+    vms = pre["vision_ms"]
+    out("vision graph: " + ", ".join(f"{v} {vms[v]:.0f} ms ({vms['fp32'] / vms[v]:.2f}x FP32 speed; {vision_bytes[v] / 2**20:.0f} MiB)" for v in vms))
+    out("FP32 vision graph's kernel time by operator (ONNX Runtime profiler): "
+        + ", ".join(f"{op} {share:.0%}" for op, share in pre["vision_ops"].items()))
+    out("| whole stage (vision + prefill) | file MiB | x smaller than FP32 | peak RSS MiB (load + judge one image) |")
+    out("|---|---|---|---|")
+    stage_bytes = {name: vision_bytes[v] + sizes[p] for name, (v, p) in STAGES.items()}
+    for name in STAGES:
+        out(f"| {name} | {stage_bytes[name] / 2**20:.0f} | {stage_bytes['fp32'] / stage_bytes[name]:.2f}x | {stage_rss[name] / 2**20:.0f} |")
     gen = judge["judge_ms"][GENERATE]
     out("| image -> p(yes) | ms | x faster than generate | p(yes) |")
     out("|---|---|---|---|")
-    for name in [*JUDGES, GENERATE]:
+    for name in judge["judge_ms"]:
         out(f"| {name} | {judge['judge_ms'][name]:.0f} | {gen / judge['judge_ms'][name]:.2f}x | {judge['p_yes'][name]:.4f} |")
     out(f"(transformers' own forward: p(yes) {judge['p_yes']['transformers forward']:.4f}; {spec.vision_tokens} image tokens per "
         f"{size}x{size} image)")
-    return {"prefill": pre, "judge": judge, "rss": rss, "file_bytes": sizes, "vision_bytes": vision_bytes, "base_rss": base_rss}
+    return {"prefill": pre, "judge": judge, "rss": rss, "file_bytes": sizes, "vision_bytes": vision_bytes, "base_rss": base_rss,
+            "stage_bytes": stage_bytes, "stage_rss": stage_rss}
 
 
 def model_shape_line(entry) -> str:
@@ -256,27 +345,43 @@ def model_shape_line(entry) -> str:
     return ""
 
 
+def _generate_inputs(model, spec, image: np.ndarray) -> dict:
+    """The model's own image processor on the image (PIL backend, the stage's settings) and the
+    compiled prompt with the image's tokens: generate()'s inputs."""
+    import torch
+
+    from streetcascade.runtime.vlm_host import assemble
+
+    if spec.model == "smolvlm":
+        from streetcascade.compile.models.smolvlm import image_processor
+
+        px = image_processor(model.config.model_type, spec)(images=[[image]], return_tensors="pt")
+        tokens, extra = spec.vision_tokens, {"pixel_values": px["pixel_values"], "pixel_attention_mask": px["pixel_attention_mask"]}
+    else:
+        from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
+
+        px = Qwen2VLImageProcessorPil(size={"shortest_edge": spec.min_pixels, "longest_edge": spec.max_pixels}, patch_size=spec.patch_size,
+                                      merge_size=spec.merge_size, temporal_patch_size=spec.temporal_patch_size, image_mean=spec.mean,
+                                      image_std=spec.std, rescale_factor=spec.rescale)(images=[image], return_tensors="pt")
+        tokens, extra = int(px["image_grid_thw"].prod()) // spec.merge_size**2, {"pixel_values": px["pixel_values"], "image_grid_thw": px["image_grid_thw"]}
+    ids = torch.from_numpy(assemble(spec.prompt_ids, spec.image_token_id, tokens))[None]
+    if spec.model != "smolvlm":
+        extra["mm_token_type_ids"] = (ids == spec.image_token_id).long()
+    return {"input_ids": ids, "attention_mask": torch.ones_like(ids), **extra}
+
+
 def _transformers_generate(model, spec, image: np.ndarray):
     """transformers on the image: its image processor, the compiled prompt with the image's
-    tokens, `generate(max_new_tokens=1)` (greedy); returns p(yes) from the first token's scores."""
+    tokens, `generate(max_new_tokens=1)` (greedy); returns p(yes) from the first token's scores.
+    The processor runs inside each timed call, as the judge's own preparation does."""
     import torch
-    from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
 
-    from streetcascade.runtime.qwen_vl import assemble
-
-    processor = Qwen2VLImageProcessorPil(size={"shortest_edge": spec.min_pixels, "longest_edge": spec.max_pixels}, patch_size=spec.patch_size,
-                                         merge_size=spec.merge_size, temporal_patch_size=spec.temporal_patch_size, image_mean=spec.mean,
-                                         image_std=spec.std, rescale_factor=spec.rescale)
     yes = torch.tensor(spec.answer_yes)
 
     def call() -> float:
-        px = processor(images=[image], return_tensors="pt")
-        tokens = int(px["image_grid_thw"].prod()) // spec.merge_size**2
-        ids = torch.from_numpy(assemble(spec.prompt_ids, spec.image_token_id, tokens))[None]
         with torch.no_grad():
-            out = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), pixel_values=px["pixel_values"], image_grid_thw=px["image_grid_thw"],
-                                 mm_token_type_ids=(ids == spec.image_token_id).long(), max_new_tokens=1, do_sample=False,
-                                 output_scores=True, return_dict_in_generate=True)
+            out = model.generate(**_generate_inputs(model, spec, image), max_new_tokens=1, do_sample=False, output_scores=True,
+                                 return_dict_in_generate=True)
         answers = torch.log_softmax(out.scores[0][0, spec.answer_ids].double(), -1)
         return float(answers[yes].exp().sum())
 
@@ -285,8 +390,9 @@ def _transformers_generate(model, spec, image: np.ndarray):
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--family", default="qwen3-vl", choices=["qwen3-vl", "qwen2.5-vl"])
-    ap.add_argument("--preset", default="qwen3-vl-2b-lm4", help="random:<preset> of the family (tiny, qwen3-vl-2b, qwen2.5-vl-3b, ...; -lmN: N decoder layers)")
+    ap.add_argument("--family", default="qwen3-vl", choices=["qwen3-vl", "qwen2.5-vl", "smolvlm"])
+    ap.add_argument("--preset", default="qwen3-vl-2b-lm4", help="random:<preset> of the family (tiny, qwen3-vl-2b, qwen2.5-vl-3b, smolvlm-256m, ...; "
+                                                                  "-lmN: N decoder layers)")
     ap.add_argument("--size", type=int, default=448)
     ap.add_argument("--runs", type=int, default=6)
     ap.add_argument("--rounds", type=int, default=3)

@@ -44,11 +44,13 @@ def mha_symbolic(num_heads: int, head_size: int):
 
 
 def attention_shape(module) -> tuple[int, int]:
-    """(heads, head size) from the first Hugging Face config inside `module`."""
-    config = next((m.config for m in module.modules() if hasattr(m, "config") and hasattr(m.config, "num_attention_heads")), None)
+    """(heads, head size) from the first Hugging Face config inside `module` (num_attention_heads,
+    or num_heads as Qwen-VL's vision configs call it)."""
+    heads = lambda c: getattr(c, "num_attention_heads", None) or getattr(c, "num_heads", None)  # noqa: E731
+    config = next((m.config for m in module.modules() if hasattr(m, "config") and heads(m.config)), None)
     if config is None:
         raise CompileError("attention = \"fused\": the model has no transformer config (num_attention_heads); it has no attention to fuse")
-    return config.num_attention_heads, config.hidden_size // config.num_attention_heads
+    return heads(config), config.hidden_size // heads(config)
 
 
 @contextmanager

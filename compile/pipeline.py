@@ -76,7 +76,7 @@ class _Stage:
         raw = self.workdir / f"{stage.name}.{decl.role}.raw.onnx"
         shapes = ", ".join(f"{s.name} {s.dtype}{s.shape}" for s in decl.io.inputs)
         if self.target.needs_onnx and not raw.exists():  # another candidate target (auto) exported it already
-            fused = stage.attention == "fused"
+            fused = stage.attention == "fused" and decl.attention_fusable
             progress.step(f"{stage.name}: exporting the {decl.role} graph to ONNX (opset {decl.opset}; {shapes})"
                           + ("; attention as ONNX Runtime's MultiHeadAttention" if fused else ""))
             export_graph(graph, raw, fused_attention=fused)
@@ -193,7 +193,8 @@ class _Stage:
             thresholds=stage.thresholds,
             graphs=graphs,
             notes=model.notes + int4_notes + self.notes + [f"{g.decl.role} input: {g.decl.preprocessing}" for g in model.graphs if g.decl.preprocessing]
-            + (["attention fused: every scaled_dot_product_attention is ONNX Runtime's MultiHeadAttention"] if stage.attention == "fused" else []),
+            + ([f"attention fused: every scaled_dot_product_attention of the {', '.join(g.decl.role for g in model.graphs if g.decl.attention_fusable)} "
+                "graph is ONNX Runtime's MultiHeadAttention"] if stage.attention == "fused" else []),
             evidence=(stage.evidence or Vocabulary()) if family.kind == "ocr" else None,
             combine=(stage.combine or LogOddsRule()) if evidence_stage else None,
         )

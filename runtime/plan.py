@@ -140,7 +140,8 @@ def _measured_at(stage, graph) -> str:
     if v is None:
         return ""
     if graph.role == "vision":
-        return f"{v.vision_tokens} image tokens at {stage.input_size}x{stage.input_size}, measured at up to {graph.io.axis_sizes.get('tokens', 0)}"
+        side = v.image_side or stage.input_size
+        return f"{v.vision_tokens} image tokens at {side}x{side}, measured at up to {graph.io.axis_sizes.get('tokens', v.vision_tokens)}"
     return f"prompt + image up to {graph.io.axis_sizes.get('sequence', v.max_tokens)} tokens, batch {graph.io.max_batch}"
 
 

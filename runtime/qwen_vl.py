@@ -2,7 +2,7 @@
 Python parts of its forward do, in numpy, for the two graphs compiled by
 compile/models/qwen_vl.py.
 
-- `Preparation.patches`: the image processor (Qwen2VLImageProcessor): resize with Pillow's
+- `QwenPreparation.patches`: the image processor (Qwen2VLImageProcessor): resize with Pillow's
   bicubic filter to the `smart_resize` size (aspect kept, sides multiples of patch x merge,
   area within min..max pixels), x * rescale then (x - mean) / std (one lookup table per channel,
   computed with the processor's float64 -> float32 steps: bit-identical), cut into patches in
@@ -12,8 +12,8 @@ compile/models/qwen_vl.py.
   permutation and window of every patch (the graph builds a block-diagonal mask from it);
   Qwen3-VL's bilinear resampling of its learned position grid (indices and weights).
 - `rope_index`: the 3-D multimodal rotary positions of the prompt (get_rope_index).
-- `assemble`: the prompt's image placeholder expanded to the image's tokens (the processor's
-  replace_image_token), and where each image token takes its row of the vision features.
+The prompt's image span, left padding, the visual index and the normalisation table are shared
+by every family (runtime/vlm_host.py).
 Each function is tested against its transformers counterpart (tests/runtime/test_qwen_vl_host.py).
 """
 
@@ -23,9 +23,9 @@ import math
 
 import numpy as np
 
-from streetcascade.errors import BadInput, EngineMismatch
-from streetcascade.manifest import VlmEntry
-from streetcascade.registry import Registry
+from streetcascade.errors import BadInput
+
+from .vlm_host import Preparation, check_rgb, resize
 
 MAX_ASPECT = 200  # the processor refuses more elongated images
 
@@ -48,13 +48,6 @@ def smart_resize(height: int, width: int, factor: int, min_pixels: int, max_pixe
         h_bar = math.ceil(height * beta / factor) * factor
         w_bar = math.ceil(width * beta / factor) * factor
     return h_bar, w_bar
-
-
-def normalisation_table(mean, std, rescale: float) -> np.ndarray:
-    """[3, 256] float32: the processor's value for every uint8 level of each channel (rescale in
-    float64 then float32, as transformers' `rescale`; then (x - mean) / std in float32)."""
-    levels = (np.arange(256, dtype=np.float64) * rescale).astype(np.float32)
-    return np.stack([(levels - np.float32(m)) / np.float32(s) for m, s in zip(mean, std)]).astype(np.float32)
 
 
 def vision_position_ids(grid_h: int, grid_w: int, merge: int) -> np.ndarray:
@@ -142,76 +135,36 @@ def rope_index(input_ids: np.ndarray, attention_mask: np.ndarray, image_token_id
     return out
 
 
-def assemble(prompt_ids: list[int], image_token_id: int, tokens: int) -> np.ndarray:
-    """The prompt with its one image placeholder expanded to the image's `tokens` tokens."""
-    ids = np.asarray(prompt_ids, np.int64)
-    at = np.flatnonzero(ids == image_token_id)
-    if at.size != 1:
-        raise EngineMismatch(f"the compiled prompt holds {at.size} image placeholders, one expected")
-    k = int(at[0])
-    return np.concatenate([ids[:k], np.full(tokens, image_token_id, np.int64), ids[k + 1 :]])
+class QwenPreparation(Preparation):
+    """Qwen-VL's image processor (Qwen2VLImageProcessor): smart_resize, bicubic, patches in
+    merge-block order; the prefill's 3-D rotary positions (get_rope_index)."""
 
-
-def left_pad(rows: list[np.ndarray], pad_id: int) -> tuple[np.ndarray, np.ndarray]:
-    """Prompts of different lengths as one batch, padded on the left (the last position is every
-    row's last token): (input_ids, attention_mask)."""
-    length = max(len(r) for r in rows)
-    ids = np.full((len(rows), length), pad_id, np.int64)
-    mask = np.zeros((len(rows), length), np.int64)
-    for i, r in enumerate(rows):
-        ids[i, length - len(r) :] = r
-        mask[i, length - len(r) :] = 1
-    return ids, mask
-
-
-def visual_index(input_ids: np.ndarray, image_token_id: int) -> np.ndarray:
-    """[batch, tokens]: for an image token, its row in that prompt's vision features (in order of
-    appearance, as the model's masked_scatter fills them); -1 for text and padding."""
-    is_image = input_ids == image_token_id
-    return np.where(is_image, np.cumsum(is_image, axis=1) - 1, -1).astype(np.int64)
-
-
-class Preparation:
-    """Image -> patches and the vision graph's inputs, for one compiled stage (`VlmEntry`)."""
-
-    def __init__(self, spec: VlmEntry):
-        self.spec = spec
+    def __init__(self, spec):
+        super().__init__(spec)
         self.factor = spec.patch_size * spec.merge_size
-        self.table = normalisation_table(spec.mean, spec.std, spec.rescale)
 
     def grid(self, height: int, width: int) -> tuple[int, int]:
         """(grid_h, grid_w) in patches for an image of this size."""
         h, w = smart_resize(height, width, self.factor, self.spec.min_pixels, self.spec.max_pixels)
         return h // self.spec.patch_size, w // self.spec.patch_size
 
-    def tokens(self, grid_h: int, grid_w: int) -> int:
-        return (grid_h // self.spec.merge_size) * (grid_w // self.spec.merge_size)
-
     def patches(self, rgb: np.ndarray) -> tuple[np.ndarray, tuple[int, int]]:
         """[patches, 3 * temporal * patch * patch] float32 as the processor's pixel_values, and
         the grid."""
-        if not isinstance(rgb, np.ndarray) or rgb.dtype != np.uint8 or rgb.ndim != 3 or rgb.shape[2] != 3:
-            raise BadInput(f"a VLM stage takes HxWx3 uint8 RGB images, got {getattr(rgb, 'dtype', type(rgb).__name__)} "
-                           f"{list(getattr(rgb, 'shape', []))}")
-        from PIL import Image
-
+        check_rgb(rgb)
         s = self.spec
         grid_h, grid_w = self.grid(rgb.shape[0], rgb.shape[1])
-        height, width = grid_h * s.patch_size, grid_w * s.patch_size
-        if (height, width) != rgb.shape[:2]:
-            rgb = np.asarray(Image.fromarray(rgb).resize((width, height), Image.BICUBIC))
-        x = np.stack([self.table[c][rgb[..., c]] for c in range(3)])  # [3, H, W] normalised
+        x = self.normalised(resize(rgb, grid_h * s.patch_size, grid_w * s.patch_size, "bicubic"))
         p, m, t = s.patch_size, s.merge_size, s.temporal_patch_size
         x = x.reshape(3, grid_h // m, m, p, grid_w // m, m, p).transpose(1, 4, 2, 5, 0, 3, 6)
         x = np.broadcast_to(x[:, :, :, :, :, None], (*x.shape[:5], t, p, p))
         return np.ascontiguousarray(x.reshape(grid_h * grid_w, 3 * t * p * p), dtype=np.float32), (grid_h, grid_w)
 
-    def vision_feeds(self, pixel_values: np.ndarray, grid: tuple[int, int]) -> dict[str, np.ndarray]:
-        """The vision graph's inputs for one image (a leading batch axis of 1)."""
-        raise NotImplementedError
+    def positions(self, input_ids, attention_mask, grids):
+        return rope_index(input_ids, attention_mask, self.spec.image_token_id, grids, self.spec.merge_size)
 
 
-class Qwen25Preparation(Preparation):
+class Qwen25Preparation(QwenPreparation):
     """Qwen2.5-VL: window attention (window of every patch, after the window permutation)."""
 
     def vision_feeds(self, pixel_values, grid):
@@ -222,21 +175,13 @@ class Qwen25Preparation(Preparation):
                 "window_index": order[None], "window_ids": windows[None].astype(np.int64)}
 
 
-class Qwen3Preparation(Preparation):
-    """Qwen3-VL: the learned position grid resampled to the image's grid."""
+class Qwen3Preparation(QwenPreparation):
+    """Qwen3-VL: the learned position grid resampled to the image's grid; deepstack features."""
+
+    features = ("image_embeds", "deepstack")
 
     def vision_feeds(self, pixel_values, grid):
         s = self.spec
         indices, weights = interpolation(*grid, s.pos_embed_side, s.merge_size)
         return {"pixel_values": pixel_values[None], "position_ids": vision_position_ids(*grid, s.merge_size)[None],
                 "interp_indices": indices[None], "interp_weights": weights[None]}
-
-
-PREPARATIONS = Registry("VLM image preparation (upgrade streetcascade to run it)", {
-    "qwen2.5-vl": "streetcascade.runtime.qwen_vl:Qwen25Preparation",
-    "qwen3-vl": "streetcascade.runtime.qwen_vl:Qwen3Preparation",
-}, unknown=EngineMismatch, unavailable=None)
-
-
-def preparation_for(spec: VlmEntry) -> Preparation:
-    return PREPARATIONS.get(spec.model)(spec)

@@ -1,9 +1,11 @@
 """Stage kind "vlm": a vision-language model asked one yes/no question ("is there road work in
-this image?"), compiled to a one-pass scorer (compile/models/qwen_vl.py): no generation loop.
+this image?"), compiled to a one-pass scorer (compile/models/qwen_vl.py, compile/models/smolvlm.py):
+no generation loop.
 
-Per image: the numpy preparation (runtime/qwen_vl.py) turns it into patches and the vision
-graph's other inputs; the vision graph gives the image's features (and, Qwen3-VL, its deepstack
-features); the prompt compiled into the manifest gets the image's tokens; one prefill pass of
+Per image: the family's numpy preparation (runtime/vlm_host.py: runtime/qwen_vl.py,
+runtime/smolvlm.py) turns it into the vision graph's inputs; the vision graph gives the image's
+features (and, Qwen3-VL, its deepstack features); the prompt compiled into the manifest gets
+the image's tokens, and the preparation its rotary positions; one prefill pass of
 the language model gives the logits of the answer tokens at the last position and the log-odds
 of "yes" against "no" (log of the summed softmax mass of the yes tokens over that of the no
 tokens). p(yes) = sigmoid(log-odds / temperature).
@@ -28,7 +30,7 @@ from streetcascade.manifest import StageEntry, VlmEntry
 from streetcascade.settings import StageThresholds
 
 from .backends.base import Engine
-from .qwen_vl import assemble, left_pad, preparation_for, rope_index, visual_index
+from .vlm_host import Preparation, assemble, left_pad, preparation_for, visual_index
 from .stages import LatencyTracker
 
 ROLES = ("vision", "prefill")
@@ -38,17 +40,16 @@ def sigmoid(x: np.ndarray) -> np.ndarray:
     return 0.5 * (1.0 + np.tanh(0.5 * np.asarray(x, dtype=np.float64)))
 
 
-def prefill_feeds(spec: VlmEntry, encoded: list[tuple[dict[str, np.ndarray], tuple[int, int]]], pad_id: int) -> dict[str, np.ndarray]:
+def prefill_feeds(spec: VlmEntry, prep: Preparation, encoded: list[tuple[dict[str, np.ndarray], tuple[int, int]]], pad_id: int) -> dict[str, np.ndarray]:
     """The prefill graph's inputs for a batch of encoded images (the vision graph's outputs and
     the grid of each): the prompt with each image's tokens, left-padded; the rotary positions;
     where each image token takes its feature row; the features, zero-padded to the longest."""
     rows = [assemble(spec.prompt_ids, spec.image_token_id, out["image_embeds"].shape[1]) for out, _ in encoded]
     ids, mask = left_pad(rows, pad_id)
-    feeds = {"input_ids": ids, "attention_mask": mask,
-             "position_ids": rope_index(ids, mask, spec.image_token_id, [grid for _, grid in encoded], spec.merge_size),
+    feeds = {"input_ids": ids, "attention_mask": mask, "position_ids": prep.positions(ids, mask, [grid for _, grid in encoded]),
              "visual_index": visual_index(ids, spec.image_token_id)}
     longest = max(out["image_embeds"].shape[1] for out, _ in encoded)
-    for name in ["image_embeds", "deepstack"] if spec.deepstack_layers else ["image_embeds"]:
+    for name in prep.features:
         parts = []
         for out, _ in encoded:
             x = out[name]
@@ -68,7 +69,6 @@ class VlmJudge:
         self.engines = engines
         self.spec = spec
         self.prep = preparation_for(spec)
-        self.deepstack = spec.deepstack_layers > 0
         self.max_batch = engines["prefill"].io.max_batch
         self._local = threading.local()
         if sum(1 for i in spec.prompt_ids if i == spec.image_token_id) != 1:
@@ -95,7 +95,7 @@ class VlmJudge:
         return out, grid
 
     def prefill_feeds(self, encoded: list[tuple[dict[str, np.ndarray], tuple[int, int]]]) -> dict[str, np.ndarray]:
-        return prefill_feeds(self.spec, encoded, self.pad_id)
+        return prefill_feeds(self.spec, self.prep, encoded, self.pad_id)
 
     def run(self, images: Sequence[np.ndarray]) -> dict[str, np.ndarray]:
         """answer_logits [n, answers] and yes_logodds [n] for every image."""

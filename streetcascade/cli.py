@@ -253,7 +253,8 @@ def cmd_info(args) -> int:
                 print(f"  weights   {g.weight_quant.summary()}")
         if s.vlm is not None:
             v = s.vlm
-            print(f"  judge     {v.model}: {len(v.prompt_ids) - 1} prompt tokens + {v.vision_tokens} image tokens per {s.input_size}x{s.input_size} image "
+            side = v.image_side or s.input_size
+            print(f"  judge     {v.model}: {len(v.prompt_ids) - 1} prompt tokens + {v.vision_tokens} image tokens per {side}x{side} image "
                   f"(up to {v.max_tokens} in all); answers {', '.join(t + ('+' if y else '-') for t, y in zip(v.answer_tokens, v.answer_yes))}; "
                   f"{v.expected_ms:.0f} ms per image at compile time")
             if v.parity is not None:

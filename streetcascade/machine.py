@@ -53,6 +53,51 @@ def version_of(package: str) -> str | None:
         return str(version) if version else None
 
 
+def trim_heap() -> None:
+    """Hand the C heap's free memory back to the system (glibc `malloc_trim`; nothing elsewhere),
+    so that what a measured stretch of work allocates shows up as resident growth instead of
+    quietly reusing memory that earlier work freed but the allocator kept (a compile process
+    keeps gigabytes of it: the model, its export, the parsed graph)."""
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
+
+
+def reset_peak_rss() -> bool:
+    """Reset this process's resident high-water mark (VmHWM) to its current size (Linux 4.0+:
+    /proc/self/clear_refs "5"); False when that cannot be done here."""
+    try:
+        with open("/proc/self/clear_refs", "w", encoding="ascii") as f:
+            f.write("5")
+        return True
+    except OSError:
+        return False
+
+
+def peak_rss_bytes() -> int:
+    """This process's resident high-water mark (VmHWM; Linux); 0 when unknown."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as f:
+            return next((int(line.split()[1]) * 1024 for line in f if line.startswith("VmHWM:")), 0)
+    except (OSError, ValueError):
+        return 0
+
+
+def host_memory_growth(work) -> int:
+    """Bytes of host memory `work()` needs on top of what this process holds: the heap trimmed
+    first (`trim_heap`), then the larger of its peak (VmHWM, reset before) and what it still
+    holds after (an arena that keeps its high-water mark) over the resident size before."""
+    trim_heap()
+    peak_known = reset_peak_rss()
+    before = rss_bytes()
+    work()
+    after = rss_bytes()
+    return max(0, max(peak_rss_bytes() if peak_known else 0, after) - before)
+
+
 def rss_bytes() -> int:
     """Current resident set size of this process (Linux); 0 when unknown."""
     try:

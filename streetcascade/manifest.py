@@ -8,6 +8,7 @@ match, else `EngineMismatch` says exactly what differs.
 from __future__ import annotations
 
 import hashlib
+from typing import Literal
 from pathlib import Path
 
 import msgspec
@@ -54,7 +55,7 @@ class MemoryAccount(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     weights_bytes: int
     activations_bytes: int  # workspace + intermediate tensors at max_batch
     host_buffers_bytes: int  # per slot
-    method: str  # how the figures were obtained, e.g. "rss-delta" or "tensorrt-engine"
+    method: str  # how the figures were obtained, e.g. "rss-peak" (host: session RSS growth, peak RSS growth of the first run) or "tensorrt-engine"
 
 
 class TargetInfo(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
@@ -224,7 +225,7 @@ class VlmEntry(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     prompt as token ids, the answer tokens, how images become patches) and what was measured at
     compile time (tokens per image, latency, end-to-end parity against transformers)."""
 
-    model: str  # the host-side preparation (runtime/qwen_vl.py): "qwen2.5-vl" | "qwen3-vl"
+    model: str  # the host-side preparation (runtime/vlm_host.py PREPARATIONS): "qwen2.5-vl" | "qwen3-vl" | "smolvlm"
     prompt: str  # the question asked
     # The rendered chat prompt as token ids, with ONE image_token_id where the image's tokens go.
     prompt_ids: list[int]
@@ -232,8 +233,10 @@ class VlmEntry(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     answer_tokens: list[str]  # as the tokenizer spells them (columns of the prefill's answer_logits)
     answer_ids: list[int]
     answer_yes: list[bool]  # which answer tokens mean "yes"
-    # Image preparation (the processor's): resize to min..max pixels, sides multiples of
-    # patch_size x merge_size, x * rescale, (x - mean) / std, patches of temporal x patch x patch.
+    # Image preparation (the processor's): Qwen-VL: resize to min..max pixels, sides multiples
+    # of patch_size x merge_size, x * rescale, (x - mean) / std, patches of temporal x patch x
+    # patch. SmolVLM: longest edge to resize_longest_edge, then image_side square (merge_size is
+    # its pixel-shuffle scale factor; min = max pixels = image_side**2).
     patch_size: int
     merge_size: int
     temporal_patch_size: int
@@ -245,6 +248,9 @@ class VlmEntry(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     window_size: int = 0  # Qwen2.5-VL: window attention size in pixels
     pos_embed_side: int = 0  # Qwen3-VL: side of the learned position-embedding grid
     deepstack_layers: int = 0  # Qwen3-VL: vision features added after the first N decoder layers
+    resample: Literal["bicubic", "bilinear", "lanczos"] = "bicubic"  # the processor's resize filter (Pillow)
+    resize_longest_edge: int = 0  # SmolVLM: first resize, longest edge to this (aspect kept); 0 = none
+    image_side: int = 0  # SmolVLM: then resized to image_side x image_side (the one global image)
     vision_tokens: int = 0  # language-model tokens per image at the configured resolution (square image)
     max_tokens: int = 0  # prompt + image tokens the prefill was measured for
     expected_ms: float = 0.0  # one image, end to end, measured at compile time

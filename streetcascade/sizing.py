@@ -67,13 +67,21 @@ KNOWN: dict[str, ModelShape] = {
     # Qwen2.5-VL-3B: LM 36 layers, hidden 2048, 2 KV heads of 128; tied embeddings (311M) and a
     # 670M vision tower.
     "qwen2.5-vl-3b": ModelShape("decoder", 3_754_000_000, 36, 2048, 16, 64, 2, 128, 981_000_000, 4096),
-    # The test-sized VLMs (`random:tiny` of families qwen2.5-vl / qwen3-vl).
+    # SmolVLM-256M / -500M-Instruct (Idefics3 classes): SmolLM2-135M / -360M (30 / 32 layers, 576 /
+    # 960 wide, 3 / 5 KV heads of 64; untied 49,280-token embeddings and head) and a 93M SigLIP
+    # B/16-512 vision tower, 64 image tokens per 512x512 image.
+    "smolvlm-256m": ModelShape("decoder", 256_500_000, 30, 576, 9, 64, 3, 64, 150_000_000, 8192),
+    "smolvlm-500m": ModelShape("decoder", 507_500_000, 32, 960, 15, 64, 5, 64, 188_000_000, 8192),
+    # The test-sized VLMs (`random:tiny` of families qwen2.5-vl / qwen3-vl / smolvlm).
     "qwen2.5-vl-tiny": ModelShape("decoder", 200_000, 2, 64, 4, 64, 2, 16, 0, 4096),
     "qwen3-vl-tiny": ModelShape("decoder", 300_000, 3, 64, 4, 64, 2, 16, 0, 4096),
+    "smolvlm-tiny": ModelShape("decoder", 200_000, 2, 64, 4, 16, 2, 16, 0, 8192),
 }
 # Vision-language judges (streetcascade/vlm.py): one prefill pass over prompt + image tokens, no
-# KV cache kept. Family -> pixels per image-token side (patch x merge) and the vision tower's width.
-JUDGE_FAMILIES = {"qwen2.5-vl": (28, 1280), "qwen3-vl": (32, 1024)}
+# KV cache kept. Family -> pixels per image-token side (patch x merge), patches per token side
+# (merge), the vision tower's width, and the side every image is resized to (0: input_size;
+# SmolVLM: its processor's max_image_size, here SmolVLM-256M/500M's).
+JUDGE_FAMILIES = {"qwen2.5-vl": (28, 2, 1280, 0), "qwen3-vl": (32, 2, 1024, 0), "smolvlm": (64, 4, 768, 512)}
 JUDGE_PROMPT_TOKENS = 64
 
 
@@ -168,13 +176,14 @@ def estimate_stage(name: str, source: str, family: str, precision: str, max_batc
 
 
 def _judge_estimate(name: str, shape: ModelShape, family: str, precision: str, weights: int, max_batch: int, input_size: int, max_tokens: int) -> StageEstimate:
-    """A VLM judge: the vision tower on one image (patches = 4 x its tokens), then one prefill of
+    """A VLM judge: the vision tower on one image (patches = merge^2 x its tokens), then one prefill of
     max_batch prompts of prompt + image tokens, attention scores unfused (CPU graphs); no KV cache."""
-    factor, vision_hidden = JUDGE_FAMILIES[family]
+    factor, merge, vision_hidden, fixed_side = JUDGE_FAMILIES[family]
+    input_size = fixed_side or input_size
     tokens = (-(-input_size // factor)) ** 2  # ceil(side / factor) squared, as smart_resize of a square
     ctx = max_tokens or tokens + JUDGE_PROMPT_TOKENS
     act = ACT_BYTES[precision]
-    patches = 4 * tokens
+    patches = merge * merge * tokens
     vision = patches * vision_hidden * 12 * act + 16 * patches * patches * 4
     prefill = max_batch * (ctx * shape.hidden * 12 * act + shape.heads * ctx * ctx * 4)
     host = patches * 3 * 2 * 16 * 16 * 4 + max_batch * ctx * 8 * 6

@@ -8,7 +8,7 @@ position: p(yes) = the softmax mass of the "yes" tokens among the answer tokens.
 
     [[stages]]
     name = "judge"
-    family = "qwen3-vl"              # or "qwen2.5-vl"
+    family = "qwen3-vl"              # or "qwen2.5-vl", "smolvlm"
     source = "Qwen/Qwen3-VL-2B-Instruct"
     input_size = 448                 # images are resized to about input_size**2 pixels (aspect kept)
     precision = "fp32"               # or "int8-dynamic"; "int4" with the INT4 weights of the onnxruntime target
@@ -33,7 +33,7 @@ JudgePrecision = Literal["fp32", "fp16", "bf16", "int8-dynamic", "int8-static", 
 
 
 class JudgeSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
-    """The `[judge]` table of a VLM stage (families qwen2.5-vl, qwen3-vl)."""
+    """The `[judge]` table of a VLM stage (families qwen2.5-vl, qwen3-vl, smolvlm)."""
 
     prompt: str = DEFAULT_PROMPT
     # A system message; "" = whatever the checkpoint's chat template does without one
@@ -43,8 +43,9 @@ class JudgeSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     # leading space, becomes an answer token; at least one per side must exist.
     yes: list[str] = msgspec.field(default_factory=lambda: ["yes", "Yes"])
     no: list[str] = msgspec.field(default_factory=lambda: ["no", "No"])
-    # Resolution: an image is resized (aspect ratio kept, sides multiples of patch x merge, as the
-    # model's processor does) to between min_pixels and max_pixels pixels; 0 = input_size**2.
+    # Resolution (Qwen-VL): an image is resized (aspect ratio kept, sides multiples of patch x
+    # merge, as the model's processor does) to between min_pixels and max_pixels pixels; 0 =
+    # input_size**2. SmolVLM: its processor's max_image_size square, whatever these say.
     min_pixels: Annotated[int, msgspec.Meta(ge=0)] = 0
     max_pixels: Annotated[int, msgspec.Meta(ge=0)] = 0
     # The rendered prompt (without the image's tokens) may not be longer than this.
@@ -52,6 +53,9 @@ class JudgeSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     # The vision tower's precision. "fp32" by default: AWQ checkpoints quantize the language
     # model only, and the vision tower is a small share of the weights.
     vision_precision: JudgePrecision = "fp32"
+    # SmolVLM / Idefics3: cut large images into crops as the processor's do_image_splitting does.
+    # Not built: false runs the single global image (the processor with do_image_splitting=False).
+    image_splitting: bool = False
 
     def __post_init__(self):
         if not self.prompt.strip():

@@ -42,11 +42,12 @@ def _restore_root_logging():
     root.setLevel(level)
 
 
-def tiny_checkpoint(tmp_path_factory, family: str, seed: int = 0) -> Path:
-    """The family's own tiny test checkpoint (its real config class, saved like a real one)."""
+def tiny_checkpoint(tmp_path_factory, family: str, seed: int = 0, **options) -> Path:
+    """The family's own tiny test checkpoint (its real config class, saved like a real one);
+    `options`: the family's own (a VLM family's `preset`)."""
     from streetcascade.compile.models import get_family
 
-    return get_family(family).write_test_checkpoint(tmp_path_factory.mktemp("ckpt") / family, seed)
+    return get_family(family).write_test_checkpoint(tmp_path_factory.mktemp("ckpt") / family, seed, **options)
 
 
 @pytest.fixture(scope="session")
@@ -92,20 +93,21 @@ def tiny_ocr_engine_dir(tmp_path_factory, tiny_dinov3_dir) -> Path:
 
 @pytest.fixture(scope="session")
 def tiny_vlm(tmp_path_factory):
-    """family -> (checkpoint dir, compiled engine set) of a tiny Qwen-VL judge (fp32, 224 px,
-    max_batch 2), built once per session."""
+    """(family, preset) -> (checkpoint dir, compiled engine set) of a tiny VLM judge (fp32, 224 px,
+    max_batch 2), built once per session; `preset`: another of the family's test shapes
+    (smolvlm: "tiny-idefics3", the Idefics3 classes)."""
     from streetcascade.compile.pipeline import compile_cascade
 
     built = {}
 
-    def get(family: str):
-        if family not in built:
+    def get(family: str, preset: str = "tiny"):
+        if (family, preset) not in built:
             root = tmp_path_factory.mktemp(family)
-            ckpt = tiny_checkpoint(tmp_path_factory, family)
+            ckpt = tiny_checkpoint(tmp_path_factory, family, preset=preset)
             cfg = write_config(root / "c.toml", [{"name": "judge", "family": family, "source": str(ckpt), "input_size": 224, "max_batch": 2}],
                                root / "engines")
-            built[family] = (ckpt, compile_cascade(cfg, progress=False))
-        return built[family]
+            built[family, preset] = (ckpt, compile_cascade(cfg, progress=False))
+        return built[family, preset]
 
     return get
 

@@ -56,7 +56,7 @@ def test_info_human_and_json(tiny_engine_dir, capsys):
     assert "memory    weights" in out and "plan        " in out and "for 1 slot(s), budget 24576 MiB" in out
     assert main(["info", "--engines", str(tiny_engine_dir), "--json"]) == 0
     doc = json.loads(capsys.readouterr().out)
-    assert doc["format_version"] == 2 and doc["stages"][0]["graphs"][0]["memory"]["method"] == "rss-delta"
+    assert doc["format_version"] == 2 and doc["stages"][0]["graphs"][0]["memory"]["method"] == "rss-peak"
 
 
 def test_exit_codes_from_error_tree(tmp_path, capsys):

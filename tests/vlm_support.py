@@ -1,5 +1,5 @@
-"""Test helpers for the Qwen-VL judge: the models' own processors (image part) and
-transformers' answer logits, the references the compiled judge is held against."""
+"""Test helpers for the VLM judges: the models' own processors (image part) and transformers'
+answer logits, the references the compiled judge is held against."""
 
 from __future__ import annotations
 
@@ -42,22 +42,53 @@ def reference_processor(ckpt: Path, family: str):
                      chat_template=template)
 
 
-def processor_inputs(processor, image: np.ndarray, question: str = QUESTION, system: str = "", size: dict | None = None):
-    """The processor's input_ids, pixel values, grid and token types for one image + question
-    (its chat template rendered, then the processor called on text and image, as its
-    apply_chat_template does). `size`: the image processor's min/max pixels for this call."""
+def smolvlm_processor(ckpt: Path):
+    """SmolVLM / Idefics3's processor: the checkpoint's image processor class (PIL backend),
+    tokenizer, chat template and image_seq_len, in `Idefics3Processor`. (SmolVLMProcessor needs
+    num2words and, for its video processor, torchvision, which this project does not install; for
+    images both write the same prompt: `get_image_prompt_string` / `replace_image_token`.)"""
+    from transformers import AutoTokenizer
+    from transformers.models.idefics3.image_processing_pil_idefics3 import Idefics3ImageProcessorPil
+    from transformers.models.idefics3.processing_idefics3 import Idefics3Processor
+    from transformers.models.smolvlm.image_processing_pil_smolvlm import SmolVLMImageProcessorPil
+
+    ckpt = Path(ckpt)
+    idefics3 = json.loads((ckpt / "config.json").read_text())["model_type"] == "idefics3"
+    images = (Idefics3ImageProcessorPil if idefics3 else SmolVLMImageProcessorPil).from_pretrained(ckpt)
+    template = json.loads((ckpt / "chat_template.json").read_text())["chat_template"]
+    seq_len = json.loads((ckpt / "processor_config.json").read_text())["image_seq_len"]
+    return Idefics3Processor(image_processor=images, tokenizer=AutoTokenizer.from_pretrained(ckpt), image_seq_len=seq_len, chat_template=template)
+
+
+def processor_inputs(processor, image: np.ndarray, question: str = QUESTION, system: str = "", **options):
+    """The processor's input_ids and image inputs for one image + question (its chat template
+    rendered, then the processor called on text and image, as its apply_chat_template does).
+    `options`: the image processor's for this call (Qwen-VL: `size`, its min/max pixels; SmolVLM:
+    `do_image_splitting`). Message contents as lists of parts, which every template renders."""
     content = [{"type": "image"}, {"type": "text", "text": question}]
-    messages = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": content}]
+    messages = ([{"role": "system", "content": [{"type": "text", "text": system}]}] if system else []) + [{"role": "user", "content": content}]
     text = processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
-    return processor(text=[text], images=[image], return_tensors="pt", **({"size": size} if size else {}))
+    images = [[image]] if "Idefics3" in type(processor).__name__ else [image]
+    return processor(text=[text], images=images, return_tensors="pt", **{k: v for k, v in options.items() if v is not None})
 
 
 def load_model(ckpt: Path, family: str):
     import torch  # noqa: F401
     import transformers
 
-    cls = transformers.Qwen2_5_VLForConditionalGeneration if family == "qwen2.5-vl" else transformers.Qwen3VLForConditionalGeneration
+    if family == "smolvlm":
+        idefics3 = json.loads((Path(ckpt) / "config.json").read_text())["model_type"] == "idefics3"
+        cls = transformers.Idefics3ForConditionalGeneration if idefics3 else transformers.SmolVLMForConditionalGeneration
+    else:
+        cls = transformers.Qwen2_5_VLForConditionalGeneration if family == "qwen2.5-vl" else transformers.Qwen3VLForConditionalGeneration
     return cls.from_pretrained(ckpt).eval()
+
+
+def with_one_placeholder(ids: np.ndarray, image_id: int) -> list[int]:
+    """A processor's prompt ids with its run of image tokens cut back to one placeholder (what a
+    compiled prompt holds)."""
+    at = np.flatnonzero(ids == image_id)
+    return [int(i) for i in np.concatenate([ids[: at[0] + 1], ids[at[-1] + 1 :]])]
 
 
 def transformers_logits(model, inputs, answer_ids: list[int]) -> np.ndarray:

@@ -12,6 +12,7 @@ FAMILIES = Registry("model family", {
     "florence2": "streetcascade.compile.models.florence2:FAMILY",
     "qwen2.5-vl": "streetcascade.compile.models.qwen_vl:QWEN25_FAMILY",
     "qwen3-vl": "streetcascade.compile.models.qwen_vl:QWEN3_FAMILY",
+    "smolvlm": "streetcascade.compile.models.smolvlm:FAMILY",
 }, unavailable=None)
 
 

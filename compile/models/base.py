@@ -53,6 +53,9 @@ class GraphDecl:
     preprocessing: str = ""  # what the graph does to its input before the model, for the manifest
     # Built at this precision whatever the stage's ("" = the stage's): a VLM's vision tower.
     precision: str = ""
+    # False: the graph's attention is masked or causal (a VLM's prefill, Qwen2.5-VL's windows),
+    # which `attention = "fused"` (ONNX Runtime's MultiHeadAttention) leaves plain.
+    attention_fusable: bool = True
 
 
 @dataclass(frozen=True)

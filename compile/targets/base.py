@@ -73,10 +73,15 @@ class Target(ABC):
             raise CompileError(f"stage {stage.name}: the {self.backend} target does not build VLM judge stages ({stage.family}); "
                                "use the onnxruntime or openvino target")
         if stage.attention == "fused":
-            kind = get_family(stage.family).kind
-            if kind != "classifier":  # OCR graphs: ready-made ONNX (PP-OCR) or masked, causal attention (Florence-2)
-                raise CompileError(f"stage {stage.name}: attention = \"fused\" applies to classifier families (a ViT's attention); "
-                                   f"{stage.family} is an {kind} family")
+            family = get_family(stage.family)
+            # OCR graphs: ready-made ONNX (PP-OCR) or masked, causal attention (Florence-2); a VLM
+            # judge: its vision tower's, where that is unmasked (the prefill is causal).
+            if family.kind == "vlm" and not family.vision_attention_fusable:
+                raise CompileError(f"stage {stage.name}: attention = \"fused\": {stage.family}'s vision attention is masked (windows) "
+                                   "and its prefill causal; nothing to fuse")
+            if family.kind not in ("classifier", "vlm"):
+                raise CompileError(f"stage {stage.name}: attention = \"fused\" applies to classifier families (a ViT's attention) and "
+                                   f"VLM judges' vision towers; {stage.family} is an {family.kind} family")
         if stage.attention == "fused" and self.backend != "onnxruntime":
             raise CompileError(f"stage {stage.name}: attention = \"fused\" exports ONNX Runtime's MultiHeadAttention contrib op, "
                                f"which the {self.backend} target does not take; use backend = \"onnxruntime\" or attention = \"plain\"")

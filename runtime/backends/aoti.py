@@ -212,13 +212,13 @@ class AotiEngine(Engine):
                         slot.infer(example_feeds(self.io, self.io.max_batch))
                 self._activations_bytes = int(max(torch.cuda.max_memory_reserved(self.device) - base, 0))
             else:
-                self._activations_bytes = first_run_growth(self, rss_bytes)
+                self._activations_bytes = first_run_growth(self)
         return MemoryAccount(
             device=self.device.type,
             weights_bytes=self._weights_bytes,
             activations_bytes=self._activations_bytes,
             host_buffers_bytes=host_bytes([*self.io.inputs, *self.io.outputs], self.io.max_batch),
-            method=("torch-cuda-reserved" + ("+graph-pool" if self.graphs_enabled else "")) if self.device.type == "cuda" else "rss-delta",
+            method=("torch-cuda-reserved" + ("+graph-pool" if self.graphs_enabled else "")) if self.device.type == "cuda" else "rss-peak",
         )
 
     def close(self) -> None:

@@ -18,7 +18,7 @@ import msgspec
 import numpy as np
 
 from streetcascade.errors import BadInput, EngineMismatch, InferenceError
-from streetcascade.machine import arch, cpu_features, version_of
+from streetcascade.machine import arch, cpu_features, host_memory_growth, version_of
 from streetcascade.manifest import GraphIO, Manifest, MemoryAccount, TargetInfo, TensorSpec
 from streetcascade.settings import RuntimeConfig
 
@@ -78,16 +78,27 @@ def check_cpu_features(manifest: Manifest, engine_dir) -> None:
                              "recompile on this machine (`streetcascade compile`)")
 
 
-def first_run_growth(engine: "Engine", used: Callable[[], int], also: tuple[int, ...] = ()) -> int:
-    """What the first run at max_batch adds to `used()` (resident memory, or device memory
-    taken): the activations an engine's arena keeps at its peak. Only a fresh engine shows it.
+def first_run_growth(engine: "Engine", used: Callable[[], int] | None = None, also: tuple[int, ...] = ()) -> int:
+    """The memory the first run at the largest shapes the engine is declared for (max_batch, every
+    named axis at its io.axis_sizes: a VLM prefill's longest prompt + image) takes: the
+    activations an engine's arena keeps at its peak. Only a fresh engine shows it. `used`: a
+    reading of device memory taken (its growth is measured); None: host memory, measured as
+    the run's peak resident growth (`machine.host_memory_growth`), which neither heap memory an
+    earlier stage freed nor buffers freed before the run ends can hide.
     `also`: batches that run through another plan of the engine (its own arena), added in."""
     if engine.runs:
         raise InferenceError(f"{engine.path}: memory must be measured before the engine's first run (its arena is already grown)")
+    feeds = [example_feeds(engine.io, batch) for batch in (engine.io.max_batch, *also)]  # allocated before the measurement
+
+    def run() -> None:
+        with engine.slot() as slot:
+            for f in feeds:
+                slot.infer(f)
+
+    if used is None:
+        return host_memory_growth(run)
     before = used()
-    with engine.slot() as slot:
-        for batch in (engine.io.max_batch, *also):
-            slot.infer(example_feeds(engine.io, batch))
+    run()
     return max(0, used() - before)
 
 

@@ -324,16 +324,17 @@ class OrtEngine(Engine):
         return dict(self.session.get_modelmeta().custom_metadata_map)
 
     def memory(self) -> MemoryAccount:
-        """Weights: the RSS growth of creating the session. Activations: the RSS growth of the
-        first run at max_batch (ORT's arena keeps its peak), so measure on a fresh engine."""
+        """Weights: the RSS growth of creating the session. Activations: the peak resident growth
+        of the first run at max_batch and the largest declared axes (`first_run_growth`; ORT's
+        arena keeps its peak), so measure on a fresh engine."""
         if self._activations_bytes is None:
-            self._activations_bytes = first_run_growth(self, self._used)
+            self._activations_bytes = first_run_growth(self, None if self.options.device == "cpu" else self._used)
         return MemoryAccount(
             device=self.options.device,
             weights_bytes=self._weights_bytes,
             activations_bytes=self._activations_bytes,
             host_buffers_bytes=host_bytes(self.io.outputs, self.io.max_batch, self.io.axis_sizes),
-            method="rss-delta" if self.options.device == "cpu" else "cuda-meminfo-delta",
+            method="rss-peak" if self.options.device == "cpu" else "cuda-meminfo-delta",
         )
 
     def close(self) -> None:

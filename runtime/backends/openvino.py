@@ -195,16 +195,17 @@ class OvEngine(Engine):
         return dict(self._metadata)
 
     def memory(self) -> MemoryAccount:
-        """Like ONNX Runtime's: the RSS growth of compiling, then of the first run at max_batch."""
+        """Like ONNX Runtime's: the RSS growth of compiling, then the peak resident growth of the
+        first run at max_batch (`first_run_growth`)."""
         if self._activations_bytes is None:
             # max_batch through the dynamic graph where there is one, and the batch-1 copy's own arena.
-            self._activations_bytes = first_run_growth(self, rss_bytes, also=(1,) if self.two_plans else ())
+            self._activations_bytes = first_run_growth(self, also=(1,) if self.two_plans else ())
         return MemoryAccount(
             device="cpu",
             weights_bytes=self._weights_bytes,
             activations_bytes=self._activations_bytes,
             host_buffers_bytes=host_bytes(self.io.outputs, self.io.max_batch, self.io.axis_sizes),
-            method="rss-delta",
+            method="rss-peak",
         )
 
     def close(self) -> None:

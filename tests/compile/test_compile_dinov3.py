@@ -27,7 +27,7 @@ def test_manifest_records_parity_target_and_hashes(tiny_engine_dir, tiny_dinov3_
     assert {"onnxruntime", "torch", "transformers"} <= set(manifest.library_versions)
     assert manifest.build_seconds > 0 and stage.kind == "classifier" and graph.role == "classifier"
     # The memory account, measured by the backend: weights at least the graph file (inline weights).
-    assert graph.memory.device == "cpu" and graph.memory.method == "rss-delta"
+    assert graph.memory.device == "cpu" and graph.memory.method == "rss-peak"
     assert graph.memory.weights_bytes >= graph.size_bytes and graph.memory.host_buffers_bytes == 4 * 4
     assert any("input: uint8 NHWC RGB" in n and "0.485" in n for n in stage.notes)  # the declared preprocessing
     # A head-less stage is a placeholder even on a real backbone: it must say so.

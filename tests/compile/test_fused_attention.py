@@ -114,3 +114,31 @@ def test_refused_for_ocr_families():
         stage = StageConfig(name="ocr", family=family, source="random:tiny", attention="fused")
         with pytest.raises(CompileError, match=f"applies to classifier families.*{family} is an ocr family"):
             get_target("onnxruntime").check_precision(stage)
+
+
+@pytest.mark.parametrize("family", ["qwen3-vl", "smolvlm"])
+def test_a_vlm_judge_fuses_its_vision_tower_only(tmp_path, tiny_vlm, family):
+    """A VLM judge: the vision tower's (unmasked) attention fused, the causal prefill left
+    plain; the chain still matches transformers (the compile's end-to-end parity, bar 1e-3)."""
+    import onnx
+
+    from streetcascade.compile.pipeline import compile_cascade
+    from streetcascade.manifest import read_manifest
+
+    ckpt, _ = tiny_vlm(family)
+    dest = compile_cascade(_config(tmp_path, ckpt, family=family), progress=False)
+    entry = read_manifest(dest).stages[0]
+    vision, prefill = (onnx.load(str(dest / g.file), load_external_data=False) for g in entry.graphs)
+    assert sum(n.op_type == "MultiHeadAttention" for n in vision.graph.node) == 2 + (family == "qwen3-vl")  # one per vision block
+    assert not any(n.op_type == "MultiHeadAttention" for n in prefill.graph.node)
+    assert entry.vlm.parity.max_abs_logit_error < 1e-3 and any("of the vision graph is ONNX Runtime's MultiHeadAttention" in n for n in entry.notes)
+
+
+def test_refused_for_a_judge_without_unmasked_attention():
+    """Qwen2.5-VL's vision attention is windowed (a block-diagonal mask): nothing to fuse."""
+    from streetcascade.compile.targets import get_target
+    from streetcascade.config import StageConfig
+
+    stage = StageConfig(name="judge", family="qwen2.5-vl", source="random:tiny", attention="fused")
+    with pytest.raises(CompileError, match="qwen2.5-vl's vision attention is masked"):
+        get_target("onnxruntime").check_precision(stage)

@@ -14,9 +14,9 @@ pytest.importorskip("tokenizers", exc_type=ImportError)
 
 from streetcascade.compile.pipeline import compile_cascade  # noqa: E402
 from streetcascade.runtime import load_engine_set  # noqa: E402
-from streetcascade.runtime.qwen_vl import assemble  # noqa: E402
+from streetcascade.runtime.vlm_host import assemble  # noqa: E402
 from support import SAMPLES, write_config  # noqa: E402
-from vlm_support import FAMILIES, QUESTION, load_model, log_softmax, processor_inputs, reference_processor, transformers_logits  # noqa: E402
+from vlm_support import FAMILIES, QUESTION, load_model, log_softmax, processor_inputs, reference_processor, transformers_logits, with_one_placeholder  # noqa: E402
 
 from streetcascade.config import load_config  # noqa: E402
 from streetcascade.errors import CompileError, ConfigError  # noqa: E402
@@ -49,7 +49,7 @@ def test_answer_logprobs_equal_transformers_at_other_sizes_and_prompts(tiny_vlm,
         for question in (spec.prompt, short):
             if question != spec.prompt:  # another prompt length: the processor's prompt ids, same graphs
                 ids = processor_inputs(processor, images[0], question, size=size)["input_ids"][0].numpy()
-                judge.spec = spec = msgspec.structs.replace(spec, prompt_ids=_with_one_placeholder(ids, spec.image_token_id))
+                judge.spec = spec = msgspec.structs.replace(spec, prompt_ids=with_one_placeholder(ids, spec.image_token_id))
                 judge.__init__(judge.engines, spec)
             ours = judge.run(images)
             batched = judge.run(images[:2])  # left-padded: different token counts in one prefill
@@ -64,10 +64,6 @@ def test_answer_logprobs_equal_transformers_at_other_sizes_and_prompts(tiny_vlm,
     # The comparison had something to compare: the answers move with the image.
     assert np.ptp(log_softmax(want)[:, 0]) > 0.05
 
-
-def _with_one_placeholder(ids: np.ndarray, image_id: int) -> list[int]:
-    at = np.flatnonzero(ids == image_id)
-    return [int(i) for i in np.concatenate([ids[: at[0] + 1], ids[at[-1] + 1 :]])]
 
 
 @pytest.mark.parametrize("family", FAMILIES)

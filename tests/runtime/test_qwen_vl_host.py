@@ -10,6 +10,7 @@ import pytest
 pytest.importorskip("tokenizers", exc_type=ImportError)
 
 from streetcascade.runtime import qwen_vl as host  # noqa: E402
+from streetcascade.runtime import vlm_host  # noqa: E402
 from vlm_support import FAMILIES, load_model, processor_inputs, reference_processor  # noqa: E402
 
 from streetcascade.errors import BadInput  # noqa: E402
@@ -37,7 +38,7 @@ def spec_for(processor, family: str):
 @pytest.mark.parametrize("family", FAMILIES)
 def test_patches_equal_the_image_processors_bit_for_bit(checkpoints, family):
     processor = reference_processor(checkpoints[family], family)
-    prep = host.preparation_for(spec_for(processor, family))
+    prep = vlm_host.preparation_for(spec_for(processor, family))
     rng = np.random.default_rng(0)
     for h, w in SHAPES:
         image = rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
@@ -77,22 +78,22 @@ def test_rope_index_equals_the_models_also_left_padded(checkpoints, family):
         rows.append(inputs["input_ids"][0].numpy())
         grids.append(tuple(inputs["image_grid_thw"][0, 1:].tolist()))
     image_id = model.config.image_token_id
-    ids, mask = host.left_pad(rows, pad_id=0)
+    ids, mask = vlm_host.left_pad(rows, pad_id=0)
     got = host.rope_index(ids, mask, image_id, grids, model.config.vision_config.spatial_merge_size)
     want, _ = model.model.get_rope_index(torch.from_numpy(ids), torch.from_numpy((ids == image_id).astype(np.int64)),
                                          image_grid_thw=torch.tensor([[1, *g] for g in grids]), attention_mask=torch.from_numpy(mask))
     assert np.array_equal(got, want.numpy().transpose(1, 0, 2))
-    index = host.visual_index(ids, image_id)
+    index = vlm_host.visual_index(ids, image_id)
     assert [int((r >= 0).sum()) for r in index] == [g[0] * g[1] // 4 for g in grids]
     assert all(np.array_equal(r[r >= 0], np.arange((r >= 0).sum())) for r in index)
 
 
 def test_assemble_expands_the_one_placeholder():
-    assert host.assemble([5, 9, 7, 8], 9, 3).tolist() == [5, 9, 9, 9, 7, 8]
+    assert vlm_host.assemble([5, 9, 7, 8], 9, 3).tolist() == [5, 9, 9, 9, 7, 8]
     from streetcascade.errors import EngineMismatch
 
     with pytest.raises(EngineMismatch, match="2 image placeholders"):
-        host.assemble([9, 9], 9, 3)
+        vlm_host.assemble([9, 9], 9, 3)
 
 
 @pytest.mark.parametrize("bad", [np.zeros((32, 32), np.uint8), np.zeros((32, 32, 4), np.uint8), np.zeros((32, 32, 3), np.float32),
@@ -104,4 +105,4 @@ def test_bad_images_are_refused(bad):
                     merge_size=2, temporal_patch_size=2, min_pixels=224 * 224, max_pixels=224 * 224, mean=[0.5] * 3, std=[0.5] * 3,
                     rescale=1 / 255, pos_embed_side=8)
     with pytest.raises(BadInput):
-        host.preparation_for(spec).patches(bad)
+        vlm_host.preparation_for(spec).patches(bad)

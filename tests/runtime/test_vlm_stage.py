@@ -75,8 +75,9 @@ def test_fit_judge_recovers_the_weights():
         LogOddsRule.fit_judge([0.5], [0.5, 0.6], [1])
 
 
-def test_the_judge_runs_without_torch_or_transformers(tiny_vlm):
-    _, dest = tiny_vlm("qwen2.5-vl")
+@pytest.mark.parametrize("family", ["qwen2.5-vl", "smolvlm"])
+def test_the_judge_runs_without_torch_or_transformers(tiny_vlm, family):
+    _, dest = tiny_vlm(family)
     code = f"""
 import sys
 sys.path.insert(0, {str(REPO / 'tests')!r})

@@ -1,16 +1,12 @@
-"""The Qwen-VL families' references and whole-stage checks (compile/models/qwen_vl.py):
+"""A VLM judge's whole-stage checks, for every family (compile/models/vlm_common.py; the
+families' own references: `vision_reference`, `prefill_reference`, `transformers_judge`):
 
-- `vision_reference` / `prefill_reference`: transformers' own modules on a graph's inputs. The
-  vision tower is given only the grid (it computes its windows, rotary positions and position
-  grid itself, so the runtime's numpy versions are checked too); the prefill is the model's
-  forward with the image features handed in (its own embedding merge, causal and padding
-  mask, deepstack injection and final norm), the head applied to the last position.
 - `example_inputs`: real intermediate tensors for each graph's parity (a sample photo and a
   noise image of another aspect ratio; one prompt alone and, with max_batch > 1, two
   left-padded prompts of different lengths).
 - `finish_stage`: the compiled chain (runtime/vlm_stage.py over the built engines) against
-  transformers' full forward with the processor's pixel values and the model's own rotary
-  index, on images at their own sizes: the manifest's end-to-end parity and the stage's
+  transformers' full forward with its processor's pixel values (and, Qwen-VL, the model's own
+  rotary index), on images at their own sizes: the manifest's end-to-end parity and the stage's
   measured latency; lossy precisions then face the accuracy gate: yes/no decisions against the
   FP32 graphs on the validation split (or, without labelled data, the sample images).
 """
@@ -31,7 +27,7 @@ from streetcascade.errors import ParityError
 from streetcascade.manifest import GraphEntry, Parity, StageEntry, VlmEntry
 from streetcascade.runtime.backends import get_backend
 from streetcascade.runtime.images import IMAGE_SUFFIXES, decode_image
-from streetcascade.runtime.qwen_vl import assemble, preparation_for
+from streetcascade.runtime.vlm_host import preparation_for
 from streetcascade.runtime.vlm_stage import VlmJudge, prefill_feeds, sigmoid
 
 from .base import BuiltStage
@@ -43,47 +39,11 @@ TIMED_RUNS = 3
 GATE_IMAGES = 12  # without labelled data: the sample photos, then noise images of several shapes
 
 
-def _answers(logits: torch.Tensor, spec: VlmEntry) -> dict[str, np.ndarray]:
+def answers(logits: torch.Tensor, spec: VlmEntry) -> dict[str, np.ndarray]:
     logits = logits.double()
     yes = torch.tensor(spec.answer_yes)
     odds = torch.logsumexp(logits.masked_fill(~yes, float("-inf")), -1) - torch.logsumexp(logits.masked_fill(yes, float("-inf")), -1)
     return {"answer_logits": logits.float().numpy(), "yes_logodds": odds.float().numpy()}
-
-
-def vision_reference(model, spec: VlmEntry):
-    def run(feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        pos = feeds["position_ids"][0]
-        grid = torch.tensor([[1, int(pos[:, 0].max()) + 1, int(pos[:, 1].max()) + 1]])
-        with torch.no_grad():
-            out = model.model.visual(torch.from_numpy(feeds["pixel_values"][0]), grid_thw=grid)
-        result = {"image_embeds": out.pooler_output[None].numpy()}
-        if spec.deepstack_layers:
-            result["deepstack"] = torch.stack(list(out.deepstack_features))[None].numpy()
-        return result
-
-    return run
-
-
-def prefill_reference(model, spec: VlmEntry):
-    def run(feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        from transformers.modeling_outputs import BaseModelOutputWithPooling
-
-        counts = (feeds["visual_index"] >= 0).sum(axis=1)
-        embeds = tuple(torch.from_numpy(feeds["image_embeds"][r, :c]) for r, c in enumerate(counts))
-        if spec.deepstack_layers:
-            from transformers.models.qwen3_vl.modeling_qwen3_vl import BaseModelOutputWithDeepstackFeatures
-
-            deep = [tuple(torch.from_numpy(feeds["deepstack"][r, k, :c]) for r, c in enumerate(counts)) for k in range(spec.deepstack_layers)]
-            image = BaseModelOutputWithDeepstackFeatures(pooler_output=embeds, deepstack_features=deep)
-        else:
-            image = BaseModelOutputWithPooling(pooler_output=embeds)
-        with torch.no_grad():
-            out = model.model(input_ids=torch.from_numpy(feeds["input_ids"]), attention_mask=torch.from_numpy(feeds["attention_mask"]),
-                              position_ids=torch.from_numpy(feeds["position_ids"]).transpose(0, 1).contiguous(), mm_encoder_outputs={"image": image})
-            logits = model.lm_head(out.last_hidden_state[:, -1])[:, spec.answer_ids]
-        return _answers(logits, spec)
-
-    return run
 
 
 def sample_images(config_path: Path, count: int, seed: int) -> list[np.ndarray]:
@@ -110,7 +70,7 @@ def example_inputs(family, stage: StageConfig, config_path: Path, model, spec: V
     prep = preparation_for(spec)
     photo = sample_images(config_path, 1, stage.seed)[0]
     noise = np.random.default_rng(stage.seed).integers(0, 256, (150, 260, 3), dtype=np.uint8)
-    reference = vision_reference(model, spec)
+    reference = family.vision_reference(model, spec)
     vision_feeds, encoded = [], []
     for rgb in (photo, noise):
         pixels, grid = prep.patches(rgb)
@@ -118,31 +78,10 @@ def example_inputs(family, stage: StageConfig, config_path: Path, model, spec: V
         vision_feeds.append(feeds)
         encoded.append((reference(feeds), grid))
     pad = int(spec.prompt_ids[0])
-    prefill = [prefill_feeds(spec, encoded[:1], pad)]
+    prefill = [prefill_feeds(spec, prep, encoded[:1], pad)]
     if stage.max_batch > 1:
-        prefill.append(prefill_feeds(spec, encoded, pad))
+        prefill.append(prefill_feeds(spec, prep, encoded, pad))
     return vision_feeds, prefill
-
-
-def transformers_judge(model, spec: VlmEntry, images: list[np.ndarray]) -> dict[str, np.ndarray]:
-    """transformers end to end: its image processor's pixel values, the compiled prompt with the
-    image's tokens, the model's own forward (rotary index, embedding merge), last position."""
-    from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
-
-    processor = Qwen2VLImageProcessorPil(size={"shortest_edge": spec.min_pixels, "longest_edge": spec.max_pixels}, patch_size=spec.patch_size,
-                                         merge_size=spec.merge_size, temporal_patch_size=spec.temporal_patch_size, image_mean=spec.mean,
-                                         image_std=spec.std, rescale_factor=spec.rescale)
-    rows = []
-    for rgb in images:
-        px = processor(images=[rgb], return_tensors="pt")
-        grid = px["image_grid_thw"]
-        tokens = int(grid.prod()) // spec.merge_size**2
-        ids = torch.from_numpy(assemble(spec.prompt_ids, spec.image_token_id, tokens))[None]
-        with torch.no_grad():
-            out = model(input_ids=ids, attention_mask=torch.ones_like(ids), pixel_values=px["pixel_values"], image_grid_thw=grid,
-                        mm_token_type_ids=(ids == spec.image_token_id).long(), logits_to_keep=1)
-        rows.append(out.logits[:, -1, spec.answer_ids])
-    return _answers(torch.cat(rows), spec)
 
 
 def _engines(built: BuiltStage, fp32_reference: bool) -> dict:
@@ -163,7 +102,7 @@ def _close(engines: dict) -> None:
         engine.close()
 
 
-def finish_stage(built: BuiltStage, model, spec: VlmEntry, stage: StageConfig) -> StageEntry:
+def finish_stage(family, built: BuiltStage, model, spec: VlmEntry, stage: StageConfig) -> StageEntry:
     from streetcascade.compile import parity as parity_gate
 
     progress = built.progress
@@ -183,7 +122,7 @@ def finish_stage(built: BuiltStage, model, spec: VlmEntry, stage: StageConfig) -
             times.append((time.perf_counter() - t0) * 1000.0)
     finally:
         _close(engines)
-    theirs = transformers_judge(model, spec, images)
+    theirs = family.transformers_judge(model, spec, images)
     p_ours, p_theirs = sigmoid(ours["yes_logodds"]), sigmoid(theirs["yes_logodds"])
     parity = Parity(reference=E2E_REFERENCE, n_images=len(images), max_abs_prob_error=float(np.abs(p_ours - p_theirs).max()),
                     max_abs_logit_error=float(np.abs(ours["answer_logits"] - theirs["answer_logits"]).max()), tolerance=tolerance,
