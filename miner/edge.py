@@ -13,7 +13,12 @@ connection:
   byte, and one for the body from the end of the head (408, then close);
 - a cap on the bytes of a request head (431, then close);
 - closing the connection when we answered before the request body arrived (e.g. a 413 from
-  Content-Length or a 401), so the rest of a large body is never read.
+  Content-Length or a 401), so the rest of a large body is never read. Such an answer says
+  `Connection: close` (HTTP/1.1, RFC 9112 section 9.6): without it the answer reads as
+  keep-alive, and a client that reuses the connection for its next request (HTTP/1.1 lets it;
+  httpx does, and bittensor's dendrite pools connections in one aiohttp session) can send that
+  request into a socket we are closing and lose it ("server disconnected" or a reset). A
+  request whose body has fully arrived keeps its connection whatever the answer.
 
 Memory held for a stranger's connection is bounded by max_head_bytes + one socket read (<=256
 KiB) before its request reaches the app, and by uvicorn's 64 KiB read-pause mark while the app
@@ -142,6 +147,9 @@ class EdgeProtocol(HttpToolsProtocol):
         self._head_bytes = 0
         self._ip = ""
         self._admitted = False
+        # Whether the request being received may keep its connection once its body is in
+        # (HTTP/1.1 and no `Connection: close` from the client); see on_headers_complete.
+        self._keep_alive_wanted = False
 
     # -- connection --
     def connection_made(self, transport) -> None:
@@ -189,22 +197,32 @@ class EdgeProtocol(HttpToolsProtocol):
         self._phase = BODY
         self._head_bytes = 0
         self._arm(self.edge.body_timeout_s, "body_timeout")
+        before = self.cycle
         super().on_headers_complete()
+        cycle = self.cycle
+        if cycle is not None and cycle is not before:
+            # An answer started before this request's body is in (413 from Content-Length, 401,
+            # 403 ... all come before the app reads the body) closes the connection: reading the
+            # rest would only cost us. uvicorn then writes `Connection: close` into that answer
+            # and closes after it, so the client knows not to reuse the connection. The body
+            # arriving first (the usual case, on_message_complete) gives keep-alive back.
+            self._keep_alive_wanted = cycle.keep_alive
+            cycle.keep_alive = False
 
     def on_message_complete(self) -> None:
+        cycle = self.cycle
         super().on_message_complete()
         self._phase = APP
         self._cancel()  # the app bounds its own time (the request's deadline)
+        if cycle is not None and not cycle.response_started:
+            cycle.keep_alive = self._keep_alive_wanted
 
     def on_response_complete(self) -> None:
+        # An answer given before its request's body was in has closed the connection already
+        # (keep_alive=False above). With a pipelined request partly received, its own timer runs.
         pipelined = bool(self.pipeline)
         super().on_response_complete()
         if self.transport.is_closing():
-            return
-        if self._phase in (HEAD, BODY) and not pipelined:
-            # We answered before the request was fully received (413 from Content-Length, 401,
-            # 403 ...): reading the rest would only cost us. Close instead.
-            self.transport.close()
             return
         if self._phase == APP and not pipelined:
             self._go_idle()

@@ -207,6 +207,86 @@ def test_answer_before_body_closes_connection(edge_server, keys, image_b64):
     valid_request(keys, port, image_b64)
 
 
+def read_response(s: socket.socket) -> tuple[int, dict[str, str], bytes]:
+    """One response (head + Content-Length body) from a keep-alive socket, leaving the socket open."""
+    s.settimeout(10.0)  # a guard against a hang, not a measured time
+    data = b""
+    while b"\r\n\r\n" not in data:
+        chunk = s.recv(65536)
+        assert chunk, f"connection closed before a full response head: {data[:200]!r}"
+        data += chunk
+    head, _, body = data.partition(b"\r\n\r\n")
+    lines = head.decode("latin-1").split("\r\n")
+    headers = {k.strip().lower(): v.strip() for k, _, v in (line.partition(":") for line in lines[1:])}
+    while len(body) < int(headers["content-length"]):
+        chunk = s.recv(65536)
+        assert chunk, "connection closed inside a response body"
+        body += chunk
+    return int(lines[0].split(" ", 2)[1]), headers, body
+
+
+def test_answer_before_body_says_connection_close(server, keys, image_b64):
+    """Every answer given before its request's body has arrived closes the connection, so it
+    must say `Connection: close` (RFC 9112 section 9.6). Before, these answers read as keep-alive
+    and the server closed anyway: a client that sent its next request on that connection (as
+    httpx in test_rejections_each_status_and_keeps_serving did on a loaded box, and as any
+    HTTP/1.1 client may) lost it to "server disconnected" or a reset. Here the body is held back
+    until the answer is in, which makes the early answer certain instead of a race."""
+    port = server.ports[0]
+    miner = keys["miner"].ss58_address
+    body = synapse_body(image_b64, "ImageSynapse", 12.0, {}, {})
+    bad_signature = {**signed_headers(keys["validator"], miner), "bt_header_dendrite_signature": "0x" + "00" * 64}
+    no_nonce = signed_headers(keys["validator"], miner)
+    del no_nonce["bt_header_dendrite_nonce"]
+    cases = [
+        ("stranger", "/ImageSynapse", signed_headers(keys["stranger"], miner), len(body), 403),
+        ("bad signature", "/ImageSynapse", bad_signature, len(body), 401),
+        ("missing nonce", "/ImageSynapse", no_nonce, len(body), 400),
+        ("unknown route", "/TextSynapse", signed_headers(keys["validator"], miner, name="TextSynapse"), len(body), 404),
+        ("body over the limit", "/ImageSynapse", signed_headers(keys["validator"], miner), 20 << 20, 413),
+    ]
+    for name, path, h, length, status in cases:
+        head = raw_request(path, h, b"")
+        head = head.replace(b"content-length: 0\r\n", f"content-length: {length}\r\n".encode())
+        s = connect(port, source="127.0.0.1")
+        s.sendall(head)
+        got, headers, _ = read_response(s)
+        assert got == status, name
+        assert headers.get("connection") == "close", (name, headers)
+        try:  # the body the client had in hand; the server is closing and reads none of it
+            s.sendall(body)
+        except OSError:
+            pass
+        assert read_until_closed(s) == b"", name
+        s.close()
+    assert server.state.in_flight == 0
+    valid_request(keys, port, image_b64)
+
+
+def test_rejection_after_the_whole_request_keeps_the_connection(server, keys, image_b64):
+    """Rejections of a request that arrived whole (the usual case: a validator's ~60 KB sent at
+    once) keep the connection: the next request on it is served."""
+    port = server.ports[0]
+    miner = keys["miner"].ss58_address
+    body = synapse_body(image_b64, "ImageSynapse", 12.0, {}, {})
+    s = connect(port, source="127.0.0.1")
+    for who, status in [("stranger", 403), ("validator", 200), ("stranger", 403), ("validator", 200)]:
+        s.sendall(raw_request("/ImageSynapse", signed_headers(keys[who], miner), body))
+        got, headers, _ = read_response(s)
+        assert got == status, who
+        assert headers.get("connection") != "close", (who, headers)
+    # Pipelined (HTTP/1.1 allows it): the next request's head is already half in when the answer
+    # to the first is sent. That answer said keep-alive, so the connection must stay for the rest.
+    first = raw_request("/ImageSynapse", signed_headers(keys["stranger"], miner), body)
+    second = raw_request("/ImageSynapse", signed_headers(keys["validator"], miner), body)
+    s.sendall(first + second[:100])
+    got, headers, _ = read_response(s)
+    assert got == 403 and headers.get("connection") != "close", headers
+    s.sendall(second[100:])
+    assert read_response(s)[0] == 200
+    s.close()
+
+
 def test_upgrade_and_garbage_refused_without_logs(edge_server, keys, image_b64, caplog):
     port = edge_server.ports[0]
     caplog.set_level(logging.INFO)
