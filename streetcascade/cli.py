@@ -24,7 +24,7 @@ from pathlib import Path
 import msgspec
 
 from streetcascade import __version__
-from streetcascade.errors import BadInput, ConfigError, StreetcascadeError
+from streetcascade.errors import BadInput, ConfigError, StreetcascadeError, run_command
 from streetcascade.settings import RuntimeConfig
 
 log = logging.getLogger("streetcascade")
@@ -520,14 +520,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     level = {0: logging.WARNING, 1: logging.INFO}.get(args.verbose, logging.DEBUG)
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    try:
-        return int(args.func(args) or 0)
-    except StreetcascadeError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return exc.exit_code
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return 130
+    return run_command(args.func, args)
 
 
 if __name__ == "__main__":

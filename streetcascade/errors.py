@@ -85,3 +85,19 @@ class InferenceError(StreetcascadeError):
 
     exit_code = 10
     http_status = 500
+
+
+def run_command(func, args) -> int:
+    """Run a CLI subcommand: our errors become one line on stderr and their exit code, Ctrl-C
+    exit 130, never a traceback (shared by the `streetcascade` CLI and the one-file artifact's
+    entry point, which must not import the CLI's compile-side modules)."""
+    import sys
+
+    try:
+        return int(func(args) or 0)
+    except StreetcascadeError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -39,3 +40,15 @@ def fixed_metagraph(table: dict[str, tuple[float, bool]], netuid: int = 72):
     from streetcascade.miner.metagraph import FixedMetagraph, Neuron
 
     return FixedMetagraph([Neuron(hk, uid, float(stake), bool(permit)) for uid, (hk, (stake, permit)) in enumerate(table.items())], netuid)
+
+
+def twice_as_long(call):
+    """call(), then busy work until twice its time has passed: a deliberate 2x regression that
+    keeps the core busy as real work would (running the engine twice would not: the second run
+    finds warm caches)."""
+    t0 = time.perf_counter()
+    out = call()
+    until = 2 * time.perf_counter() - t0
+    while time.perf_counter() < until:
+        pass
+    return out

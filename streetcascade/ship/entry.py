@@ -24,7 +24,7 @@ import os
 import sys
 from pathlib import Path
 
-from streetcascade.errors import ConfigError, StreetcascadeError
+from streetcascade.errors import ConfigError, run_command
 
 from .bundle import BundleInfo, bundle_root, read_bundle, verify_bundle
 
@@ -225,14 +225,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    try:
-        return int(args.func(args) or 0)
-    except StreetcascadeError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return exc.exit_code
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return 130
+    return run_command(args.func, args)
 
 
 if __name__ == "__main__":
