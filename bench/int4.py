@@ -27,6 +27,34 @@ from streetcascade.timing import interleaved
 VARIANTS = ("fp32", "int8", "int4-b32", "int4-b128")
 
 
+def last_logits(model):
+    """torch wrapper around a causal LM: (input_ids, attention_mask) -> logits at the last position
+    (the shape of a judge's prefill graph). Shared with the tests (tests/tiny_lm.py)."""
+    import torch
+
+    class LastLogits(torch.nn.Module):
+        def __init__(self, lm):
+            super().__init__()
+            self.lm = lm
+
+        def forward(self, input_ids, attention_mask):
+            return self.lm(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).logits[:, -1, :]
+
+    return LastLogits(model).eval()
+
+
+def export_last_logits(model, path: Path, vocab: int, seq: int = 16) -> Path:
+    """Export last_logits(model) to ONNX (opset 17, dynamic batch and length)."""
+    import torch
+
+    ids = torch.randint(0, vocab, (1, seq))
+    with torch.no_grad():
+        torch.onnx.export(last_logits(model), (ids, torch.ones_like(ids)), str(path), dynamo=False, opset_version=17,
+                          input_names=["input_ids", "attention_mask"], output_names=["logits"],
+                          dynamic_axes={"input_ids": {0: "batch", 1: "seq"}, "attention_mask": {0: "batch", 1: "seq"}})
+    return path
+
+
 def export_lm(directory: Path, hidden: int, layers: int, intermediate: int, heads: int, kv_heads: int, vocab: int, seed: int = 0) -> Path:
     """A random Qwen2ForCausalLM of this shape, saved and loaded back, exported as
     (input_ids, attention_mask) -> last-position logits (dynamic batch and length)."""
@@ -38,21 +66,7 @@ def export_lm(directory: Path, hidden: int, layers: int, intermediate: int, head
                       num_attention_heads=heads, num_key_value_heads=kv_heads, max_position_embeddings=4096, tie_word_embeddings=False)
     Qwen2ForCausalLM(cfg).save_pretrained(directory / "lm")
     model = Qwen2ForCausalLM.from_pretrained(directory / "lm", attn_implementation="eager").eval()
-
-    class LastLogits(torch.nn.Module):
-        def __init__(self, lm):
-            super().__init__()
-            self.lm = lm
-
-        def forward(self, input_ids, attention_mask):
-            return self.lm(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).logits[:, -1, :]
-
-    ids = torch.randint(0, vocab, (1, 16))
-    path = directory / "lm.raw.onnx"
-    with torch.no_grad():
-        torch.onnx.export(LastLogits(model).eval(), (ids, torch.ones_like(ids)), str(path), dynamo=False, opset_version=17,
-                          input_names=["input_ids", "attention_mask"], output_names=["logits"],
-                          dynamic_axes={"input_ids": {0: "batch", 1: "seq"}, "attention_mask": {0: "batch", 1: "seq"}})
+    path = export_last_logits(model, directory / "lm.raw.onnx", vocab)
     del model
     return path
 

@@ -28,32 +28,10 @@ def load_lm(directory: Path):
     return Qwen2ForCausalLM.from_pretrained(directory, attn_implementation="eager").eval()
 
 
-class LastLogits:
-    """torch wrapper: (input_ids, attention_mask) -> logits at the last position."""
-
-    def __new__(cls, model):
-        import torch
-
-        class _Wrapper(torch.nn.Module):
-            def __init__(self, lm):
-                super().__init__()
-                self.lm = lm
-
-            def forward(self, input_ids, attention_mask):
-                return self.lm(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).logits[:, -1, :]
-
-        return _Wrapper(model).eval()
-
-
 def export_last_logits(model_dir: Path, path: Path) -> Path:
-    import torch
+    from bench.int4 import export_last_logits as export
 
-    wrapper = LastLogits(load_lm(model_dir))
-    ids = torch.randint(0, TINY_QWEN2["vocab_size"], (1, 12))
-    torch.onnx.export(wrapper, (ids, torch.ones_like(ids)), str(path), dynamo=False, opset_version=17,
-                      input_names=["input_ids", "attention_mask"], output_names=["logits"],
-                      dynamic_axes={"input_ids": {0: "batch", 1: "seq"}, "attention_mask": {0: "batch", 1: "seq"}})
-    return path
+    return export(load_lm(model_dir), path, TINY_QWEN2["vocab_size"], seq=12)
 
 
 def lm_feeds(batch: int = 2, seq: int = 20, seed: int = 1) -> dict[str, np.ndarray]:
@@ -65,7 +43,9 @@ def lm_feeds(batch: int = 2, seq: int = 20, seed: int = 1) -> dict[str, np.ndarr
 def torch_logits(model_dir: Path, feeds: dict[str, np.ndarray]) -> np.ndarray:
     import torch
 
-    wrapper = LastLogits(load_lm(model_dir))
+    from bench.int4 import last_logits
+
+    wrapper = last_logits(load_lm(model_dir))
     with torch.no_grad():
         return wrapper(torch.from_numpy(feeds["input_ids"]), torch.from_numpy(feeds["attention_mask"])).numpy()
 
