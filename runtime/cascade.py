@@ -49,9 +49,9 @@ class Cascade:
         self.counters = {"decisions": 0, "fallbacks": 0, "stage_errors": 0}
         self._lock = threading.Lock()
 
-    def _count(self, key: str) -> None:
+    def _count(self, key: str, n: int = 1) -> None:
         with self._lock:
-            self.counters[key] = self.counters.get(key, 0) + 1
+            self.counters[key] = self.counters.get(key, 0) + n
 
     def classify(self, image: np.ndarray, deadline_ms: float | None = None) -> Decision:
         return self.classify_batch([image], deadline_ms)[0]
@@ -75,9 +75,7 @@ class Cascade:
                 if elapsed + stage.expected_ms * len(pending) + self.safety_margin_ms > deadline_ms:
                     log.info("deadline: skipping stage %s for %d image(s) (expected %.0f ms each, %.0f ms left)", stage.name, len(pending),
                              stage.expected_ms, deadline_ms - elapsed - self.safety_margin_ms)
-                    with self._lock:  # per stage: how often the deadline could not hold it
-                        key = f"deadline_skips.{stage.name}"
-                        self.counters[key] = self.counters.get(key, 0) + len(pending)
+                    self._count(f"deadline_skips.{stage.name}", len(pending))  # per stage: how often the deadline could not hold it
                     for i in pending:
                         fallback[i] = True
                     break

@@ -30,14 +30,11 @@ from streetcascade.manifest import StageEntry, VlmEntry
 from streetcascade.settings import StageThresholds
 
 from .backends.base import Engine
+from .classifier import sigmoid
 from .vlm_host import Preparation, assemble, left_pad, preparation_for, visual_index
 from .stages import LatencyTracker
 
 ROLES = ("vision", "prefill")
-
-
-def sigmoid(x: np.ndarray) -> np.ndarray:
-    return 0.5 * (1.0 + np.tanh(0.5 * np.asarray(x, dtype=np.float64)))
 
 
 def prefill_feeds(spec: VlmEntry, prep: Preparation, encoded: list[tuple[dict[str, np.ndarray], tuple[int, int]]], pad_id: int) -> dict[str, np.ndarray]:

@@ -120,17 +120,7 @@ class LogOddsRule(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
         if not (len(offset) == len(z_judge) == len(y)):
             raise ValueError(f"priors, p_yes and labels differ in length ({len(offset)}, {len(z_judge)}, {len(y)})")
         x = np.stack([z_judge, np.ones_like(z_judge)], axis=1)
-        anchor = np.array([1.0, 0.0])
-        w = anchor.copy()
-        for _ in range(steps):
-            p = 1.0 / (1.0 + np.exp(-(offset + x @ w)))
-            grad = x.T @ (p - y) + l2 * (w - anchor)
-            hess = (x * (p * (1 - p))[:, None]).T @ x + l2 * np.eye(2)
-            step = np.linalg.solve(hess, grad)
-            w -= step
-            if np.abs(step).max() < 1e-8:
-                break
-        w = np.clip(w, -20.0, 20.0)
+        w = _fit_logistic(x, offset, y, np.array([1.0, 0.0]), l2, steps)
         return cls(judge=float(w[0]), judge_bias=float(w[1]))
 
     @classmethod
@@ -146,17 +136,7 @@ class LogOddsRule(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
         y = np.asarray(labels, dtype=np.float64)
         if len(y) == 0:
             raise ValueError("no examples to fit the combination rule on")
-        w = np.zeros(3)
-        for _ in range(steps):
-            z = offset + x @ w
-            p = 1.0 / (1.0 + np.exp(-z))
-            grad = x.T @ (p - y) + l2 * w
-            hess = (x * (p * (1 - p))[:, None]).T @ x + l2 * np.eye(3)
-            step = np.linalg.solve(hess, grad)
-            w -= step
-            if np.abs(step).max() < 1e-8:
-                break
-        w = np.clip(w, -20.0, 20.0)
+        w = _fit_logistic(x, offset, y, np.zeros(3), l2, steps)
         default = cls()
         present = x.sum(axis=0) > 0
         return cls(
@@ -164,3 +144,18 @@ class LogOddsRule(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
             text_without_hit=float(w[1]) if present[1] else default.text_without_hit,
             no_text=float(w[2]) if present[2] else default.no_text,
         )
+
+
+def _fit_logistic(x: np.ndarray, offset: np.ndarray, y: np.ndarray, anchor: np.ndarray, l2: float, steps: int) -> np.ndarray:
+    """Weights w of p = sigmoid(offset + x @ w) by maximum likelihood with an L2 pull towards
+    `anchor`, by Newton's method; clipped to +-20 so a separable case stays finite."""
+    w = anchor.astype(np.float64)
+    for _ in range(steps):
+        p = 1.0 / (1.0 + np.exp(-(offset + x @ w)))
+        grad = x.T @ (p - y) + l2 * (w - anchor)
+        hess = (x * (p * (1 - p))[:, None]).T @ x + l2 * np.eye(len(w))
+        step = np.linalg.solve(hess, grad)
+        w -= step
+        if np.abs(step).max() < 1e-8:
+            break
+    return np.clip(w, -20.0, 20.0)

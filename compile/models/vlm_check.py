@@ -28,7 +28,8 @@ from streetcascade.manifest import GraphEntry, Parity, StageEntry, VlmEntry
 from streetcascade.runtime.backends import get_backend
 from streetcascade.runtime.images import IMAGE_SUFFIXES, decode_image
 from streetcascade.runtime.vlm_host import preparation_for
-from streetcascade.runtime.vlm_stage import VlmJudge, prefill_feeds, sigmoid
+from streetcascade.runtime.classifier import sigmoid
+from streetcascade.runtime.vlm_stage import VlmJudge, prefill_feeds
 
 from .base import BuiltStage
 
