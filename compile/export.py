@@ -97,6 +97,29 @@ def has_external_data(path: Path) -> bool:
     return any(uses_external_data(t) for t in model.graph.initializer)
 
 
+def save_with_weights_file(model, path: Path) -> Path:
+    """Save a graph with its weights in `weights_file(path)`, the one name the targets, the
+    manifest's companions and the backends expect (the graph file records that name)."""
+    import onnx
+
+    onnx.save_model(model, str(path), save_as_external_data=True, all_tensors_to_one_file=True, location=weights_file(path).name,
+                    size_threshold=1024)
+    return path
+
+
+def copy_graph(src: Path, dst: Path) -> Path:
+    """`src` as the engine file `dst`. A graph with its weights beside it is saved again rather
+    than copied: its file names `weights_file(src)`, an intermediate the compile removes."""
+    import shutil
+
+    if not has_external_data(src):
+        shutil.copyfile(src, dst)
+        return dst
+    import onnx
+
+    return save_with_weights_file(onnx.load(str(src)), dst)
+
+
 def gather_external_data(path: Path, written: list[Path]) -> None:
     """The TorchScript exporter writes a model past 2 GiB with one file per weight beside it
     (named after the weights): collect them into `weights_file(path)` and remove them."""
@@ -106,8 +129,7 @@ def gather_external_data(path: Path, written: list[Path]) -> None:
 
     log.info("%s is past protobuf's 2 GiB: its %d weight files go into %s", path.name, len(written), weights_file(path).name)
     model = onnx.load(str(path))  # reads the weight files
-    onnx.save_model(model, str(path), save_as_external_data=True, all_tensors_to_one_file=True, location=weights_file(path).name,
-                    size_threshold=1024)
+    save_with_weights_file(model, path)
     del model
     for stray in written:
         if stray != weights_file(path):

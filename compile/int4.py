@@ -561,13 +561,19 @@ def quantize_embeddings(model, *, block_size: int = 128, symmetric: bool = True)
 # ----------------------------------------------------------------------------------- file I/O
 
 
+# Past this a graph keeps its weights in a file beside it (protobuf refuses messages over 2 GiB).
+EXTERNAL_DATA_BYTES = 1_800_000_000
+
+
 def save_model(model, path: str | Path) -> Path:
-    """Save, with the weights in a companion `.data` file past protobuf's 2 GiB limit."""
+    """Save, with the weights in `weights_file(path)` past protobuf's 2 GiB limit."""
     import onnx
 
+    from .export import save_with_weights_file
+
     path = Path(path)
-    if model.ByteSize() > 1_800_000_000:
-        onnx.save_model(model, str(path), save_as_external_data=True, all_tensors_to_one_file=True, location=path.name + ".data")
+    if model.ByteSize() > EXTERNAL_DATA_BYTES:
+        save_with_weights_file(model, path)
     else:
         onnx.save_model(model, str(path))
     return path

@@ -150,32 +150,31 @@ class OnnxRuntimeTarget(Target):
     def build_int4(job: BuildJob) -> BuiltGraph:
         """4-bit weights (MatMulNBits: AutoAWQ's own codes, or round to nearest), optimised
         offline for this CPU, or as it is for the CUDA provider (which optimises at load)."""
-        import shutil
-
+        from ..export import copy_graph
         from ..int4 import build_int4_onnx
 
-        if job.config.target.device == "cuda" and job.config.target.execution_provider != "cuda":
+        cuda = job.config.target.device == "cuda"
+        if cuda and job.config.target.execution_provider != "cuda":
             raise CompileError(f"stage {job.stage.name}: int4 (MatMulNBits, an ONNX Runtime contrib op) runs on its CUDA provider, not the "
                                f"{job.config.target.execution_provider} provider: set [target] execution_provider = \"cuda\"")
-        graph = build_int4_onnx(job, job.raw.with_name(job.raw.name.replace(".raw.onnx", ".int4.tmp.onnx")),
-                                embeddings=job.stage.int4_settings.embeddings == "int4")
-        if job.config.target.device == "cuda":
-            shutil.copyfile(graph.path, job.out)
-        else:
+        # CUDA: the 4-bit graph is the engine (written there, with its weights file named after it).
+        dst = job.out if cuda else job.raw.with_name(job.raw.name.replace(".raw.onnx", ".int4.tmp.onnx"))
+        graph = build_int4_onnx(job, dst, embeddings=job.stage.int4_settings.embeddings == "int4")
+        if not cuda:
             optimize_offline(graph.path, job.out, job.io, job.config.runtime)
+        elif graph.path != job.out:  # nothing was converted: the float graph as it is
+            copy_graph(graph.path, job.out)
         return with_weights_file(BuiltGraph(job.out, weight_quant=graph.report, awq_matched=graph.awq_matched))
 
     @staticmethod
     def build_gpu_graph(job: BuildJob) -> BuiltGraph:
         """The graph for a GPU execution provider: its precision's types, no CPU-specific rewrites."""
-        import shutil
-
+        from ..export import copy_graph
         from ..precision import graph_for_precision
 
         job.progress.step(f"{job.stage.name}: {job.stage.precision} graph for onnxruntime on cuda ({job.config.target.execution_provider} provider)")
         source, gate = graph_for_precision(job, ".onnx")
-        shutil.copyfile(source, job.out)
-        return BuiltGraph(job.out, gate)
+        return with_weights_file(BuiltGraph(copy_graph(source, job.out), gate))
 
 
 TARGET = OnnxRuntimeTarget()

@@ -48,3 +48,61 @@ def test_weight_files_collected_then_optimised_with_a_companion(tmp_path):
     onnx.save_model(two_matmuls(), str(small))
     assert not has_external_data(small)
     assert with_weights_file(BuiltGraph(optimize_offline(small, tmp_path / "inline.opt.onnx", io))).companions == []
+
+
+def test_copy_graph_gives_the_engine_its_own_weights_file(tmp_path):
+    """A graph past 2 GiB cannot be copied byte for byte into the engine file: its file names the
+    source's weights file, an intermediate the compile removes. copy_graph saves it again."""
+    from streetcascade.compile.export import copy_graph
+
+    x = np.random.default_rng(1).standard_normal((2, 64)).astype(np.float32)
+    raw = tmp_path / "s.prefill.raw.onnx"
+    onnx.save_model(two_matmuls(), str(raw), save_as_external_data=True, all_tensors_to_one_file=True,
+                    location=weights_file(raw).name, size_threshold=0)
+    want = run(raw, x)
+    out = tmp_path / "s.prefill.fp32.onnx"
+    copy_graph(raw, out)
+    weights_file(raw).unlink()  # what the compile does with intermediates
+    assert has_external_data(out) and weights_file(out).exists()
+    assert with_weights_file(BuiltGraph(out)).companions == [weights_file(out)]
+    assert np.array_equal(run(out, x), want)
+    small, small_out = tmp_path / "inline.onnx", tmp_path / "inline.copy.onnx"
+    onnx.save_model(two_matmuls(), str(small))
+    copy_graph(small, small_out)
+    assert small_out.read_bytes() == small.read_bytes() and not weights_file(small_out).exists()
+
+
+def test_int4_for_cuda_keeps_its_weights_beside_the_engine(tmp_path, monkeypatch):
+    """The onnxruntime target's int4 graph for the CUDA provider, past the external-data size
+    (lowered here so a small graph takes that path): the engine's weights are in
+    `weights_file(engine)`, a hashed companion, and no intermediate is needed to run it. (It was
+    written as an intermediate and copied byte for byte, so the engine named the intermediate's
+    weights file, which the compile then removed.)"""
+    from types import SimpleNamespace
+
+    from streetcascade.compile import int4
+    from streetcascade.compile.targets.onnxruntime import OnnxRuntimeTarget
+    from streetcascade.config import Int4Config, StageConfig, TargetConfig
+    from streetcascade.progress import Progress
+
+    monkeypatch.setattr(int4, "EXTERNAL_DATA_BYTES", 0)
+    x = np.random.default_rng(1).standard_normal((2, 64)).astype(np.float32)
+    raw = tmp_path / "s.prefill.raw.onnx"
+    onnx.save_model(two_matmuls(), str(raw), save_as_external_data=True, all_tensors_to_one_file=True,
+                    location=weights_file(raw).name, size_threshold=0)
+    want = run(raw, x)
+    stage = StageConfig(name="s", family="qwen3-vl", source="random:tiny", precision="int4",
+                        int4=Int4Config(block_size=32, accuracy_level=0))
+    out = tmp_path / "s.prefill.int4.onnx"
+    job = SimpleNamespace(stage=stage, raw=raw, out=out, graph=None, config_path=tmp_path / "c.toml", progress=Progress(enabled=False),
+                          config=SimpleNamespace(target=TargetConfig(device="cuda", execution_provider="cuda")))
+    built = OnnxRuntimeTarget.build_int4(job)
+    for intermediate in tmp_path.glob("*.tmp.onnx*"):
+        intermediate.unlink()
+    weights_file(raw).unlink()
+    assert built.path == out and built.companions == [weights_file(out)]
+    ops = {n.op_type for n in onnx.load(str(out), load_external_data=False).graph.node}
+    assert "MatMulNBits" in ops and "MatMul" not in ops
+    got = run(out, x)  # 4-bit weights: close to the float graph, not equal
+    cosine = (got * want).sum(-1) / (np.linalg.norm(got, axis=-1) * np.linalg.norm(want, axis=-1))
+    assert np.all(cosine > 0.98), cosine
