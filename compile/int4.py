@@ -38,6 +38,7 @@ from typing import TYPE_CHECKING, Callable, Sequence
 
 import numpy as np
 
+from streetcascade.config import INT4_BLOCK_SIZES
 from streetcascade.errors import CompileError
 from streetcascade.manifest import WeightQuant
 
@@ -62,7 +63,7 @@ if TYPE_CHECKING:  # onnx is imported inside the functions that need it
 log = logging.getLogger(__name__)
 
 BITS = 4
-BLOCK_SIZES = (16, 32, 64, 128, 256)  # MatMulNBits: a power of two, at least 16
+BLOCK_SIZES = INT4_BLOCK_SIZES  # MatMulNBits: a power of two, at least 16
 ACCURACY_LEVELS = (0, 1, 2, 3, 4)
 MS_DOMAIN = "com.microsoft"
 # The report's inputs the graph cannot tell (how the codes were made), kept in the model's metadata.
@@ -197,16 +198,11 @@ def dequantize_matmul_nbits(model, node) -> np.ndarray:
     k, n, block = int(_attr(node, "K")), int(_attr(node, "N")), int(_attr(node, "block_size"))
     if int(_attr(node, "bits", 4)) != 4:
         raise CompileError(f"{node.name}: bits {_attr(node, 'bits')}; only 4-bit MatMulNBits are read here")
-    packed = _to_array(inits[node.input[1]]).reshape(n, -1)
-    codes = np.empty((n, packed.shape[1] * 2), np.uint8)
-    codes[:, 0::2], codes[:, 1::2] = packed & 0x0F, packed >> 4
+    codes = _unpack_low_first(_to_array(inits[node.input[1]]).reshape(n, -1))
     blocks = -(-k // block)
     scales = _to_array(inits[node.input[2]]).astype(np.float32).reshape(n, blocks)
     if len(node.input) > 3 and node.input[3]:
-        zp_packed = _to_array(inits[node.input[3]]).reshape(n, -1)
-        zp = np.empty((n, zp_packed.shape[1] * 2), np.uint8)
-        zp[:, 0::2], zp[:, 1::2] = zp_packed & 0x0F, zp_packed >> 4
-        zp = zp[:, :blocks]
+        zp = _unpack_low_first(_to_array(inits[node.input[3]]).reshape(n, -1))[:, :blocks]
     else:
         zp = np.full((n, blocks), 8, np.uint8)
     codes = codes.reshape(n, blocks, block).astype(np.float32)
@@ -338,6 +334,13 @@ def _pack_low_first(values: np.ndarray) -> np.ndarray:
     if values.shape[-1] % 2:
         values = np.concatenate([values, np.zeros(values.shape[:-1] + (1,), np.uint8)], axis=-1)
     return (values[..., 0::2] | (values[..., 1::2] << 4)).astype(np.uint8)
+
+
+def _unpack_low_first(packed: np.ndarray) -> np.ndarray:
+    """The inverse of _pack_low_first: bytes [..., L] -> uint8 codes [..., 2L]."""
+    codes = np.empty(packed.shape[:-1] + (packed.shape[-1] * 2,), np.uint8)
+    codes[..., 0::2], codes[..., 1::2] = packed & 0x0F, packed >> 4
+    return codes
 
 
 def awq_to_matmul_nbits(layer: AwqLinear) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
@@ -500,27 +503,21 @@ def quantize_embedding_table(table: np.ndarray, block_size: int, symmetric: bool
         zero = np.clip(np.round(-lo / np.where(scales == 0, 1.0, scales)), 0, 15).astype(np.int32)
     safe = np.where(scales == 0, 1.0, scales)[:, :, None]
     codes = np.clip(np.round(x / safe) + zero[:, :, None], 0, 15).astype(np.uint8).reshape(rows, -1)[:, :d]
-    packed = (codes[:, 0::2] | (codes[:, 1::2] << 4)).astype(np.uint8)
+    packed = _pack_low_first(codes)
     if symmetric:
         return packed, scales, None
-    if blocks % 2:
-        zero = np.concatenate([zero, np.zeros((rows, 1), np.int32)], axis=1)
-    zp = (zero[:, 0::2] | (zero[:, 1::2] << 4)).astype(np.uint8)
-    return packed, scales, zp
+    return packed, scales, _pack_low_first(zero.astype(np.uint8))
 
 
 def dequantize_embedding_table(packed: np.ndarray, scales: np.ndarray, zero_points: np.ndarray | None, block_size: int) -> np.ndarray:
     """The float table GatherBlockQuantized reads from the codes (the check of the packing)."""
     rows, half = packed.shape
-    codes = np.empty((rows, half * 2), np.int32)
-    codes[:, 0::2], codes[:, 1::2] = packed & 0x0F, packed >> 4
+    codes = _unpack_low_first(packed).astype(np.int32)
     blocks = scales.shape[1]
     if zero_points is None:
         zero = np.full((rows, blocks), 8, np.int32)
     else:
-        zero = np.empty((rows, zero_points.shape[1] * 2), np.int32)
-        zero[:, 0::2], zero[:, 1::2] = zero_points & 0x0F, zero_points >> 4
-        zero = zero[:, :blocks]
+        zero = _unpack_low_first(zero_points).astype(np.int32)[:, :blocks]
     k = np.arange(half * 2) // block_size
     return ((codes - zero[:, k]) * scales[:, k]).astype(np.float32)
 
@@ -613,16 +610,16 @@ class Int4Graph:
     awq_matched: list[str]  # AWQ layers this graph holds
 
 
-def build_int4_onnx(job, dst: Path, embeddings: bool = False) -> Int4Graph:
+def build_int4_onnx(job, dst: Path, awq_dir: Path | None, embeddings: bool = False) -> Int4Graph:
     """One graph of a `precision = "int4"` stage as an ONNX graph with MatMulNBits: the AutoAWQ
     source's own ints where its layers are found (and round to nearest for the rest when
     `awq_rest = "rtn"`), else round to nearest everywhere; `[stages.int4]` settings.
+    `awq_dir`: the stage's AutoAWQ checkpoint (awq_checkpoint_of), or None.
     `embeddings`: token-embedding Gathers to GatherBlockQuantized too (ONNX Runtime targets)."""
     import onnx
 
     stage, settings = job.stage, job.stage.int4_settings
     role = f"{job.graph.decl.role} graph" if getattr(job, "graph", None) is not None else job.raw.name
-    awq_dir = awq_checkpoint_of(stage, job.config_path)
     model = onnx.load(str(job.raw))
     keep = keep_float_names(settings.keep_float)
     matched: list[str] = []

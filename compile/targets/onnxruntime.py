@@ -151,7 +151,7 @@ class OnnxRuntimeTarget(Target):
         """4-bit weights (MatMulNBits: AutoAWQ's own codes, or round to nearest), optimised
         offline for this CPU, or as it is for the CUDA provider (which optimises at load)."""
         from ..export import copy_graph
-        from ..int4 import build_int4_onnx
+        from ..int4 import awq_checkpoint_of, build_int4_onnx
 
         cuda = job.config.target.device == "cuda"
         if cuda and job.config.target.execution_provider != "cuda":
@@ -159,7 +159,7 @@ class OnnxRuntimeTarget(Target):
                                f"{job.config.target.execution_provider} provider: set [target] execution_provider = \"cuda\"")
         # CUDA: the 4-bit graph is the engine (written there, with its weights file named after it).
         dst = job.out if cuda else job.raw.with_name(job.raw.name.replace(".raw.onnx", ".int4.tmp.onnx"))
-        graph = build_int4_onnx(job, dst, embeddings=job.stage.int4_settings.embeddings == "int4")
+        graph = build_int4_onnx(job, dst, awq_checkpoint_of(job.stage, job.config_path), embeddings=job.stage.int4_settings.embeddings == "int4")
         if not cuda:
             optimize_offline(graph.path, job.out, job.io, job.config.runtime)
         elif graph.path != job.out:  # nothing was converted: the float graph as it is

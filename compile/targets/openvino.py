@@ -281,30 +281,32 @@ class OpenVinoTarget(Target):
         precision = job.stage.precision
         where = {"int8-static": " outside the INT8 layers", "int4": " with 4-bit weights"}.get(precision, "")
         job.progress.step(f"{job.stage.name}: OpenVINO IR, {precision} (computed in {compute_precision(precision)}{where})")
-        model = read_onnx(job.raw, f"{job.stage.name}: {job.raw.name}")
         metadata = onnx_metadata(job.raw)
-        gate = None
         if precision == "int4":
-            return self._int4(job, model, metadata)
+            return self._int4(job, metadata)
+        model = read_onnx(job.raw, f"{job.stage.name}: {job.raw.name}")
+        gate = None
         if precision == "fp32":
             save_ir(model, job.out, "f32", metadata)
         else:
             gate = self._gated(job, model, metadata)
         return BuiltGraph(job.out, gate, companions=[weights_file(job.out)])
 
-    def _int4(self, job: BuildJob, model, metadata: dict[str, str]) -> BuiltGraph:
-        """4-bit weights: an AutoAWQ source's own codes through the MatMulNBits graph, else NNCF."""
+    def _int4(self, job: BuildJob, metadata: dict[str, str]) -> BuiltGraph:
+        """4-bit weights: an AutoAWQ source's own codes through the MatMulNBits graph, else NNCF.
+        (Only the graph OpenVINO compresses is read: the float one is dropped on the AWQ path.)"""
         from ..int4 import awq_checkpoint_of, build_int4_onnx, describe
 
         settings = job.stage.int4_settings
         matched: list[str] = []
-        if awq_checkpoint_of(job.stage, job.config_path) is not None:
-            graph = build_int4_onnx(job, job.raw.with_name(job.raw.name.replace(".raw.onnx", ".int4.tmp.onnx")))
+        awq_dir = awq_checkpoint_of(job.stage, job.config_path)
+        if awq_dir is not None:
+            graph = build_int4_onnx(job, job.raw.with_name(job.raw.name.replace(".raw.onnx", ".int4.tmp.onnx")), awq_dir)
             matched = graph.awq_matched
             model = read_onnx(graph.path, f"{job.stage.name}: the 4-bit graph {graph.path.name}")
             report = graph.report
         else:
-            model = nncf_int4(model, settings, job.progress)
+            model = nncf_int4(read_onnx(job.raw, f"{job.stage.name}: {job.raw.name}"), settings, job.progress)
             report = int4_report(model, settings)
             job.progress.step(f"{job.stage.name}: {describe(report)}")
         save_ir(model, job.out, "f32", metadata, dynamic_quantization=0 if settings.accuracy_level == 0 else None)
