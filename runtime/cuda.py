@@ -39,11 +39,9 @@ def check(result, what: str, error: type = InferenceError):
     """Unwrap a cuda.bindings result tuple: (err,) or (err, value) or (err, v1, v2 ...)."""
     err = result[0]
     if err != SUCCESS:
-        name = rt.cudaGetErrorName(err)[1]
         text = rt.cudaGetErrorString(err)[1]
-        name = name.decode() if isinstance(name, bytes) else str(name)
         text = text.decode() if isinstance(text, bytes) else str(text)
-        raise error(f"CUDA {what} failed: {name}: {text}")
+        raise error(f"CUDA {what} failed: {_name(err)}: {text}")
     if len(result) == 1:
         return None
     return result[1] if len(result) == 2 else result[1:]

@@ -59,7 +59,6 @@ class _Stream:
     id: int
     capturing: list | None = None
     invalidated: bool = False
-    mode: int | None = None
 
     def __int__(self):
         return self.id
@@ -164,7 +163,7 @@ class FakeCuda:
         s = self.streams[int(stream)]
         if s.capturing is not None:
             return self._fail(cudaError_t.cudaErrorIllegalState)[:1]
-        s.capturing, s.invalidated, s.mode = [], False, int(mode)
+        s.capturing, s.invalidated = [], False
         self.capture_modes.append(int(mode))
         return OK
 

@@ -100,7 +100,6 @@ class FakeGpu:
         self.graphs_alive = 0
         self.replays = 0
         self.modes: list[str] = []
-        self.random_draws = 0
 
     # work on the current stream: run now, or record while capturing
     def run(self, op):
@@ -121,7 +120,6 @@ class FakeGpu:
         stream = self.current or self.default_stream
         if stream.capture is None and self.generator_marks:
             raise RuntimeError("Offset increment outside graph capture encountered unexpectedly.")
-        self.random_draws += 1
 
     @contextlib.contextmanager
     def stream_ctx(self, stream):

@@ -170,7 +170,6 @@ class AotiEngine(Engine):
             torch.set_num_threads(options.intra_op_threads)
         # CUDA graphs: on a GPU, asked for, and loadable with a runner that can be captured.
         self.graphs_enabled = options.device == "cuda" and options.cuda_graphs
-        self.graphs_note = ""
         kwargs = {}
         if self.graphs_enabled:
             if single_threaded_loading():
@@ -178,8 +177,7 @@ class AotiEngine(Engine):
                 self.lock = threading.Lock()
             else:
                 self.graphs_enabled = False
-                self.graphs_note = GRAPHS_UNSUPPORTED.format(version=torch.__version__)
-                log.warning("%s: %s", path, self.graphs_note)
+                log.warning("%s: %s", path, GRAPHS_UNSUPPORTED.format(version=torch.__version__))
         before = self._used()
         try:
             self.model = aoti_load_package(path, **kwargs)

@@ -277,22 +277,16 @@ class OrtEngine(Engine):
         self.graphs_note = ""
         try:
             self.session = self._session(path, options)
-        except StreetcascadeError:
-            raise
-        except Exception as exc:
-            if not (self.graphs_enabled and graph_capture_refused(exc)):
-                raise EngineMismatch(f"{path}: onnxruntime cannot load it: {str(exc).splitlines()[0]}") from exc
+        except EngineMismatch as exc:
+            refusal = exc.__cause__
+            if not (self.graphs_enabled and refusal is not None and graph_capture_refused(refusal)):
+                raise
             # ORT refuses graph capture at session creation when a node is not on the
             # capturing provider: run without graphs, say so once.
             self.graphs_enabled = False
-            self.graphs_note = f"CUDA graphs refused by onnxruntime ({str(exc).splitlines()[0][:300]}); running without them"
+            self.graphs_note = f"CUDA graphs refused by onnxruntime ({str(refusal).splitlines()[0][:300]}); running without them"
             log.warning("%s: %s", path, self.graphs_note)
-            try:
-                self.session = self._session(path, msgspec.structs.replace(options, cuda_graphs=False))
-            except StreetcascadeError:
-                raise
-            except Exception as exc2:
-                raise EngineMismatch(f"{path}: onnxruntime cannot load it: {str(exc2).splitlines()[0]}") from exc2
+            self.session = self._session(path, msgspec.structs.replace(options, cuda_graphs=False))
         self.run_lock = threading.Lock() if self.graphs_enabled else contextlib.nullcontext()
         self._slot_index = itertools.count()
         # Weights are inline in our graphs: the file size is a floor for what the session holds
@@ -309,7 +303,13 @@ class OrtEngine(Engine):
 
     @staticmethod
     def _session(path: str, options: OrtOptions):
-        return ort.InferenceSession(path, sess_options=session_options(options), providers=providers_for(options, path))
+        """The session; anything onnxruntime raises becomes EngineMismatch (the cause kept)."""
+        try:
+            return ort.InferenceSession(path, sess_options=session_options(options), providers=providers_for(options, path))
+        except StreetcascadeError:
+            raise
+        except Exception as exc:
+            raise EngineMismatch(f"{path}: onnxruntime cannot load it: {str(exc).splitlines()[0]}") from exc
 
     def slot(self) -> Slot:
         # The GPU slot keeps device buffers per slot and batch size (CUDA graphs replay fixed
