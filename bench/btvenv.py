@@ -14,15 +14,13 @@ import sys
 import time
 from pathlib import Path
 
+from streetcascade.machine import cache_dir
+
 # What each SDK generation needs next to it: 9.12.2 breaks with newer async-substrate-interface.
 PINS: dict[str, list[str]] = {
     "9.12.2": ["bittensor==9.12.2", "async-substrate-interface==1.6.4", "pillow"],
     "10.5.0": ["bittensor==10.5.0", "pillow"],
 }
-
-
-def cache_dir() -> Path:
-    return Path(os.environ.get("STREETCASCADE_CACHE") or Path.home() / ".cache" / "streetcascade")
 
 
 class VenvError(RuntimeError):

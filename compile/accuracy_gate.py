@@ -178,6 +178,20 @@ def failure_message(stage: str, gate: AccuracyGate, violations: Sequence[str], t
     return " ".join(lines)
 
 
+def enforce_worst(stage: str, gates: Sequence[AccuracyGate], precision: str, remove: Sequence[Path], progress: Progress) -> AccuracyGate:
+    """One engine gated on each of its batch paths (engine_logits_each_batch): the worst gate is
+    the engine's. Printed; when it breaks a limit, the engine's files are removed and
+    AccuracyGateFailed raised."""
+    gate = max(gates, key=lambda g: (len(check(g)), g.flip_rate, g.max_abs_prob_error))
+    progress.step(summary(stage, gate))
+    violations = check(gate)
+    if violations:
+        for path in remove:
+            path.unlink(missing_ok=True)
+        raise AccuracyGateFailed(failure_message(stage, gate, violations, precision=precision), gate)
+    return gate
+
+
 def layer_sensitivity(
     nodes: Sequence[str],
     build_only: Callable[[str], object],

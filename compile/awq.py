@@ -31,6 +31,7 @@ from pathlib import Path
 import numpy as np
 
 from streetcascade.errors import CompileError
+from streetcascade.machine import cache_dir
 
 log = logging.getLogger(__name__)
 
@@ -394,10 +395,6 @@ def write_dequantized_checkpoint(directory: str | Path, out_dir: str | Path, sha
     return out_dir
 
 
-def cache_root() -> Path:
-    return Path(os.environ.get("STREETCASCADE_CACHE") or Path.home() / ".cache" / "streetcascade")
-
-
 def float_checkpoint(directory: str | Path) -> Path:
     """The folder to load a checkpoint's float model from: the folder itself, or for an AutoAWQ
     checkpoint its dequantized float32 copy (`write_dequantized_checkpoint`), made once under
@@ -407,7 +404,7 @@ def float_checkpoint(directory: str | Path) -> Path:
     directory = Path(directory)
     if not is_awq_checkpoint(directory):
         return directory
-    dest = cache_root() / "awq-float" / checkpoint_fingerprint(directory)
+    dest = cache_dir() / "awq-float" / checkpoint_fingerprint(directory)
     if (dest / "config.json").exists():
         return dest
     dest.parent.mkdir(parents=True, exist_ok=True)

@@ -46,7 +46,6 @@ from .awq import (  # noqa: F401  (re-exported: the AWQ half of the int4 interfa
     AwqConfig,
     AwqLinear,
     SafetensorsFile,
-    cache_root,
     checkpoint_fingerprint,
     dequantized_state_dict,
     exact_hash,
@@ -231,8 +230,7 @@ def int4_report(model) -> WeightQuant | None:
     if not nodes:
         return None
     inits = _initializers(model)
-    meta = {p.key: p.value for p in model.metadata_props}
-    info = json.loads(meta.get(REPORT_KEY, "{}"))
+    info = int4_report_meta(model)
     before = after = 0
     for node in nodes:
         before += int(_attr(node, "K")) * int(_attr(node, "N")) * 4

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import copy
 import time
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -163,17 +163,12 @@ def _timing(engine: Engine, graph: ExportableGraph, images, device: str):
     """(engine call, reference call, name, batch) with one thread on each side."""
     name, ref, close = reference_call(graph, device)
     feeds = latency_feeds(graph, images)
-    threads = one_torch_thread() if graph.module is not None else _nothing()
+    threads = one_torch_thread() if graph.module is not None else nullcontext()
     try:
         with threads, engine.slot() as slot:
             yield (lambda: slot.infer(feeds)), (lambda: ref(feeds)), name, int(next(iter(feeds.values())).shape[0])
     finally:
         close()
-
-
-@contextmanager
-def _nothing():
-    yield
 
 
 def measure_graph(engine: Engine, graph: ExportableGraph, images: np.ndarray | None, device: str, runs: int) -> LatencyRatio:

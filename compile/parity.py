@@ -70,15 +70,9 @@ def check_classifier_parity(engine: Engine, reference, images: np.ndarray, toler
 def check_tensor_parity(engine: Engine, reference, feeds_list: list[dict[str, np.ndarray]], tolerance: float, label: str) -> Parity:
     """Every output of the engine vs the reference graph's, on the family's example inputs."""
     worst = 0.0
-    with engine.slot() as slot:
-        for feeds in feeds_list:
-            got, want = slot.infer(feeds), reference(feeds)
-            for name, value in got.items():
-                if not np.all(np.isfinite(value)):
-                    raise ParityError(f"{label}: output {name} has non-finite values")
-                if value.shape != want[name].shape:
-                    raise ParityError(f"{label}: output {name} has shape {value.shape}, the reference {want[name].shape}")
-                worst = max(worst, float(np.abs(value.astype(np.float64) - want[name]).max()))
+    for got, want in _compared(engine, reference, feeds_list, label):
+        for name, value in got.items():
+            worst = max(worst, float(np.abs(value.astype(np.float64) - want[name]).max()))
     parity = Parity(reference="onnx-source-onnxruntime", n_images=len(feeds_list), max_abs_prob_error=worst,
                     max_abs_logit_error=worst, tolerance=tolerance)
     log.info("%s tensor parity: max |d| %.2e over %d inputs", label, worst, len(feeds_list))
@@ -91,14 +85,11 @@ def check_relative_parity(engine: Engine, reference, feeds_list: list[dict[str, 
     """Every output of the engine vs the reference, the error relative to the largest reference
     value of that output (features of any scale: a VLM's vision tower)."""
     worst_abs, worst_rel = 0.0, 0.0
-    with engine.slot() as slot:
-        for feeds in feeds_list:
-            got, want = slot.infer(feeds), reference(feeds)
-            for name, value in got.items():
-                _check_output(label, name, value, want[name])
-                diff = float(np.abs(value.astype(np.float64) - want[name]).max()) if value.size else 0.0
-                scale = max(float(np.abs(want[name]).max()) if value.size else 0.0, 1.0)
-                worst_abs, worst_rel = max(worst_abs, diff), max(worst_rel, diff / scale)
+    for got, want in _compared(engine, reference, feeds_list, label):
+        for name, value in got.items():
+            diff = float(np.abs(value.astype(np.float64) - want[name]).max()) if value.size else 0.0
+            scale = max(float(np.abs(want[name]).max()) if value.size else 0.0, 1.0)
+            worst_abs, worst_rel = max(worst_abs, diff), max(worst_rel, diff / scale)
     parity = Parity(reference=RELATIVE_REFERENCE, n_images=len(feeds_list), max_abs_prob_error=worst_rel, max_abs_logit_error=worst_abs, tolerance=tolerance)
     log.info("%s relative parity: max |d|/max|ref| %.2e (max |d| %.2e) over %d inputs", label, worst_rel, worst_abs, len(feeds_list))
     if worst_rel > tolerance:
@@ -110,16 +101,13 @@ def check_judge_parity(engine: Engine, reference, feeds_list: list[dict[str, np.
     """A yes/no judge's graph vs the reference: p(yes) = sigmoid(yes_logodds) within the
     tolerance; the largest difference of any output (the answer logits) recorded."""
     worst_logit, worst_p, flips, n = 0.0, 0.0, 0, 0
-    with engine.slot() as slot:
-        for feeds in feeds_list:
-            got, want = slot.infer(feeds), reference(feeds)
-            for name, value in got.items():
-                _check_output(label, name, value, want[name])
-                worst_logit = max(worst_logit, float(np.abs(value.astype(np.float64) - want[name]).max()))
-            p_got, p_want = sigmoid(got["yes_logodds"]), sigmoid(want["yes_logodds"])
-            worst_p = max(worst_p, float(np.abs(p_got - p_want).max()))
-            flips += int(np.sum(np.round(p_got) != np.round(p_want)))
-            n += p_got.size
+    for got, want in _compared(engine, reference, feeds_list, label):
+        for name, value in got.items():
+            worst_logit = max(worst_logit, float(np.abs(value.astype(np.float64) - want[name]).max()))
+        p_got, p_want = sigmoid(got["yes_logodds"]), sigmoid(want["yes_logodds"])
+        worst_p = max(worst_p, float(np.abs(p_got - p_want).max()))
+        flips += int(np.sum(np.round(p_got) != np.round(p_want)))
+        n += p_got.size
     parity = Parity(reference="transformers-fp32-eager", n_images=n, max_abs_prob_error=worst_p, max_abs_logit_error=worst_logit,
                     tolerance=tolerance, decision_flips=flips / max(n, 1))
     log.info("%s judge parity: max |dp(yes)| %.2e, max |d output| %.2e over %d prompts", label, worst_p, worst_logit, n)
@@ -129,6 +117,17 @@ def check_judge_parity(engine: Engine, reference, feeds_list: list[dict[str, np.
 
 
 RELATIVE_REFERENCE = "transformers-fp32-eager (relative to the reference's largest value)"
+
+
+def _compared(engine: Engine, reference, feeds_list: list[dict[str, np.ndarray]], label: str):
+    """(engine outputs, reference outputs) for each input, every output checked finite and of
+    the reference's shape first (one slot for all of them)."""
+    with engine.slot() as slot:
+        for feeds in feeds_list:
+            got, want = slot.infer(feeds), reference(feeds)
+            for name, value in got.items():
+                _check_output(label, name, value, want[name])
+            yield got, want
 
 
 def _check_output(label: str, name: str, value: np.ndarray, want: np.ndarray) -> None:

@@ -8,12 +8,19 @@ import os
 import platform
 import sys
 from functools import lru_cache
+from pathlib import Path
 
 # Features that change which kernels ONNX Runtime's optimiser and MLAS pick.
 RELEVANT_CPU_FEATURES = ("avx", "avx2", "fma", "avx512f", "avx512bw", "avx512_vnni", "avx512_bf16", "avx_vnni", "amx_tile", "amx_int8", "amx_bf16", "asimd", "sve")
 
 
 @lru_cache(maxsize=1)
+def cache_dir() -> Path:
+    """Where downloads and derived files made once are kept: $STREETCASCADE_CACHE, else
+    ~/.cache/streetcascade (PP-OCR models, AutoAWQ float copies, the test venvs)."""
+    return Path(os.environ.get("STREETCASCADE_CACHE") or Path.home() / ".cache" / "streetcascade")
+
+
 def cpu_features() -> tuple[str, ...]:
     flags: set[str] = set()
     try:

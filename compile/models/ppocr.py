@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import hashlib
 import importlib.util
-import os
 import subprocess
 import sys
 import zipfile
@@ -29,6 +28,7 @@ from pathlib import Path
 import numpy as np
 
 from streetcascade.config import StageConfig, resolve_relative
+from streetcascade.machine import cache_dir
 from streetcascade.errors import CompileError
 from streetcascade.manifest import GraphIO, TensorSpec
 
@@ -37,10 +37,6 @@ from .base import ExportableGraph, ExportableModel, GraphDecl, ModelFamily
 RAPIDOCR_PIN = "rapidocr==3.10.0"
 DET_SIDE = 736  # the detector's shorter side (runtime/ppocr.py DetSettings)
 REC_WIDTH = 960  # widest recognizer input (48 x 20: long sign lines)
-
-
-def cache_dir() -> Path:
-    return Path(os.environ.get("STREETCASCADE_CACHE") or Path.home() / ".cache" / "streetcascade")
 
 
 def _from_wheel(wheel: Path, dest: Path) -> tuple[Path, Path]:

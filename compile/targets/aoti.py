@@ -69,8 +69,8 @@ def export_program(module, io: GraphIO, device: str, half: bool):
         return torch.export.export(wrapped, (example,), dynamic_shapes=dynamic)
 
 
-def inductor_options(autotune: bool, freezing: bool = True) -> dict:
-    options = {"freezing": freezing}
+def inductor_options(autotune: bool) -> dict:
+    options = {"freezing": True}
     if autotune:
         options["max_autotune"] = True
     return options
@@ -205,13 +205,7 @@ class AotiTarget(Target):
                                   quantized_nodes=quantized, reference="pytorch-fp32")
                  for logits in gate_mod.engine_logits_each_batch(job.out, job.io, images, config.runtime, backend_name=self.backend,
                                                                  device=config.target.device)]
-        gate = max(gates, key=lambda g: (len(gate_mod.check(g)), g.flip_rate, g.max_abs_prob_error))
-        progress.step(gate_mod.summary(stage.name, gate))
-        violations = gate_mod.check(gate)
-        if violations:
-            job.out.unlink(missing_ok=True)
-            raise gate_mod.AccuracyGateFailed(gate_mod.failure_message(stage.name, gate, violations, precision="fp8"), gate)
-        return gate
+        return gate_mod.enforce_worst(stage.name, gates, "fp8", [job.out], progress)
 
 
 TARGET = AotiTarget()

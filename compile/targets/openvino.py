@@ -195,10 +195,11 @@ def nncf_int8(model, images, progress) -> object:
 FOUR_BIT = ("u4", "i4")
 
 
-def int4_report(model, settings, method: str = "rtn"):
-    """The manifest's WeightQuant for an IR with 4-bit weights, counted from the graph: each
-    MatMul whose weight is computed from a u4/i4 constant (the decompression subgraph NNCF and
-    the ONNX reader write), its float32 size before and the bytes of its constants after."""
+def int4_report(model, settings):
+    """The manifest's WeightQuant for an IR NNCF gave 4-bit weights (round to nearest), counted
+    from the graph: each MatMul whose weight is computed from a u4/i4 constant (the decompression
+    subgraph NNCF and the ONNX reader write), its float32 size before and the bytes of its
+    constants after."""
     from streetcascade.manifest import WeightQuant
 
     def chain(node, seen):
@@ -227,7 +228,7 @@ def int4_report(model, settings, method: str = "rtn"):
             kept.append(op.get_friendly_name())
     if not converted:
         return None
-    return WeightQuant(method=method, bits=4, block_size=settings.block_size, symmetric=settings.symmetric, accuracy_level=settings.accuracy_level,
+    return WeightQuant(method="rtn", bits=4, block_size=settings.block_size, symmetric=settings.symmetric, accuracy_level=settings.accuracy_level,
                        converted=converted, kept_float=kept, bytes_before=before, bytes_after=after)
 
 
@@ -343,14 +344,7 @@ class OpenVinoTarget(Target):
         gates = [gate_mod.compare(fp32_logits, quant_logits, val.labels, method=method, n_calibration=n_calibration, limits=cal,
                                   quantized_nodes=quantized, reference="openvino-fp32")
                  for quant_logits in gate_mod.engine_logits_each_batch(job.out, job.io, val_images, config.runtime, backend_name=OPENVINO)]
-        gate = max(gates, key=lambda g: (len(gate_mod.check(g)), g.flip_rate, g.max_abs_prob_error))
-        progress.step(gate_mod.summary(stage.name, gate))
-        violations = gate_mod.check(gate)
-        if violations:
-            job.out.unlink(missing_ok=True)
-            weights_file(job.out).unlink(missing_ok=True)
-            raise gate_mod.AccuracyGateFailed(gate_mod.failure_message(stage.name, gate, violations, precision=stage.precision), gate)
-        return gate
+        return gate_mod.enforce_worst(stage.name, gates, stage.precision, [job.out, weights_file(job.out)], progress)
 
 
 TARGET = OpenVinoTarget()

@@ -26,9 +26,9 @@ AWQ_PACKAGES = ["autoawq==0.2.9", "accelerate", "datasets", "zstandard", "dill",
 
 
 def autoawq_site() -> Path:
-    from streetcascade.compile.int4 import cache_root
+    from streetcascade.machine import cache_dir
 
-    root = cache_root() / "autoawq-0.2.9-site"
+    root = cache_dir() / "autoawq-0.2.9-site"
     marker = root / ".complete"
     if marker.exists() and marker.read_text() == " ".join(AWQ_PACKAGES):
         return root

@@ -77,7 +77,7 @@ def test_cuda_stand_in_names_exist_in_the_real_bindings():
 def test_recorded_runtime_names_exist_in_tensorrt_lean(tmp_path_factory):
     """The runtime half of the record against the real TensorRT 11 lean wheel (pip-installed
     once into the cache; import only, never a Runtime: no GPU here)."""
-    from bench.btvenv import cache_dir
+    from streetcascade.machine import cache_dir
 
     target = cache_dir() / "tensorrt-lean-cu12"
     if not (target / "tensorrt_lean").exists():
