@@ -22,13 +22,19 @@ DEFAULT_TOLERANCE = {"fp32": 1e-4, "fp16": 1e-2, "bf16": 2e-2, "fp8": 0.15, "int
 REFERENCE_BATCH = 16
 
 
+def folder_images(folder: Path | None):
+    """The images of `folder` (decoded, at their own size) in file-name order, read one at a
+    time; nothing when there is no such folder."""
+    if folder is None or not folder.is_dir():
+        return
+    for path in sorted(folder.iterdir()):
+        if path.suffix.lower() in IMAGE_SUFFIXES:
+            yield decode_image(path.read_bytes())
+
+
 def parity_images(size: int, folder: Path | None, n_random: int = 8, seed: int = 0) -> tuple[np.ndarray, int]:
     """Sample images from `folder` (resized) + seeded noise and flat images. Returns (images, n_real)."""
-    real = []
-    if folder is not None and folder.is_dir():
-        for path in sorted(folder.iterdir()):
-            if path.suffix.lower() in IMAGE_SUFFIXES:
-                real.append(resize_to(decode_image(path.read_bytes()), size))
+    real = [resize_to(image, size) for image in folder_images(folder)]
     rng = np.random.default_rng(seed)
     synthetic = [rng.integers(0, 256, (size, size, 3), dtype=np.uint8) for _ in range(n_random)]
     synthetic += [np.full((size, size, 3), v, dtype=np.uint8) for v in (0, 255)]

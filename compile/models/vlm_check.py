@@ -13,6 +13,7 @@ families' own references: `vision_reference`, `prefill_reference`, `transformers
 
 from __future__ import annotations
 
+import itertools
 import logging
 import statistics
 import time
@@ -26,11 +27,11 @@ from streetcascade.config import CalibrationConfig, StageConfig, load_config, re
 from streetcascade.errors import ParityError
 from streetcascade.manifest import GraphEntry, Parity, StageEntry, VlmEntry
 from streetcascade.runtime.backends import get_backend
-from streetcascade.runtime.images import IMAGE_SUFFIXES, decode_image
 from streetcascade.runtime.vlm_host import preparation_for
 from streetcascade.runtime.classifier import sigmoid
 from streetcascade.runtime.vlm_stage import VlmJudge, prefill_feeds
 
+from ..parity import folder_images
 from .base import BuiltStage
 
 log = logging.getLogger(__name__)
@@ -50,13 +51,9 @@ def answers(logits: torch.Tensor, spec: VlmEntry) -> dict[str, np.ndarray]:
 def sample_images(config_path: Path, count: int, seed: int) -> list[np.ndarray]:
     """Up to `count` photos from the config's parity_images folder at their own size, then noise
     images of other aspect ratios."""
-    images = []
     config = load_config(config_path)
     folder = resolve_relative(config_path, config.parity_images) if config.parity_images else None
-    if folder is not None and folder.is_dir():
-        for path in sorted(folder.iterdir()):
-            if path.suffix.lower() in IMAGE_SUFFIXES and len(images) < count:
-                images.append(decode_image(path.read_bytes()))
+    images = list(itertools.islice(folder_images(folder), count))
     rng = np.random.default_rng(seed)
     shapes = [(150, 260), (300, 180), (224, 224), (97, 403)]
     while len(images) < count:
