@@ -286,9 +286,15 @@ def logit_from_logits(logits: torch.Tensor, positive: int) -> torch.Tensor:
         return logits[:, 0]
     if n == 2:
         return logits[:, positive] - logits[:, 1 - positive]
-    others = logits[:, [i for i in range(n) if i != positive]]
-    top = others.amax(dim=-1, keepdim=True)
-    return logits[:, positive] - (top[:, 0] + torch.log(torch.exp(others - top).sum(dim=-1)))
+    return logits[:, positive] - logsumexp_last(logits[:, [i for i in range(n) if i != positive]])
+
+
+def logsumexp_last(x: torch.Tensor) -> torch.Tensor:
+    """log(sum(exp(x))) over the last axis, max-shifted (ReduceMax + ReduceSum in the exported
+    graph, which every reader handles) instead of torch.logsumexp's ReduceLogSumExp, whose axes
+    OpenVINO's reader ignores (see logit_from_logits). -inf entries (masked columns) are fine."""
+    top = x.amax(dim=-1, keepdim=True)
+    return top[..., 0] + torch.log(torch.exp(x - top).sum(dim=-1))
 
 
 class ClassifierFamily(ModelFamily):

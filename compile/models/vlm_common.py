@@ -34,7 +34,7 @@ from streetcascade.errors import CompileError
 from streetcascade.manifest import GraphIO, TensorSpec, VlmEntry
 from streetcascade.vlm import JudgeSettings
 
-from .base import ExportableGraph, ExportableModel, GraphDecl, ModelFamily, fetch_hub_snapshot, hash_checkpoint, hash_text, load_or_fail, resolve_source
+from .base import ExportableGraph, ExportableModel, GraphDecl, ModelFamily, fetch_hub_snapshot, hash_checkpoint, hash_text, load_or_fail, logsumexp_last, resolve_source
 
 log = logging.getLogger(__name__)
 
@@ -158,11 +158,8 @@ def render_prompt(tokenizer, template: str, settings: JudgeSettings, image_token
 
 
 def log_sum_exp(logits: torch.Tensor, columns: torch.Tensor) -> torch.Tensor:
-    """log(sum(exp(logits[:, columns]))), written out (max, exp, sum, log): OpenVINO's ONNX
-    reader drops the axes of ReduceLogSumExp (a [batch] result came back as a scalar)."""
-    x = logits.masked_fill(~columns, float("-inf"))
-    top = x.max(dim=-1).values
-    return top + torch.log(torch.exp(x - top.unsqueeze(-1)).sum(dim=-1))
+    """log(sum(exp(logits[:, columns]))), without ReduceLogSumExp in the graph (logsumexp_last)."""
+    return logsumexp_last(logits.masked_fill(~columns, float("-inf")))
 
 
 class Prefill(nn.Module):
