@@ -62,13 +62,39 @@ def stage_logits(stage, images: list[np.ndarray]) -> tuple[np.ndarray, float]:
 
 
 @dataclass
-class EvidenceFeatures:
-    """What an evidence stage found on every challenge: readable text and a roadwork phrase
-    (OCR), or the judge's p(yes) (a VLM stage)."""
+class OcrFeatures:
+    """What an OCR stage found on every challenge: readable text, a roadwork phrase."""
 
     has_text: np.ndarray
     hit: np.ndarray
-    judge: np.ndarray | None = None
+
+    def combine(self, rule: LogOddsRule, prior: np.ndarray) -> np.ndarray:
+        return np.array([rule.combine(float(p), bool(t), bool(h)) for p, t, h in zip(prior, self.has_text, self.hit)])
+
+    def fit(self, prior: np.ndarray, labels: np.ndarray) -> LogOddsRule:
+        return LogOddsRule.fit(prior, self.has_text, self.hit, labels)
+
+    def describe(self) -> str:
+        return f"text on {100 * self.has_text.mean():.0f}%, a roadwork phrase on {100 * self.hit.mean():.0f}%"
+
+
+@dataclass
+class JudgeFeatures:
+    """A VLM judge's p(yes) on every challenge."""
+
+    p_yes: np.ndarray
+
+    def combine(self, rule: LogOddsRule, prior: np.ndarray) -> np.ndarray:
+        return np.array([rule.combine_judge(float(p), float(j)) for p, j in zip(prior, self.p_yes)])
+
+    def fit(self, prior: np.ndarray, labels: np.ndarray) -> LogOddsRule:
+        return LogOddsRule.fit_judge(prior, self.p_yes, labels)
+
+    def describe(self) -> str:
+        return f"p(yes) > 0.5 on {100 * np.mean(self.p_yes > 0.5):.0f}%"
+
+
+EvidenceFeatures = OcrFeatures | JudgeFeatures
 
 
 def evidence_features(stage, images: list[np.ndarray]) -> tuple[EvidenceFeatures, float]:
@@ -80,8 +106,7 @@ def evidence_features(stage, images: list[np.ndarray]) -> tuple[EvidenceFeatures
             t0 = time.perf_counter()
             p.append(float(stage.judge_probabilities([img])[0]))
             times.append((time.perf_counter() - t0) * 1000.0)
-        none = np.zeros(len(images), bool)
-        return EvidenceFeatures(none, none, np.array(p)), float(np.median(times[:LATENCY_SAMPLES]))
+        return JudgeFeatures(np.array(p)), float(np.median(times[:LATENCY_SAMPLES]))
     from streetcascade.runtime.evidence import find_phrases
 
     has_text, hit, times = [], [], []
@@ -91,19 +116,7 @@ def evidence_features(stage, images: list[np.ndarray]) -> tuple[EvidenceFeatures
         times.append((time.perf_counter() - t0) * 1000.0)
         has_text.append(stage.vocabulary.has_text(text))
         hit.append(bool(find_phrases(stage.vocabulary, text)) if text else False)
-    return EvidenceFeatures(np.array(has_text, bool), np.array(hit, bool)), float(np.median(times[:LATENCY_SAMPLES]))
-
-
-def combined(rule: LogOddsRule, prior: np.ndarray, feats: EvidenceFeatures) -> np.ndarray:
-    if feats.judge is not None:
-        return np.array([rule.combine_judge(float(p), float(j)) for p, j in zip(prior, feats.judge)])
-    return np.array([rule.combine(float(p), bool(t), bool(h)) for p, t, h in zip(prior, feats.has_text, feats.hit)])
-
-
-def fit_rule(prior: np.ndarray, feats: EvidenceFeatures, labels: np.ndarray) -> LogOddsRule:
-    if feats.judge is not None:
-        return LogOddsRule.fit_judge(prior, feats.judge, labels)
-    return LogOddsRule.fit(prior, feats.has_text, feats.hit, labels)
+    return OcrFeatures(np.array(has_text, bool), np.array(hit, bool)), float(np.median(times[:LATENCY_SAMPLES]))
 
 
 def _bands_to_thresholds(band: tuple[float, float]) -> tuple[float, float]:
@@ -130,11 +143,7 @@ def run_tune(engine_set, challenges: ChallengeSet, *, latency_budget_ms: float =
             logits.append(None)
             lat.append(ms)
             temps.append(stage.thresholds.temperature)
-            if feats.judge is not None:
-                log.info("stage %s: %.2f ms per image, p(yes) > 0.5 on %.0f%%", stage.name, ms, 100 * np.mean(feats.judge > 0.5))
-            else:
-                log.info("stage %s: %.2f ms per image, text on %.0f%%, a roadwork phrase on %.0f%%", stage.name, ms,
-                         100 * feats.has_text.mean(), 100 * feats.hit.mean())
+            log.info("stage %s: %.2f ms per image, %s", stage.name, ms, feats.describe())
             continue
         z, ms = stage_logits(stage, challenges.images)
         logits.append(z)
@@ -146,7 +155,7 @@ def run_tune(engine_set, challenges: ChallengeSet, *, latency_budget_ms: float =
         """Each stage's probability on every challenge; an evidence stage moves the previous one's."""
         probs = []
         for k, (z, t) in enumerate(zip(logits, temperatures)):
-            probs.append(combined(rules[k], probs[k - 1], evidence[k]) if k in evidence else sigmoid(z / t))
+            probs.append(evidence[k].combine(rules[k], probs[k - 1]) if k in evidence else sigmoid(z / t))
         return probs
 
     def replay(temperatures, bands, rules):
@@ -161,7 +170,7 @@ def run_tune(engine_set, challenges: ChallengeSet, *, latency_budget_ms: float =
     fitted_rules = {}
     for k in evidence:
         prior = chain(temps, {**current_rules, **fitted_rules})[k - 1]
-        fitted_rules[k] = fit_rule(prior, evidence[k], labels)
+        fitted_rules[k] = evidence[k].fit(prior, labels)
     probs = chain(temps, fitted_rules)
     scores = [StageScores(s.name, p, ms) for s, p, ms in zip(stages, probs, lat)]
     choice = tune_exit_thresholds(scores, labels, latency_budget_ms, seed=seed, n_shuffles=N_SHUFFLES)
