@@ -219,7 +219,6 @@ class Opened:
     directory: str  # tokenizer, chat template, processor config
     source_sha256: str
     placeholder: bool
-    awq: bool = False
 
 
 @lru_cache(maxsize=8)
@@ -309,7 +308,7 @@ class VlmFamily(ModelFamily):
         model = None
         if weights:
             model = load_or_fail("weights", stage.source, lambda: self._load_weights(directory, config, awq))
-        return Opened(model, config, directory, hash_checkpoint(directory), placeholder=False, awq=awq)
+        return Opened(model, config, directory, hash_checkpoint(directory), placeholder=False)
 
     def _load_weights(self, directory: str, config, awq: bool):
         """The float model. An AutoAWQ checkpoint loads as its exact dequantized float32 copy
