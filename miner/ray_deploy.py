@@ -14,7 +14,7 @@ from pathlib import Path
 
 from streetcascade.errors import ConfigError
 from streetcascade.manifest import read_manifest
-from streetcascade.runtime.ray_plan import ReplicaPlan, check_replica_budgets, plan_replicas, ray_module
+from streetcascade.runtime.ray_plan import ReplicaPlan, checked_plans, ray_module
 
 from .config import MinerConfig, cascade_overrides, load_miner_config
 
@@ -26,9 +26,7 @@ def engine_dir(cfg: MinerConfig) -> str:
 
 
 def plan(cfg: MinerConfig, where: str = "miner.toml") -> list[ReplicaPlan]:
-    plans = plan_replicas(read_manifest(engine_dir(cfg)), cfg.ray, cfg.runtime, where)
-    check_replica_budgets(plans, where)
-    return plans
+    return checked_plans(read_manifest(engine_dir(cfg)), cfg.ray, cfg.runtime, where)
 
 
 def deploy(cfg: MinerConfig, address: str, where: str = "miner.toml") -> dict:
