@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
+import importlib
 import json
 import logging
 import platform as platform_module
@@ -136,15 +137,14 @@ def stage_sources(stage: Path, opts: PackageOptions, manifest: Manifest, cascade
                   tool: str, python: str, platform_tag: str) -> BundleInfo:
     """Our online modules and the bundle, laid out as the artifact's import root."""
     import streetcascade
-    import streetcascade.miner
-    import streetcascade.runtime
 
     core = Path(streetcascade.__file__).parent
     pkg = stage / "streetcascade"
     pkg.mkdir(parents=True)
     for name in contents.CORE_MODULES:
         shutil.copy2(core / f"{name}.py", pkg / f"{name}.py")
-    for name, module in (("runtime", streetcascade.runtime), ("miner", streetcascade.miner)):
+    for name in contents.SUBPACKAGES:  # from where they are imported: in a checkout, not under streetcascade/
+        module = importlib.import_module(f"streetcascade.{name}")
         _copy_module_tree(Path(module.__file__).parent, pkg / name)
     (pkg / "ship").mkdir()
     for name in contents.SHIP_MODULES:
