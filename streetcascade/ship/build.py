@@ -37,7 +37,7 @@ from pathlib import Path
 
 from streetcascade import __version__
 from streetcascade.errors import ConfigError, EngineMismatch, StreetcascadeError
-from streetcascade.manifest import MANIFEST_NAME, Manifest, iter_graphs, read_manifest, verify_files
+from streetcascade.manifest import MANIFEST_NAME, Manifest, iter_graphs, read_manifest, sha256_file, verify_files
 
 from . import contents
 from .bundle import (BUNDLE_INFO, BUNDLE_PACKAGE, CASCADE_CONFIG_NAME, CONFIG_NAME, ENGINES_DIR, FORMAT_VERSION, BundleInfo, packed)
@@ -94,13 +94,12 @@ def _tool_command(name: str) -> list[str]:
     return [found]
 
 
-def _run(cmd: list[str], what: str, env: dict | None = None) -> str:
+def _run(cmd: list[str], what: str) -> None:
     log.info("running %s", " ".join(cmd))
-    res = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    res = subprocess.run(cmd, capture_output=True, text=True)
     if res.returncode != 0:
         tail = "\n".join((res.stderr or res.stdout).strip().splitlines()[-25:])
         raise PackageError(f"{what} failed (exit {res.returncode}):\n{tail}")
-    return res.stdout
 
 
 def _tool_version(cmd: list[str]) -> str:
@@ -245,11 +244,12 @@ def build_shiv(stage: Path, requirements: list[str], out: Path, opts: PackageOpt
 
 
 def sha256_path(path: Path) -> str:
+    """A file's sha256; a folder's (--layout packed) over each file's relative path and bytes, in order."""
+    if path.is_file():
+        return sha256_file(path)
     h = hashlib.sha256()
-    files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
-    for p in files:
-        if path.is_dir():
-            h.update(str(p.relative_to(path)).encode())
+    for p in sorted(p for p in path.rglob("*") if p.is_file()):
+        h.update(str(p.relative_to(path)).encode())
         with open(p, "rb") as f:
             while block := f.read(1 << 20):
                 h.update(block)
