@@ -22,7 +22,7 @@ import time
 
 from streetcascade.errors import ConfigError, StreetcascadeError
 
-from .config import MinerConfig, load_miner_config
+from .config import MinerConfig, cascade_overrides, load_miner_config
 from .presets import NETWORKS
 
 log = logging.getLogger("streetcascade.miner")
@@ -75,14 +75,8 @@ def load_miner_engine_set(cfg: MinerConfig, warmup: bool = True):
     and combination rules of [engine] cascade_config when one is named (serve and doctor)."""
     from streetcascade.runtime.load import load_engine_set
 
-    eng = cfg.engine
-    thresholds, rules = None, None
-    if eng.cascade_config:
-        from streetcascade.config import load_config, stage_rules, stage_thresholds
-
-        cascade_cfg = load_config(eng.cascade_config)
-        thresholds, rules = stage_thresholds(cascade_cfg), stage_rules(cascade_cfg)
-    return load_engine_set(eng.engine, cfg.runtime, thresholds, warmup=warmup, rules=rules)
+    thresholds, rules = cascade_overrides(cfg)
+    return load_engine_set(cfg.engine.engine, cfg.runtime, thresholds, warmup=warmup, rules=rules)
 
 
 def build_cascade(cfg: MinerConfig):

@@ -235,6 +235,17 @@ def load_miner_config(path: str | Path | None, env_file: str | Path | None = Non
     return resolve_paths(cfg, base)
 
 
+def cascade_overrides(cfg: MinerConfig):
+    """(thresholds, rules) of [engine] cascade_config: its exit thresholds, temperatures and
+    combination rules, or (None, None) when none is named (serve, doctor, ray-deploy)."""
+    if not cfg.engine.cascade_config:
+        return None, None
+    from streetcascade.config import load_config, stage_rules, stage_thresholds
+
+    cascade_cfg = load_config(cfg.engine.cascade_config)
+    return stage_thresholds(cascade_cfg), stage_rules(cascade_cfg)
+
+
 def _resolve(base: Path, value: str) -> str:
     if not value:
         return value

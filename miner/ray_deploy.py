@@ -14,9 +14,9 @@ from pathlib import Path
 
 from streetcascade.errors import ConfigError
 from streetcascade.manifest import read_manifest
-from streetcascade.runtime.ray_plan import ReplicaPlan, check_replica_budgets, plan_replicas, ray_module
+from streetcascade.runtime.ray_plan import ReplicaPlan, checked_plans, ray_module
 
-from .config import MinerConfig, load_miner_config
+from .config import MinerConfig, cascade_overrides, load_miner_config
 
 
 def engine_dir(cfg: MinerConfig) -> str:
@@ -25,24 +25,12 @@ def engine_dir(cfg: MinerConfig) -> str:
     return cfg.engine.engine
 
 
-def overrides(cfg: MinerConfig):
-    """(thresholds, rules) of [engine] cascade_config, or (None, None)."""
-    if not cfg.engine.cascade_config:
-        return None, None
-    from streetcascade.config import load_config, stage_rules, stage_thresholds
-
-    cascade_cfg = load_config(cfg.engine.cascade_config)
-    return stage_thresholds(cascade_cfg), stage_rules(cascade_cfg)
-
-
 def plan(cfg: MinerConfig, where: str = "miner.toml") -> list[ReplicaPlan]:
-    plans = plan_replicas(read_manifest(engine_dir(cfg)), cfg.ray, cfg.runtime, where)
-    check_replica_budgets(plans, where)
-    return plans
+    return checked_plans(read_manifest(engine_dir(cfg)), cfg.ray, cfg.runtime, where)
 
 
 def deploy(cfg: MinerConfig, address: str, where: str = "miner.toml") -> dict:
-    thresholds, rules = overrides(cfg)
+    thresholds, rules = cascade_overrides(cfg)
     return ray_module("ray_app").deploy(engine_dir(cfg), cfg.ray, cfg.runtime, address, thresholds, rules, where)
 
 
@@ -53,5 +41,5 @@ def build_app(args: dict):
         raise ConfigError("build_app needs config=PATH (a miner.toml with [engine] engine and [ray])")
     cfg = load_miner_config(Path(path))
     plans = plan(cfg, str(path))
-    thresholds, rules = overrides(cfg)
+    thresholds, rules = cascade_overrides(cfg)
     return ray_module("ray_app").build_application(engine_dir(cfg), plans, thresholds, rules)

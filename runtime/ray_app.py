@@ -34,7 +34,7 @@ from streetcascade.manifest import read_manifest
 from streetcascade.settings import StageThresholds
 
 from .load import load_engine_set
-from .ray_plan import RayConfig, ReplicaPlan, check_replica_budgets, plan_replicas
+from .ray_plan import RayConfig, ReplicaPlan, checked_plans
 from .ray_stage import PROTOCOL, connect_ray, describe_app, error_from_deploy_message, first_line
 
 log = logging.getLogger(__name__)
@@ -171,9 +171,7 @@ def deploy(engine_dir: str | Path, ray_cfg: RayConfig, runtime, address: str, th
     `address` and wait until every replica has loaded; returns the application's description.
     A replica that fails to load fails the deploy with its own error (our tree), and the half-made
     application is deleted."""
-    manifest = read_manifest(engine_dir)
-    plans = plan_replicas(manifest, ray_cfg, runtime, where)
-    check_replica_budgets(plans, where)
+    plans = checked_plans(read_manifest(engine_dir), ray_cfg, runtime, where)
     app = build_application(engine_dir, plans, thresholds, rules)
     connect_ray(address, ray_cfg.connect_timeout_s)
     # No HTTP proxy: the miner calls the deployments through handles (applies when this starts Serve).

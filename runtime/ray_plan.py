@@ -143,6 +143,13 @@ def check_replica_budgets(plans: list[ReplicaPlan], where: str) -> None:
                                  f"ray.stages.{p.stage}.num_gpus or budget_bytes:\n{p.memory.table()}")
 
 
+def checked_plans(manifest: Manifest, ray: RayConfig, runtime: RuntimeConfig, where: str = "miner.toml") -> list[ReplicaPlan]:
+    """`plan_replicas`, then `check_replica_budgets`: the plan ray-deploy prints and deploys."""
+    plans = plan_replicas(manifest, ray, runtime, where)
+    check_replica_budgets(plans, where)
+    return plans
+
+
 def describe_replicas(plans: list[ReplicaPlan]) -> str:
     """The application as a table: resources and memory per replica against its budget."""
     out = [f"{'stage':<16} {'deployment':<20} {'replicas':>8} {'cpus':>5} {'gpus':>5} {'batch':>10} {'slots':>5} "

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
+import importlib
 import json
 import logging
 import platform as platform_module
@@ -36,7 +37,7 @@ from pathlib import Path
 
 from streetcascade import __version__
 from streetcascade.errors import ConfigError, EngineMismatch, StreetcascadeError
-from streetcascade.manifest import MANIFEST_NAME, Manifest, iter_graphs, read_manifest, verify_files
+from streetcascade.manifest import MANIFEST_NAME, Manifest, iter_graphs, read_manifest, sha256_file, verify_files
 
 from . import contents
 from .bundle import (BUNDLE_INFO, BUNDLE_PACKAGE, CASCADE_CONFIG_NAME, CONFIG_NAME, ENGINES_DIR, FORMAT_VERSION, BundleInfo, packed)
@@ -93,13 +94,12 @@ def _tool_command(name: str) -> list[str]:
     return [found]
 
 
-def _run(cmd: list[str], what: str, env: dict | None = None) -> str:
+def _run(cmd: list[str], what: str) -> None:
     log.info("running %s", " ".join(cmd))
-    res = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    res = subprocess.run(cmd, capture_output=True, text=True)
     if res.returncode != 0:
         tail = "\n".join((res.stderr or res.stdout).strip().splitlines()[-25:])
         raise PackageError(f"{what} failed (exit {res.returncode}):\n{tail}")
-    return res.stdout
 
 
 def _tool_version(cmd: list[str]) -> str:
@@ -136,15 +136,14 @@ def stage_sources(stage: Path, opts: PackageOptions, manifest: Manifest, cascade
                   tool: str, python: str, platform_tag: str) -> BundleInfo:
     """Our online modules and the bundle, laid out as the artifact's import root."""
     import streetcascade
-    import streetcascade.miner
-    import streetcascade.runtime
 
     core = Path(streetcascade.__file__).parent
     pkg = stage / "streetcascade"
     pkg.mkdir(parents=True)
     for name in contents.CORE_MODULES:
         shutil.copy2(core / f"{name}.py", pkg / f"{name}.py")
-    for name, module in (("runtime", streetcascade.runtime), ("miner", streetcascade.miner)):
+    for name in contents.SUBPACKAGES:  # from where they are imported: in a checkout, not under streetcascade/
+        module = importlib.import_module(f"streetcascade.{name}")
         _copy_module_tree(Path(module.__file__).parent, pkg / name)
     (pkg / "ship").mkdir()
     for name in contents.SHIP_MODULES:
@@ -245,11 +244,12 @@ def build_shiv(stage: Path, requirements: list[str], out: Path, opts: PackageOpt
 
 
 def sha256_path(path: Path) -> str:
+    """A file's sha256; a folder's (--layout packed) over each file's relative path and bytes, in order."""
+    if path.is_file():
+        return sha256_file(path)
     h = hashlib.sha256()
-    files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
-    for p in files:
-        if path.is_dir():
-            h.update(str(p.relative_to(path)).encode())
+    for p in sorted(p for p in path.rglob("*") if p.is_file()):
+        h.update(str(p.relative_to(path)).encode())
         with open(p, "rb") as f:
             while block := f.read(1 << 20):
                 h.update(block)

@@ -42,6 +42,22 @@ def test_serve_applies_tuned_thresholds_from_cascade_config(tiny_engine_dir, tin
         close()
 
 
+def test_cascade_overrides_read_the_named_cascade_config(tiny_config, tmp_path):
+    """serve, doctor and ray-deploy take [engine] cascade_config's thresholds from cascade_overrides."""
+    from streetcascade.miner.config import cascade_overrides, load_miner_config
+
+    head = '[[hotkeys]]\nport = 1\nhotkey_file = "k"\n[engine]\nengine = "engines/x"\n'
+    tuned = tmp_path / "tuned.toml"
+    tuned.write_text(tiny_config.read_text().replace('name = "stage1"', 'name = "stage1"\nexit_low = 0.2\nexit_high = 0.8\ntemperature = 1.5'))
+    plain, named = tmp_path / "plain.toml", tmp_path / "named.toml"
+    plain.write_text(head)
+    named.write_text(head + 'cascade_config = "tuned.toml"\n')
+    assert cascade_overrides(load_miner_config(plain)) == (None, None)
+    thresholds, rules = cascade_overrides(load_miner_config(named))
+    assert thresholds["stage1"] == StageThresholds(0.2, 0.8, 1.5)
+    assert rules == {}  # stage1 is a classifier: no combination rule
+
+
 def test_config_naming_a_stage_the_engine_set_lacks(tiny_engine_dir):
     from streetcascade.errors import EngineMismatch
 

@@ -107,6 +107,15 @@ def test_ray_deploy_dry_run_prints_the_plan(tmp_path, tiny_ocr_engine_dir, capsy
     assert "pass --address" in capsys.readouterr().err
 
 
+def test_ray_deploy_refuses_a_replica_over_its_budget_before_ray(tmp_path, tiny_ocr_engine_dir, capsys):
+    """The plan ray-deploy prints is budget-checked (checked_plans): even --dry-run refuses it."""
+    from streetcascade.cli import main
+
+    path = miner_toml(tmp_path, tiny_ocr_engine_dir, "[runtime]\nbudget_bytes = 1024\n")
+    assert main(["ray-deploy", "--config", str(path), "--dry-run"]) == BudgetExceeded.exit_code
+    assert "a replica of stage stage1 does not fit its budget (the [runtime] budget" in capsys.readouterr().err
+
+
 def test_without_ray_installed_the_miner_says_how_to_install_it(tmp_path):
     path = miner_toml(tmp_path, "fake", '[[chain.static_neurons]]\nhotkey = "x"\n')
     path.write_text(path.read_text().replace('engine = "fake"', 'engine = "fake"\nray_address = "auto"').replace("[[chain.", "[chain]\nmetagraph = \"static\"\n[[chain."))

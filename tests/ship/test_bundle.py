@@ -147,3 +147,25 @@ def test_package_refuses_bad_input(tmp_path, tiny_engine_dir, capsys):
     assert "nope" in capsys.readouterr().err and not Path(out).exists()
     with pytest.raises(EngineMismatch, match="is for x86_64"):
         check_arch(read_manifest(tiny_engine_dir), "manylinux2014_aarch64")
+
+
+def test_the_artifact_digest_is_sha256sum_of_a_file_and_covers_names_in_a_folder(tmp_path):
+    """The .sha256 written next to the artifact: a one-file artifact's is what `sha256sum -c` checks;
+    a packed (folder) one's changes with any file's bytes or name."""
+    import hashlib
+
+    from streetcascade.ship.build import sha256_path
+
+    data = bytes(range(256)) * 5000  # past one 1 MiB read block
+    (tmp_path / "miner.pex").write_bytes(data)
+    assert sha256_path(tmp_path / "miner.pex") == hashlib.sha256(data).hexdigest()
+    folder = tmp_path / "packed"
+    (folder / "deps").mkdir(parents=True)
+    (folder / "deps" / "a.whl").write_bytes(data)
+    (folder / "__main__.py").write_text("print('hi')\n")
+    first = sha256_path(folder)
+    assert first == sha256_path(folder) != hashlib.sha256(data + b"print('hi')\n").hexdigest()
+    (folder / "deps" / "a.whl").rename(folder / "deps" / "b.whl")
+    renamed = sha256_path(folder)
+    (folder / "__main__.py").write_text("print('ho')\n")
+    assert len({first, renamed, sha256_path(folder)}) == 3
