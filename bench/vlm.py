@@ -37,6 +37,7 @@ from pathlib import Path
 
 import numpy as np
 
+from streetcascade.machine import peak_rss_bytes
 from streetcascade.timing import interleaved
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -264,7 +265,7 @@ def phase_stage_rss(root: str, size: int, vision: str, prefill: str) -> int:
     finally:
         for engine in engines.values():
             engine.close()
-    return [int(line.split()[1]) * 1024 for line in open("/proc/self/status") if line.startswith("VmHWM:")][0]
+    return peak_rss_bytes()
 
 
 STAGES = {"fp32": ("fp32", "fp32"), "int4 prefill, fp32 vision": ("fp32", "int4"), "int4 prefill, int8 vision": ("int8-dynamic", "int4")}
@@ -283,7 +284,7 @@ def phase_rss(root: str, precision: str) -> int:
         path = root / "engines" / "cpu" / f"judge.prefill.{precision}.onnx"
         with backend.load(str(path), io["prefill"], backend.options_for(RuntimeConfig(), "cpu")) as engine, engine.slot() as slot:
             slot.infer(feeds)
-    return [int(line.split()[1]) * 1024 for line in open("/proc/self/status") if line.startswith("VmHWM:")][0]
+    return peak_rss_bytes()
 
 
 def run(family: str = "qwen3-vl", preset: str = "qwen3-vl-2b-lm4", size: int = 448, runs: int = 6, rounds: int = 3, block: int = 128,
