@@ -11,9 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from support import SAMPLES, twice_as_long, write_config
-
-from streetcascade.errors import CompileError
+from support import SAMPLES, compile_or_skip, ocr_cascade_stages, twice_as_long, write_config
 
 
 @dataclass
@@ -48,17 +46,9 @@ def cascade_set(tmp_path_factory, tiny_dinov3_dir) -> LatencySet:
     """Stage 1 never sure (its band covers everything), then PP-OCR: every image runs both."""
     pytest.importorskip("cv2", exc_type=ImportError)
     pytest.importorskip("rapidfuzz", exc_type=ImportError)
-    from streetcascade.compile.pipeline import compile_cascade
-
     root = tmp_path_factory.mktemp("lat-cascade")
-    cfg = write_config(root / "c.toml", [
-        {"name": "stage1", "family": "dinov3", "source": str(tiny_dinov3_dir), "max_batch": 2, "exit_low": 0.01, "exit_high": 0.99},
-        {"name": "ocr", "family": "ppocr", "source": "rapidocr", "max_batch": 6, "exit_low": 0.5, "exit_high": 0.5},
-    ], root / "engines", target=RECORDED)
-    try:
-        return LatencySet("stage1+ocr", cfg, compile_cascade(cfg, progress=False))
-    except CompileError as exc:
-        pytest.skip(f"NOT CHECKED on PP-OCR: {exc}")
+    cfg = write_config(root / "c.toml", ocr_cascade_stages(tiny_dinov3_dir), root / "engines", target=RECORDED)
+    return LatencySet("stage1+ocr", cfg, compile_or_skip(cfg, "PP-OCR"))
 
 
 @pytest.fixture(scope="session")
