@@ -38,6 +38,7 @@ from pathlib import Path
 import numpy as np
 
 from streetcascade.machine import peak_rss_bytes
+from streetcascade.runtime.classifier import sigmoid
 from streetcascade.timing import interleaved
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -64,12 +65,11 @@ def build_variant(dest: Path, role: str, precision: str, io, stage, config, conf
 
 
 def file_bytes(path: Path) -> int:
-    data = path.with_name(path.name + ".data")
+    """The graph file and its external weights file, if it has one."""
+    from streetcascade.compile.export import weights_file
+
+    data = weights_file(path)
     return path.stat().st_size + (data.stat().st_size if data.exists() else 0)
-
-
-def sigmoid(x):
-    return 1.0 / (1.0 + np.exp(-np.asarray(x, np.float64)))
 
 
 def _phase(name: str, in_process: bool = False, **kwargs) -> dict:
