@@ -81,6 +81,13 @@ def tiny_ocr_engine_dir(tmp_path_factory, tiny_dinov3_dir) -> Path:
     return compile_or_skip(write_config(root / "c.toml", ocr_cascade_stages(tiny_dinov3_dir), root / "engines"), "real PP-OCR weights")
 
 
+@pytest.fixture
+def private_cache(tmp_path_factory, monkeypatch):
+    """streetcascade's cache (e.g. the dequantized float copies of AutoAWQ checkpoints) in a test
+    folder, not ~/.cache; a test module asks for it with pytest.mark.usefixtures("private_cache")."""
+    monkeypatch.setenv("STREETCASCADE_CACHE", str(tmp_path_factory.getbasetemp() / "sc-cache"))
+
+
 @pytest.fixture(scope="session")
 def tiny_vlm(tmp_path_factory):
     """(family, preset) -> (checkpoint dir, compiled engine set) of a tiny VLM judge (fp32, 224 px,
