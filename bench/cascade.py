@@ -18,14 +18,11 @@ import numpy as np
 
 
 def run(config: str, images: str, repeat: int, out=print) -> dict:
-    from streetcascade.config import load_config, resolve_relative
+    from streetcascade.cli import engine_dir_from_config
     from streetcascade.runtime import decode_image, load_engine_set
     from streetcascade.runtime.images import IMAGE_SUFFIXES
 
-    cfg = load_config(config)
-    from streetcascade.compile.targets import engine_set_name
-
-    engine_dir = resolve_relative(Path(config), cfg.engines_dir) / engine_set_name(cfg)
+    engine_dir = engine_dir_from_config(config)
     files = sorted(p for p in Path(images).rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
     blobs = [p.read_bytes() for p in files]
     totals, exits, stage_ms = [], Counter(), defaultdict(list)

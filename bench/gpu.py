@@ -39,6 +39,7 @@ from pathlib import Path
 
 import numpy as np
 
+from streetcascade.runtime.classifier import sigmoid
 from streetcascade.timing import interleaved, summary
 
 MODELS = {
@@ -162,10 +163,6 @@ class Budget:
             self.measured[kind] = seconds
 
 
-def sigmoid(x: np.ndarray) -> np.ndarray:
-    return 1.0 / (1.0 + np.exp(-np.asarray(x, dtype=np.float64).reshape(-1)))
-
-
 def _module(source: str, workdir: Path):
     from streetcascade.compile.models import get_family
     from streetcascade.config import StageConfig
@@ -222,7 +219,7 @@ class TorchVariant:
         with self.torch.inference_mode():
             b["dev"].copy_(b["host"], non_blocking=True)
             logit = self._forward(b).float().cpu().numpy()
-        return sigmoid(logit)
+        return sigmoid(logit.reshape(-1))
 
     def device_ms(self, batch: int, runs: int) -> float | None:
         if self.device.type != "cuda":
@@ -272,8 +269,10 @@ class TargetVariant:
         slot = self._timing_slot
         if not callable(getattr(slot, "replay", None)):  # ONNX Runtime keeps its graphs to itself
             return None
+        from streetcascade.runtime.backends.aoti import WARMUP_RUNS
+
         x = {"pixels": np.zeros((batch, 224, 224, 3), np.uint8)}
-        for _ in range(3):  # two warm-up runs, then the capture
+        for _ in range(WARMUP_RUNS + 1):  # the warm-up runs, then the capture
             slot.infer(x)
         if not slot.replay(batch):
             return None

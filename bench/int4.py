@@ -107,6 +107,7 @@ def peak_rss(path: Path, vocab: int, prefill: int) -> int:
     code = (
         "import json\n"
         "from bench.int4 import feeds, graph_io\n"
+        "from streetcascade.machine import peak_rss_bytes\n"
         "from streetcascade.runtime.backends import get_backend\n"
         "from streetcascade.settings import RuntimeConfig\n"
         f"vocab, prefill, path = {vocab}, {prefill}, {json.dumps(str(path) if path else '')}\n"
@@ -115,7 +116,7 @@ def peak_rss(path: Path, vocab: int, prefill: int) -> int:
         "    with backend.load(path, graph_io(vocab, prefill), backend.options_for(RuntimeConfig(), 'cpu')) as engine, engine.slot() as slot:\n"
         "        slot.infer(feeds(vocab, prefill)); slot.infer(feeds(vocab, 1))\n"
         # VmHWM, not ru_maxrss: Linux carries ru_maxrss over from the parent across fork + exec.
-        "print([int(l.split()[1]) * 1024 for l in open('/proc/self/status') if l.startswith('VmHWM:')][0])\n"
+        "print(peak_rss_bytes())\n"
     )
     root = Path(__file__).resolve().parents[1]
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=root, timeout=600)

@@ -204,14 +204,16 @@ def start_axon(tmp: Path, validator_ss58: str) -> tuple[subprocess.Popen, int]:
     return proc, port
 
 
-def stop(proc: subprocess.Popen) -> None:
+def stop(proc: subprocess.Popen, timeout_s: float = 20.0) -> int:
+    """SIGTERM, then SIGKILL after `timeout_s`; the exit status."""
     if proc.poll() is None:
         proc.send_signal(signal.SIGTERM)
         try:
-            proc.wait(20)
+            proc.wait(timeout_s)
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
+    return proc.returncode
 
 
 def run_benchmark(requests: int = 8000, concurrency: int = 32, sequential: int = 1000, axon_requests: int = 640,

@@ -30,14 +30,6 @@ from pathlib import Path
 import numpy as np
 
 
-def engine_dir_of(config: str) -> Path:
-    from streetcascade.compile.targets import engine_set_name
-    from streetcascade.config import load_config, resolve_relative
-
-    cfg = load_config(config)
-    return resolve_relative(Path(config), cfg.engines_dir) / engine_set_name(cfg)
-
-
 def block(classify, images: list[np.ndarray], clients: int, passes: int) -> tuple[np.ndarray, float, list]:
     """`clients` threads, each classifying every image `passes` times (starting at different images);
     returns per-request milliseconds, wall seconds and the decisions of client 0's first pass."""
@@ -161,6 +153,8 @@ def table(results: dict, markdown: bool) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from streetcascade.cli import engine_dir_from_args
+
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--config", default="configs/default.toml", help="cascade config whose compiled engine set is used")
     ap.add_argument("--engines", default="", help="an engine-set folder instead of --config")
@@ -171,7 +165,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--exit-at-stage1", action="store_true", help="collapse stage 1's band: every image is decided there")
     ap.add_argument("--markdown", action="store_true")
     args = ap.parse_args(argv)
-    engine_dir = Path(args.engines) if args.engines else engine_dir_of(args.config)
+    engine_dir = engine_dir_from_args(args)
     results = run(engine_dir, args.images, [int(c) for c in args.clients.split(",")], args.passes, args.rounds, args.exit_at_stage1)
     print(table(results, args.markdown))
     return 0

@@ -19,8 +19,6 @@ import io
 import json
 import os
 import shutil
-import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -28,14 +26,10 @@ import tempfile
 import time
 from pathlib import Path
 
-# A validator in the static metagraph and the miner's hotkey (well-known dev keys).
-VALIDATOR_URI, MINER_URI = "//Alice", "//Bob"
+# VALIDATOR_URI: a validator in the static metagraph, MINER_URI: the miner's hotkey (well-known dev keys).
+from .miner_server import MINER_URI, VALIDATOR_URI, free_port, stop
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+STOP_TIMEOUT_S = 30.0  # stop(): SIGTERM, then SIGKILL after this long
 
 
 def miner_toml(port: int, metrics_port: int, wallet_path: str, validator_ss58: str) -> str:
@@ -120,19 +114,8 @@ def start_and_time(cmd: list[str], env: dict, cwd: Path, port: int, miner_ss58: 
         if resp is not None and resp.status_code == 200:
             return time.perf_counter() - t0, proc, resp.json()
         time.sleep(0.05)
-    stop(proc)
+    stop(proc, STOP_TIMEOUT_S)
     raise RuntimeError(f"{cmd[:3]}: no answer within {limit_s:.0f} s")
-
-
-def stop(proc: subprocess.Popen, timeout_s: float = 30.0) -> int:
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout_s)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-    return proc.returncode
 
 
 def build(tool: str, engines: Path, config: Path, out: Path) -> tuple[float, int]:
@@ -169,7 +152,7 @@ def main() -> int:
                     cmd = [str(Path(sys.executable).with_name("streetcascade")), "serve", "--config", str(config), "--engine",
                            str(Path(args.engines).resolve())]
                     seconds, proc, _ = start_and_time(cmd, {**os.environ, "PYTHONPATH": ""}, work, port, miner)
-                    stop(proc)
+                    stop(proc, STOP_TIMEOUT_S)
                     starts["reference"].append(seconds)
                     continue
                 suffix = {"pex": "pex", "shiv": "pyz"}[variant]
@@ -181,7 +164,7 @@ def main() -> int:
                 cmd = [str(bare), f"miner.{suffix}", "serve", "--state-dir", str(run / "state")]
                 for kind in ("cold", "warm"):
                     seconds, proc, _ = start_and_time(cmd, env, run, port, miner)
-                    stop(proc)
+                    stop(proc, STOP_TIMEOUT_S)
                     starts[f"{variant} {kind}"].append(seconds)
                 shutil.rmtree(home, ignore_errors=True)
         med = {k: statistics.median(v) for k, v in starts.items()}

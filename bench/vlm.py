@@ -37,6 +37,8 @@ from pathlib import Path
 
 import numpy as np
 
+from streetcascade.machine import peak_rss_bytes
+from streetcascade.runtime.classifier import sigmoid
 from streetcascade.timing import interleaved
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -63,12 +65,11 @@ def build_variant(dest: Path, role: str, precision: str, io, stage, config, conf
 
 
 def file_bytes(path: Path) -> int:
-    data = path.with_name(path.name + ".data")
+    """The graph file and its external weights file, if it has one."""
+    from streetcascade.compile.export import weights_file
+
+    data = weights_file(path)
     return path.stat().st_size + (data.stat().st_size if data.exists() else 0)
-
-
-def sigmoid(x):
-    return 1.0 / (1.0 + np.exp(-np.asarray(x, np.float64)))
 
 
 def _phase(name: str, in_process: bool = False, **kwargs) -> dict:
@@ -238,7 +239,7 @@ def phase_judge(root: str, family: str, size: int, runs: int, rounds: int) -> di
         image = square_image(size)
         judges = {name: VlmJudge({"vision": engines[("vision", v)], "prefill": engines[("prefill", p)]}, entry.vlm) for name, (v, p) in judges_here.items()}
         model = get_family(family).open(config.stages[0], cfg, weights=True).model  # the same seeded weights
-        generate = _transformers_generate(model, entry.vlm, image)
+        generate = _transformers_generate(get_family(family), model, entry.vlm, image)
         calls = {name: (lambda j=j: j.run([image])) for name, j in judges.items()}
         calls[GENERATE] = generate
         ms = interleaved(calls, runs=runs, warmup=1, rounds=rounds)
@@ -264,7 +265,7 @@ def phase_stage_rss(root: str, size: int, vision: str, prefill: str) -> int:
     finally:
         for engine in engines.values():
             engine.close()
-    return [int(line.split()[1]) * 1024 for line in open("/proc/self/status") if line.startswith("VmHWM:")][0]
+    return peak_rss_bytes()
 
 
 STAGES = {"fp32": ("fp32", "fp32"), "int4 prefill, fp32 vision": ("fp32", "int4"), "int4 prefill, int8 vision": ("int8-dynamic", "int4")}
@@ -283,7 +284,7 @@ def phase_rss(root: str, precision: str) -> int:
         path = root / "engines" / "cpu" / f"judge.prefill.{precision}.onnx"
         with backend.load(str(path), io["prefill"], backend.options_for(RuntimeConfig(), "cpu")) as engine, engine.slot() as slot:
             slot.infer(feeds)
-    return [int(line.split()[1]) * 1024 for line in open("/proc/self/status") if line.startswith("VmHWM:")][0]
+    return peak_rss_bytes()
 
 
 def run(family: str = "qwen3-vl", preset: str = "qwen3-vl-2b-lm4", size: int = 448, runs: int = 6, rounds: int = 3, block: int = 128,
@@ -345,42 +346,18 @@ def model_shape_line(entry) -> str:
     return ""
 
 
-def _generate_inputs(model, spec, image: np.ndarray) -> dict:
-    """The model's own image processor on the image (PIL backend, the stage's settings) and the
-    compiled prompt with the image's tokens: generate()'s inputs."""
-    import torch
-
-    from streetcascade.runtime.vlm_host import assemble
-
-    if spec.model == "smolvlm":
-        from streetcascade.compile.models.smolvlm import image_processor
-
-        px = image_processor(model.config.model_type, spec)(images=[[image]], return_tensors="pt")
-        tokens, extra = spec.vision_tokens, {"pixel_values": px["pixel_values"], "pixel_attention_mask": px["pixel_attention_mask"]}
-    else:
-        from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
-
-        px = Qwen2VLImageProcessorPil(size={"shortest_edge": spec.min_pixels, "longest_edge": spec.max_pixels}, patch_size=spec.patch_size,
-                                      merge_size=spec.merge_size, temporal_patch_size=spec.temporal_patch_size, image_mean=spec.mean,
-                                      image_std=spec.std, rescale_factor=spec.rescale)(images=[image], return_tensors="pt")
-        tokens, extra = int(px["image_grid_thw"].prod()) // spec.merge_size**2, {"pixel_values": px["pixel_values"], "image_grid_thw": px["image_grid_thw"]}
-    ids = torch.from_numpy(assemble(spec.prompt_ids, spec.image_token_id, tokens))[None]
-    if spec.model != "smolvlm":
-        extra["mm_token_type_ids"] = (ids == spec.image_token_id).long()
-    return {"input_ids": ids, "attention_mask": torch.ones_like(ids), **extra}
-
-
-def _transformers_generate(model, spec, image: np.ndarray):
+def _transformers_generate(family, model, spec, image: np.ndarray):
     """transformers on the image: its image processor, the compiled prompt with the image's
-    tokens, `generate(max_new_tokens=1)` (greedy); returns p(yes) from the first token's scores.
-    The processor runs inside each timed call, as the judge's own preparation does."""
+    tokens (the family's `transformers_inputs`), `generate(max_new_tokens=1)` (greedy); returns
+    p(yes) from the first token's scores. The processor runs inside each timed call, as the
+    judge's own preparation does."""
     import torch
 
     yes = torch.tensor(spec.answer_yes)
 
     def call() -> float:
         with torch.no_grad():
-            out = model.generate(**_generate_inputs(model, spec, image), max_new_tokens=1, do_sample=False, output_scores=True,
+            out = model.generate(**family.transformers_inputs(model, spec, image), max_new_tokens=1, do_sample=False, output_scores=True,
                                  return_dict_in_generate=True)
         answers = torch.log_softmax(out.scores[0][0, spec.answer_ids].double(), -1)
         return float(answers[yes].exp().sum())

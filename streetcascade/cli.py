@@ -31,19 +31,25 @@ log = logging.getLogger("streetcascade")
 
 
 
-def _engine_dir(args) -> Path:
+def engine_dir_from_config(config_path: str | Path) -> Path:
+    """The engine set `streetcascade compile --config CONFIG` builds; ConfigError when it is not there."""
+    from streetcascade.compile.targets import engine_set_name  # torch-free: the target registry only
+    from streetcascade.config import load_config, resolve_relative
+    from streetcascade.manifest import MANIFEST_NAME
+
+    config = load_config(config_path)
+    path = resolve_relative(config_path, config.engines_dir) / engine_set_name(config)
+    if not (path / MANIFEST_NAME).exists():
+        raise ConfigError(f"no engine set at {path}; build it with `streetcascade compile --config {config_path}`")
+    return path
+
+
+def engine_dir_from_args(args) -> Path:
+    """--engines DIR, else the engine set of --config FILE."""
     if getattr(args, "engines", None):
         return Path(args.engines)
     if getattr(args, "config", None):
-        from streetcascade.compile.targets import engine_set_name  # torch-free: the target registry only
-        from streetcascade.config import load_config, resolve_relative
-        from streetcascade.manifest import MANIFEST_NAME
-
-        config = load_config(args.config)
-        path = resolve_relative(args.config, config.engines_dir) / engine_set_name(config)
-        if not (path / MANIFEST_NAME).exists():
-            raise ConfigError(f"no engine set at {path}; build it with `streetcascade compile --config {args.config}`")
-        return path
+        return engine_dir_from_config(args.config)
     raise ConfigError("give --engines DIR or --config FILE")
 
 
@@ -204,7 +210,7 @@ def cmd_info(args) -> int:
     from streetcascade.runtime.plan import plan_memory
     from streetcascade.settings import RuntimeConfig
 
-    engine_dir = _engine_dir(args)
+    engine_dir = engine_dir_from_args(args)
     manifest = read_manifest(engine_dir)
     if args.json:
         import msgspec
@@ -324,8 +330,8 @@ def _load_for_config(args):
 
     config = _config(args) if args.config else None
     if config is None:
-        return None, load_engine_set(_engine_dir(args))
-    return config, load_engine_set(_engine_dir(args), config.runtime, stage_thresholds(config), rules=stage_rules(config))
+        return None, load_engine_set(engine_dir_from_args(args))
+    return config, load_engine_set(engine_dir_from_args(args), config.runtime, stage_thresholds(config), rules=stage_rules(config))
 
 
 def cmd_eval(args) -> int:

@@ -9,7 +9,7 @@ import shutil
 from pathlib import Path
 
 import pytest
-from support import SAMPLES, write_config  # noqa: F401
+from support import SAMPLES, compile_or_skip, ocr_cascade_stages, write_config  # noqa: F401
 
 
 def has_cuda() -> bool:
@@ -77,18 +77,15 @@ def tiny_engine_dir(tiny_config) -> Path:
 def tiny_ocr_engine_dir(tmp_path_factory, tiny_dinov3_dir) -> Path:
     """Stage 1 a tiny random DINOv3 that is never sure (its band covers everything), then PP-OCR
     on REAL weights (the rapidocr wheel's, cached); skips, saying so, when they cannot be had."""
-    from streetcascade.compile.pipeline import compile_cascade
-    from streetcascade.errors import CompileError
-
     root = tmp_path_factory.mktemp("ocr")
-    cfg = write_config(root / "c.toml", [
-        {"name": "stage1", "family": "dinov3", "source": str(tiny_dinov3_dir), "max_batch": 2, "exit_low": 0.01, "exit_high": 0.99},
-        {"name": "ocr", "family": "ppocr", "source": "rapidocr", "max_batch": 6, "exit_low": 0.5, "exit_high": 0.5},
-    ], root / "engines")
-    try:
-        return compile_cascade(cfg, progress=False)
-    except CompileError as exc:
-        pytest.skip(f"NOT CHECKED on real PP-OCR weights: {exc}")
+    return compile_or_skip(write_config(root / "c.toml", ocr_cascade_stages(tiny_dinov3_dir), root / "engines"), "real PP-OCR weights")
+
+
+@pytest.fixture
+def private_cache(tmp_path_factory, monkeypatch):
+    """streetcascade's cache (e.g. the dequantized float copies of AutoAWQ checkpoints) in a test
+    folder, not ~/.cache; a test module asks for it with pytest.mark.usefixtures("private_cache")."""
+    monkeypatch.setenv("STREETCASCADE_CACHE", str(tmp_path_factory.getbasetemp() / "sc-cache"))
 
 
 @pytest.fixture(scope="session")

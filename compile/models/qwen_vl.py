@@ -268,23 +268,30 @@ def prefill_reference(model, spec: VlmEntry):
     return run
 
 
-def transformers_judge(model, spec: VlmEntry, images: list[np.ndarray]) -> dict[str, np.ndarray]:
-    """transformers end to end: its image processor's pixel values, the compiled prompt with the
-    image's tokens, the model's own forward (rotary index, embedding merge), last position."""
+def transformers_inputs(model, spec: VlmEntry, rgb: np.ndarray) -> dict[str, torch.Tensor]:
+    """The model's forward / generate() inputs for one image: its image processor's pixel values
+    and grid (PIL backend, the stage's settings), the compiled prompt with the image's tokens."""
     from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
 
     processor = Qwen2VLImageProcessorPil(size={"shortest_edge": spec.min_pixels, "longest_edge": spec.max_pixels}, patch_size=spec.patch_size,
                                          merge_size=spec.merge_size, temporal_patch_size=spec.temporal_patch_size, image_mean=spec.mean,
                                          image_std=spec.std, rescale_factor=spec.rescale)
+    px = processor(images=[rgb], return_tensors="pt")
+    grid = px["image_grid_thw"]
+    tokens = int(grid.prod()) // spec.merge_size**2
+    ids = torch.from_numpy(assemble(spec.prompt_ids, spec.image_token_id, tokens))[None]
+    return {"input_ids": ids, "attention_mask": torch.ones_like(ids), "pixel_values": px["pixel_values"], "image_grid_thw": grid,
+            "mm_token_type_ids": (ids == spec.image_token_id).long()}
+
+
+def transformers_judge(model, spec: VlmEntry, images: list[np.ndarray]) -> dict[str, np.ndarray]:
+    """transformers end to end: its image processor's pixel values, the compiled prompt with the
+    image's tokens, the model's own forward (rotary index, embedding merge), last position."""
     rows = []
     for rgb in images:
-        px = processor(images=[rgb], return_tensors="pt")
-        grid = px["image_grid_thw"]
-        tokens = int(grid.prod()) // spec.merge_size**2
-        ids = torch.from_numpy(assemble(spec.prompt_ids, spec.image_token_id, tokens))[None]
+        inputs = transformers_inputs(model, spec, rgb)
         with torch.no_grad():
-            out = model(input_ids=ids, attention_mask=torch.ones_like(ids), pixel_values=px["pixel_values"], image_grid_thw=grid,
-                        mm_token_type_ids=(ids == spec.image_token_id).long(), logits_to_keep=1)
+            out = model(**inputs, logits_to_keep=1)
         rows.append(out.logits[:, -1, spec.answer_ids])
     return answers(torch.cat(rows), spec)
 
@@ -387,6 +394,7 @@ class QwenVlFamily(VlmFamily):
 
     vision_reference = staticmethod(vision_reference)
     prefill_reference = staticmethod(prefill_reference)
+    transformers_inputs = staticmethod(transformers_inputs)
     transformers_judge = staticmethod(transformers_judge)
 
 

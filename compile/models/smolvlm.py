@@ -159,17 +159,23 @@ def image_processor(model_type: str, spec: VlmEntry):
                      rescale_factor=spec.rescale)
 
 
+def transformers_inputs(model, spec: VlmEntry, rgb: np.ndarray) -> dict[str, torch.Tensor]:
+    """The model's forward / generate() inputs for one image: its image processor's pixel values
+    and mask, the compiled prompt with the image's tokens."""
+    px = image_processor(model.config.model_type, spec)(images=[[rgb]], return_tensors="pt")
+    ids = torch.from_numpy(assemble(spec.prompt_ids, spec.image_token_id, spec.vision_tokens))[None]
+    return {"input_ids": ids, "attention_mask": torch.ones_like(ids), "pixel_values": px["pixel_values"],
+            "pixel_attention_mask": px["pixel_attention_mask"]}
+
+
 def transformers_judge(model, spec: VlmEntry, images: list[np.ndarray]) -> dict[str, np.ndarray]:
     """transformers end to end: its image processor's pixel values and mask, the compiled prompt
     with the image's tokens, the model's own forward, last position."""
-    processor = image_processor(model.config.model_type, spec)
     rows = []
     for rgb in images:
-        px = processor(images=[[rgb]], return_tensors="pt")
-        ids = torch.from_numpy(assemble(spec.prompt_ids, spec.image_token_id, spec.vision_tokens))[None]
+        inputs = transformers_inputs(model, spec, rgb)
         with torch.no_grad():
-            out = model(input_ids=ids, attention_mask=torch.ones_like(ids), pixel_values=px["pixel_values"],
-                        pixel_attention_mask=px["pixel_attention_mask"], logits_to_keep=1)
+            out = model(**inputs, logits_to_keep=1)
         rows.append(out.logits[:, -1, spec.answer_ids])
     return answers(torch.cat(rows), spec)
 
@@ -280,6 +286,7 @@ class SmolVlmFamily(VlmFamily):
 
     vision_reference = staticmethod(vision_reference)
     prefill_reference = staticmethod(prefill_reference)
+    transformers_inputs = staticmethod(transformers_inputs)
     transformers_judge = staticmethod(transformers_judge)
 
 

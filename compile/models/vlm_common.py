@@ -275,6 +275,11 @@ class VlmFamily(ModelFamily):
         """feeds -> answer logits / yes log-odds: the model's own forward with the features handed in."""
         raise NotImplementedError
 
+    def transformers_inputs(self, model, spec: VlmEntry, rgb) -> dict:
+        """transformers' inputs for one image (forward or generate()): its image processor's
+        output and the compiled prompt with the image's tokens."""
+        raise NotImplementedError
+
     def transformers_judge(self, model, spec: VlmEntry, images):
         """transformers end to end on images: its image processor, the model's forward."""
         raise NotImplementedError

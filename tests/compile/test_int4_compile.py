@@ -15,6 +15,8 @@ from streetcascade.compile.pipeline import compile_cascade
 from streetcascade.errors import CompileError
 from streetcascade.manifest import read_manifest
 
+pytestmark = pytest.mark.usefixtures("private_cache")  # AWQ checkpoints' dequantized float copies
+
 VIT_LINEARS = 2 * 6  # per block: query, key, value, attention output, intermediate, output
 
 
@@ -31,12 +33,6 @@ def awq_vit(tmp_path_factory, tiny_vit_dir) -> Path:
     out = tmp_path_factory.mktemp("awq") / "vit-awq"
     write_awq_checkpoint(tiny_vit_dir, out, group=32, inside=".layer.", skip=("classifier",))
     return out
-
-
-@pytest.fixture(autouse=True)
-def _private_cache(tmp_path_factory, monkeypatch):
-    """The dequantized float copies of AWQ checkpoints go to a test folder, not ~/.cache."""
-    monkeypatch.setenv("STREETCASCADE_CACHE", str(tmp_path_factory.getbasetemp() / "sc-cache"))
 
 
 def test_rtn_int4_stage_on_onnxruntime(tmp_path, tiny_dinov3_dir, tiny_engine_dir):

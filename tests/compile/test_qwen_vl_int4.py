@@ -19,16 +19,12 @@ from vlm_support import load_model, log_softmax, processor_inputs, reference_pro
 
 from streetcascade.manifest import read_manifest  # noqa: E402
 
+pytestmark = pytest.mark.usefixtures("private_cache")  # AutoAWQ checkpoints' dequantized float copies
+
 LOOSE = {"max_flip_rate": 0.5, "max_mcc_drop": 2.0, "max_accuracy_drop": 1.0, "max_auc_drop": 1.0}
 # RTN int4 on a random model 64 wide (2 blocks of 32 per row): the pessimistic case. Stated
 # tolerance on p(yes) against transformers' FP32 forward.
 INT4_P_TOLERANCE = 0.25
-
-
-@pytest.fixture(autouse=True)
-def _private_cache(tmp_path_factory, monkeypatch):
-    """AutoAWQ checkpoints' dequantized float copies go to a test folder, not ~/.cache."""
-    monkeypatch.setenv("STREETCASCADE_CACHE", str(tmp_path_factory.getbasetemp() / "sc-cache"))
 
 
 def images():

@@ -5,54 +5,32 @@ the ratio the manifest recorded at compile time. A 2x slower engine fails."""
 from __future__ import annotations
 
 import pytest
-from streetcascade.compile.latency import Tolerance, check_graph, timing_engine
+from streetcascade.compile.latency import Tolerance
 from streetcascade.manifest import read_manifest
 
 pytestmark = pytest.mark.latency
 
 
-def graphs_of(latency_set, reference_graphs):
-    """(stage, graph entry, exportable graph) for every graph of the set, and its target."""
-    manifest = read_manifest(latency_set.engines)
-    out = []
-    for stage in manifest.stages:
-        refs = reference_graphs(latency_set.config, stage.name)
-        for entry in stage.graphs:
-            assert entry.latency is not None, f"{latency_set.name}: {stage.name}/{entry.role} has no latency ratio in its manifest"
-            out.append((stage, entry, refs[entry.role]))
-    return out, manifest.target
-
-
-def check_set(latency_set, reference_graphs, images, wrap=None, **kw):
-    verdicts = []
-    graphs, target = graphs_of(latency_set, reference_graphs)
-    for stage, entry, graph in graphs:
-        with timing_engine(latency_set.engines / entry.file, entry.io, target) as engine:
-            verdicts.append(check_graph(wrap(engine) if wrap else engine, graph, images, target.device, entry.latency,
-                                        label=f"{latency_set.name}: {stage.name}/{entry.role} vs {entry.latency.reference}", **kw))
-    return verdicts
-
-
 @pytest.mark.parametrize("target", ["onnxruntime", "openvino"])
-def test_stage1_within_the_recorded_ratio(stage1_sets, reference_graphs, parity_images, target):
+def test_stage1_within_the_recorded_ratio(stage1_sets, check_set, parity_images, target):
     if target not in stage1_sets:
         pytest.skip(f"{target} is not installed: no engine set for it")
-    for verdict in check_set(stage1_sets[target], reference_graphs, parity_images):
+    for verdict in check_set(stage1_sets[target], parity_images):
         assert verdict.passed, verdict.describe()
 
 
-def test_ocr_stage_within_the_recorded_ratio(cascade_set, reference_graphs, parity_images):
-    verdicts = check_set(cascade_set, reference_graphs, parity_images)
+def test_ocr_stage_within_the_recorded_ratio(cascade_set, check_set, parity_images):
+    verdicts = check_set(cascade_set, parity_images)
     assert [v.label.split(": ")[1].split(" ")[0] for v in verdicts] == ["stage1/classifier", "ocr/detector", "ocr/recognizer"]
     for verdict in verdicts:
         assert verdict.passed, verdict.describe()
 
 
 @pytest.mark.parametrize("target", ["onnxruntime", "openvino"])
-def test_a_2x_slower_engine_fails(stage1_sets, reference_graphs, parity_images, twice_as_slow, target):
+def test_a_2x_slower_engine_fails(stage1_sets, check_set, parity_images, twice_as_slow, target):
     if target not in stage1_sets:
         pytest.skip(f"{target} is not installed: no engine set for it")
-    (verdict,) = check_set(stage1_sets[target], reference_graphs, parity_images, wrap=twice_as_slow)
+    (verdict,) = check_set(stage1_sets[target], parity_images, wrap=twice_as_slow)
     assert not verdict.passed, f"a 2x slower engine passed: {verdict.describe()}"
     # Every attempt saw it: the p50 ratio rose well past the tolerance, not just over it by luck.
     recorded = verdict.baseline[0]

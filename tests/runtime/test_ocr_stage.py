@@ -18,9 +18,9 @@ from streetcascade.compile.pipeline import compile_cascade  # noqa: E402
 from streetcascade.runtime import decode_image, load_engine_set  # noqa: E402
 from streetcascade.runtime.evidence import find_phrases  # noqa: E402
 from streetcascade.runtime.ocr_stage import OcrStage  # noqa: E402
-from support import SAMPLES, write_config  # noqa: E402
+from support import SAMPLES, compile_or_skip, ocr_cascade_stages, write_config  # noqa: E402
 
-from streetcascade.errors import CompileError, InferenceError  # noqa: E402
+from streetcascade.errors import InferenceError  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -95,10 +95,7 @@ def test_the_openvino_target_reads_the_same_text(ocr_set, tmp_path, tiny_dinov3_
     """PP-OCR's detector (free height/width axes) and recognizer through the OpenVINO target:
     tensor parity vs the source graphs at compile time, then the same lines as ONNX Runtime."""
     pytest.importorskip("openvino")
-    cfg = write_config(tmp_path / "c.toml", [
-        {"name": "stage1", "family": "dinov3", "source": str(tiny_dinov3_dir), "max_batch": 2, "exit_low": 0.01, "exit_high": 0.99},
-        {"name": "ocr", "family": "ppocr", "source": "rapidocr", "max_batch": 6, "exit_low": 0.5, "exit_high": 0.5},
-    ], tmp_path / "engines", target={"backend": "openvino", "device": "cpu"})
+    cfg = write_config(tmp_path / "c.toml", ocr_cascade_stages(tiny_dinov3_dir), tmp_path / "engines", target={"backend": "openvino", "device": "cpu"})
     with load_engine_set(compile_cascade(cfg, progress=False)) as es:
         assert es.manifest.target.backend == "openvino"
         assert all(g.parity.max_abs_logit_error < 1e-3 for g in es.manifest.stages[1].graphs)
@@ -142,14 +139,8 @@ def test_tune_fits_the_combination_rule_and_eval_runs_it(tmp_path, tiny_dinov3_d
         for i, text in enumerate(texts * 2):
             img = sign_on_photo(text, photo=photos[i % len(photos)]) if text else np.asarray(Image.open(SAMPLES / photos[i % len(photos)]).convert("RGB"))
             Image.fromarray(img).save(folder / f"{i}.jpg", quality=90)
-    cfg = write_config(tmp_path / "c.toml", [
-        {"name": "stage1", "family": "dinov3", "source": str(tiny_dinov3_dir), "max_batch": 2, "exit_low": 0.01, "exit_high": 0.99},
-        {"name": "ocr", "family": "ppocr", "source": "rapidocr", "max_batch": 6, "exit_low": 0.5, "exit_high": 0.5},
-    ], tmp_path / "engines")
-    try:
-        compile_cascade(cfg, progress=False)
-    except CompileError as exc:
-        pytest.skip(f"NOT CHECKED on real PP-OCR weights: {exc}")
+    cfg = write_config(tmp_path / "c.toml", ocr_cascade_stages(tiny_dinov3_dir), tmp_path / "engines")
+    compile_or_skip(cfg, "real PP-OCR weights")
     assert main(["tune", "--config", str(cfg), "--data", str(tmp_path / "data"), "--split", "all", "--quiet"]) == 0
     out = capsys.readouterr().out
     assert "combine     ocr:" in out

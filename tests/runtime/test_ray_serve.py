@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import json
 import logging
-import socket
 import time
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
 from support import REPO, SAMPLES, run_python
+
+from bench.miner_server import free_port
 
 pytest.importorskip("ray", exc_type=ImportError)
 pytest.importorskip("cv2", exc_type=ImportError)
@@ -168,12 +169,6 @@ def test_replica_errors_are_errors_of_our_tree(remote, images):
         remote.stages[0].handle.stats.remote("unexpected").result(timeout_s=30)
     err = error_from_replica(raised.value, "stage stage1")
     assert isinstance(err, InferenceError) and "stage stage1 failed on Ray Serve: TypeError" in str(err)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def test_ray_down_missing_app_and_bad_address_are_clear_errors(cluster):

@@ -25,7 +25,7 @@ from pathlib import Path
 import pytest
 from support import REPO
 
-from bench.ship import (VALIDATOR_URI, bare_python, free_port, isolated_env, miner_toml, start_and_time, stop, write_wallet)
+from bench.ship import (STOP_TIMEOUT_S, VALIDATOR_URI, bare_python, free_port, isolated_env, miner_toml, start_and_time, stop, write_wallet)
 
 SCRIPTS = REPO / "deploy" / "docker"
 BIN = Path(sys.executable).parent
@@ -119,7 +119,7 @@ def test_the_artifact_answers_a_real_dendrite_from_a_bare_python(shipped, tmp_pa
         info = artifact(shipped, run, env, "info", "--json", timeout=120)
         assert info.returncode == 0, info.stderr
     finally:
-        assert stop(proc) == 0, proc.stderr.read().decode()[-2000:]
+        assert stop(proc, STOP_TIMEOUT_S) == 0, proc.stderr.read().decode()[-2000:]
     print(f"\nartifact {shipped['artifact'].stat().st_size / 2**20:.1f} MiB; cold start to the first answer {seconds:.2f} s")
     # Imported from its own unpacked copy and the bare Python's standard library, nothing else.
     facts = json.loads(info.stdout)
