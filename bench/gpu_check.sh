@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The prepared GPU check: the `gpu` tests and the GPU benchmark, in under 8 minutes, results
-# written to OUTDIR (steps.txt, device.txt, deps.txt, pytest.txt, gpu-<model>.json/.md, gpu.md).
+# written to OUTDIR (steps.txt, device.txt, deps.txt, pytest.txt, pytest-latency.txt, gpu-<model>.json/.md, gpu.md).
 # Run from anywhere, on the GPU machine as it is:
 #
 #   bench/gpu_check.sh OUTDIR                 # on the GPU machine
@@ -57,6 +57,13 @@ log "gpu tests"
 timeout "$(limit 150)" "$PY" -m pytest -q -m gpu tests/gpu -p no:cacheprovider -rs > "$OUT/pytest.txt" 2>&1
 RC=$?
 log "gpu tests exit $RC$([ $RC -eq 124 ] && echo ' (time limit)')"; tail -8 "$OUT/pytest.txt"
+
+# The latency suite's GPU half (the rest of `pytest -m gpu`): its own step, so a slow compile
+# there cannot cut the tests above.
+log "gpu latency tests"
+timeout "$(limit 60)" "$PY" -m pytest -q -m gpu tests/latency/test_gpu_latency.py -p no:cacheprovider -rs > "$OUT/pytest-latency.txt" 2>&1
+RC=$?
+log "gpu latency tests exit $RC$([ $RC -eq 124 ] && echo ' (time limit)')"; tail -4 "$OUT/pytest-latency.txt"
 
 if [ "$MODE" = --cpu-dry-run ]; then
   log "gpu bench: cpu dry run, the plan only (no GPU here)"
