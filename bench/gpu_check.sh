@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # The prepared GPU check: the `gpu` tests and the GPU benchmark, in under 8 minutes, results
-# written to OUTDIR (steps.txt, device.txt, deps.txt, pytest.txt, pytest-latency.txt, gpu-<model>.json/.md, gpu.md).
+# written to OUTDIR: steps.txt (every step, the device facts, the dependency line), pytest.txt
+# (both test steps, -v: a crash names its test), gpu-<model>.json/.log, gpu.md. Seven files: the
+# device tool brings back at most eight (a run that wrote twelve lost its test log).
 # Run from anywhere, on the GPU machine as it is:
 #
 #   bench/gpu_check.sh OUTDIR                 # on the GPU machine
@@ -40,13 +42,13 @@ log "device"
   timeout "$(limit 20)" "$PY" -c "import sys, torch; print('python', sys.version.split()[0], '| torch', torch.__version__, '| cuda', torch.version.cuda, '|', torch.cuda.get_device_name(0) if torch.cuda.is_available() else 'no CUDA device')" 2>&1 | tail -1
   timeout 20 "$PY" -c "import tensorrt; print('tensorrt', tensorrt.__version__)" 2>&1 | tail -1
   timeout 20 "$PY" -c "import onnxruntime as o; print('onnxruntime', o.__version__, o.get_available_providers())" 2>&1 | tail -1
-} > "$OUT/device.txt"
-cat "$OUT/device.txt"
+} | tee -a "$OUT/steps.txt"
 
 log "dependencies"
-timeout "$(limit 60)" "$PY" bench/checkout_env.py "$DEPS" --wheelhouse "$WHEELHOUSE" > "$OUT/deps.txt" 2>&1
+DEPS_LOG=$(mktemp)
+timeout "$(limit 60)" "$PY" bench/checkout_env.py "$DEPS" --wheelhouse "$WHEELHOUSE" > "$DEPS_LOG" 2>&1
 DEPS_RC=$?
-tail -1 "$OUT/deps.txt" | tee -a "$OUT/steps.txt"
+tail -1 "$DEPS_LOG" | tee -a "$OUT/steps.txt"
 export PYTHONPATH="$DEPS:$ROOT${PYTHONPATH:+:$PYTHONPATH}"
 if [ "$DEPS_RC" -ne 0 ]; then
   log "stopped: a dependency the check needs is missing (see the line above; make gpu-wheelhouse where an index is reachable)"
@@ -54,16 +56,18 @@ if [ "$DEPS_RC" -ne 0 ]; then
 fi
 
 log "gpu tests"
-timeout "$(limit 150)" "$PY" -m pytest -q -m gpu tests/gpu -p no:cacheprovider -rs > "$OUT/pytest.txt" 2>&1
+timeout "$(limit 150)" "$PY" -m pytest -v -m gpu tests/gpu -p no:cacheprovider -rs > "$OUT/pytest.txt" 2>&1
 RC=$?
-log "gpu tests exit $RC$([ $RC -eq 124 ] && echo ' (time limit)')"; tail -8 "$OUT/pytest.txt"
+log "gpu tests exit $RC$([ $RC -eq 124 ] && echo ' (time limit)')$([ $RC -eq 139 ] && echo ' (segmentation fault)')"
+grep -E "PASSED|FAILED|ERROR|SKIPPED|Fatal Python error|^=+ .* =+$" "$OUT/pytest.txt" | tail -20 | tee -a "$OUT/steps.txt"
 
 # The latency suite's GPU half (the rest of `pytest -m gpu`): its own step, so a slow compile
 # there cannot cut the tests above.
 log "gpu latency tests"
-timeout "$(limit 60)" "$PY" -m pytest -q -m gpu tests/latency/test_gpu_latency.py -p no:cacheprovider -rs > "$OUT/pytest-latency.txt" 2>&1
+timeout "$(limit 60)" "$PY" -m pytest -v -m gpu tests/latency/test_gpu_latency.py -p no:cacheprovider -rs >> "$OUT/pytest.txt" 2>&1
 RC=$?
-log "gpu latency tests exit $RC$([ $RC -eq 124 ] && echo ' (time limit)')"; tail -4 "$OUT/pytest-latency.txt"
+log "gpu latency tests exit $RC$([ $RC -eq 124 ] && echo ' (time limit)')$([ $RC -eq 139 ] && echo ' (segmentation fault)')"
+grep -E "PASSED|FAILED|ERROR|SKIPPED|Fatal Python error|^=+ .* =+$" "$OUT/pytest.txt" | tail -4 | tee -a "$OUT/steps.txt"
 
 if [ "$MODE" = --cpu-dry-run ]; then
   log "gpu bench: cpu dry run, the plan only (no GPU here)"
@@ -80,7 +84,7 @@ fi
 bench() {  # MODEL LIMIT BUILD_BUDGET
   log "gpu bench $1 (limit $2 s, builds $3 s)"
   timeout "$2" "$PY" -m bench.gpu --models "$1" --batch 1,8 --runs 100 --budget-s "$1=$3" \
-    --json "$OUT/gpu-$1.json" --markdown "$OUT/gpu-$1.md" > "$OUT/gpu-$1.log" 2>&1
+    --json "$OUT/gpu-$1.json" > "$OUT/gpu-$1.log" 2>&1
   local rc=$?
   log "gpu bench $1 exit $rc$([ $rc -eq 124 ] && echo ' (time limit)')"
   grep -E "^\||^device:|^bf16|^bar:|WARNING|could not|skipped|not measured" "$OUT/gpu-$1.log" | tee -a "$OUT/gpu.md" | head -30

@@ -143,13 +143,14 @@ def test_gpu_check_cpu_dry_run_in_a_python_without_the_project(tmp_path):
     out = tmp_path / "out"
     r = subprocess.run(["bash", str(REPO / "bench" / "gpu_check.sh"), str(out), "--cpu-dry-run"], env=env, capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
-    deps = (out / "deps.txt").read_text().strip().splitlines()[-1]
+    steps = (out / "steps.txt").read_text()
+    assert sorted(p.name for p in out.iterdir()) == ["gpu.md", "pytest.txt", "steps.txt"]  # the device tool brings back at most 8
+    (deps,) = [line for line in steps.splitlines() if line.startswith("dependencies: ")]
     assert deps.startswith("dependencies: required and missing here: msgspec, tomlkit, tomli-w; installed from wheelhouse/ (pip --target)")
     assert "still missing: nothing required" in deps and "streetcascade importable from the checkout" in deps
     pytest_out = (out / "pytest.txt").read_text()
     assert "needs an NVIDIA GPU" in pytest_out and " skipped" in pytest_out and "error" not in pytest_out.lower()
     assert "peers: eager fp16, eager fp16 + CUDA graph, streetcascade aoti fp16" in (out / "gpu.md").read_text()
-    steps = (out / "steps.txt").read_text()
     assert "done (cpu dry run)" in steps and not (out / ".deps").exists()
 
 
