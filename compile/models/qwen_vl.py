@@ -243,31 +243,6 @@ def vision_reference(model, spec: VlmEntry):
     return run
 
 
-def prefill_reference(model, spec: VlmEntry):
-    """The model's forward with the image features handed in (its own embedding merge, causal and
-    padding mask, deepstack injection and final norm), the head applied to the last position."""
-
-    def run(feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        from transformers.modeling_outputs import BaseModelOutputWithPooling
-
-        counts = (feeds["visual_index"] >= 0).sum(axis=1)
-        embeds = tuple(torch.from_numpy(feeds["image_embeds"][r, :c]) for r, c in enumerate(counts))
-        if spec.deepstack_layers:
-            from transformers.models.qwen3_vl.modeling_qwen3_vl import BaseModelOutputWithDeepstackFeatures
-
-            deep = [tuple(torch.from_numpy(feeds["deepstack"][r, k, :c]) for r, c in enumerate(counts)) for k in range(spec.deepstack_layers)]
-            image = BaseModelOutputWithDeepstackFeatures(pooler_output=embeds, deepstack_features=deep)
-        else:
-            image = BaseModelOutputWithPooling(pooler_output=embeds)
-        with torch.no_grad():
-            out = model.model(input_ids=torch.from_numpy(feeds["input_ids"]), attention_mask=torch.from_numpy(feeds["attention_mask"]),
-                              position_ids=torch.from_numpy(feeds["position_ids"]).transpose(0, 1).contiguous(), mm_encoder_outputs={"image": image})
-            logits = model.lm_head(out.last_hidden_state[:, -1])[:, spec.answer_ids]
-        return answers(logits, spec)
-
-    return run
-
-
 def transformers_inputs(model, spec: VlmEntry, rgb: np.ndarray) -> dict[str, torch.Tensor]:
     """The model's forward / generate() inputs for one image: its image processor's pixel values
     and grid (PIL backend, the stage's settings), the compiled prompt with the image's tokens."""
@@ -393,7 +368,6 @@ class QwenVlFamily(VlmFamily):
                                deepstack_layers=spec.deepstack_layers)
 
     vision_reference = staticmethod(vision_reference)
-    prefill_reference = staticmethod(prefill_reference)
     transformers_inputs = staticmethod(transformers_inputs)
     transformers_judge = staticmethod(transformers_judge)
 

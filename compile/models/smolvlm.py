@@ -129,24 +129,6 @@ def vision_reference(model, spec: VlmEntry):
     return run
 
 
-def prefill_reference(model, spec: VlmEntry):
-    """The model's forward with the image features handed in (its embedding merge, the language
-    model's causal and padding mask), the head applied to the last position."""
-
-    def run(feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        from transformers.modeling_outputs import BaseModelOutputWithPooling
-
-        counts = (feeds["visual_index"] >= 0).sum(axis=1)
-        image = BaseModelOutputWithPooling(pooler_output=tuple(torch.from_numpy(feeds["image_embeds"][r, :c]) for r, c in enumerate(counts)))
-        with torch.no_grad():
-            out = model.model(input_ids=torch.from_numpy(feeds["input_ids"]), attention_mask=torch.from_numpy(feeds["attention_mask"]),
-                              position_ids=torch.from_numpy(feeds["position_ids"]), mm_encoder_outputs={"image": image})
-            logits = model.lm_head(out.last_hidden_state[:, -1])[:, spec.answer_ids]
-        return answers(logits, spec)
-
-    return run
-
-
 def image_processor(model_type: str, spec: VlmEntry):
     """transformers' own image processor (PIL backend) with the compiled stage's settings,
     image splitting off."""
@@ -285,7 +267,6 @@ class SmolVlmFamily(VlmFamily):
         return SmolVlmVision(model, spec.image_side), Prefill(model.model.text_model, model.lm_head, spec.answer_ids, spec.answer_yes)
 
     vision_reference = staticmethod(vision_reference)
-    prefill_reference = staticmethod(prefill_reference)
     transformers_inputs = staticmethod(transformers_inputs)
     transformers_judge = staticmethod(transformers_judge)
 

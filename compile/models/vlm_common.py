@@ -272,8 +272,33 @@ class VlmFamily(ModelFamily):
         raise NotImplementedError
 
     def prefill_reference(self, model, spec: VlmEntry):
-        """feeds -> answer logits / yes log-odds: the model's own forward with the features handed in."""
-        raise NotImplementedError
+        """feeds -> answer logits / yes log-odds: the model's own forward with the image features
+        handed in (its embedding merge, causal and padding mask, Qwen3-VL's deepstack injection,
+        final norm), the head applied to the last position."""
+        from .vlm_check import answers
+
+        def run(feeds: dict) -> dict:
+            from transformers.modeling_outputs import BaseModelOutputWithPooling
+
+            counts = (feeds["visual_index"] >= 0).sum(axis=1)
+            embeds = tuple(torch.from_numpy(feeds["image_embeds"][r, :c]) for r, c in enumerate(counts))
+            if spec.deepstack_layers:
+                from transformers.models.qwen3_vl.modeling_qwen3_vl import BaseModelOutputWithDeepstackFeatures
+
+                deep = [tuple(torch.from_numpy(feeds["deepstack"][r, k, :c]) for r, c in enumerate(counts)) for k in range(spec.deepstack_layers)]
+                image = BaseModelOutputWithDeepstackFeatures(pooler_output=embeds, deepstack_features=deep)
+            else:
+                image = BaseModelOutputWithPooling(pooler_output=embeds)
+            positions = torch.from_numpy(feeds["position_ids"])
+            if positions.ndim == 3:  # multimodal RoPE: the graph takes [batch, 3, tokens], transformers [3, batch, tokens]
+                positions = positions.transpose(0, 1).contiguous()
+            with torch.no_grad():
+                out = model.model(input_ids=torch.from_numpy(feeds["input_ids"]), attention_mask=torch.from_numpy(feeds["attention_mask"]),
+                                  position_ids=positions, mm_encoder_outputs={"image": image})
+                logits = model.lm_head(out.last_hidden_state[:, -1])[:, spec.answer_ids]
+            return answers(logits, spec)
+
+        return run
 
     def transformers_inputs(self, model, spec: VlmEntry, rgb) -> dict:
         """transformers' inputs for one image (forward or generate()): its image processor's
