@@ -53,7 +53,6 @@ from streetcascade.runtime.vlm_host import assemble
 from streetcascade.vlm import JudgeSettings
 
 from .base import GraphDecl
-from .vlm_check import answers
 from .vlm_common import F32, I64, Opened, Prefill, Prompt, VlmFamily, chat_template, prefill_decl, render_prompt, token_ids, transformers_class, write_test_tokenizer
 
 # Special tokens of the Qwen tokenizers (the test tokenizer has them too, with small ids).
@@ -259,18 +258,6 @@ def transformers_inputs(model, spec: VlmEntry, rgb: np.ndarray) -> dict[str, tor
             "mm_token_type_ids": (ids == spec.image_token_id).long()}
 
 
-def transformers_judge(model, spec: VlmEntry, images: list[np.ndarray]) -> dict[str, np.ndarray]:
-    """transformers end to end: its image processor's pixel values, the compiled prompt with the
-    image's tokens, the model's own forward (rotary index, embedding merge), last position."""
-    rows = []
-    for rgb in images:
-        inputs = transformers_inputs(model, spec, rgb)
-        with torch.no_grad():
-            out = model(**inputs, logits_to_keep=1)
-        rows.append(out.logits[:, -1, spec.answer_ids])
-    return answers(torch.cat(rows), spec)
-
-
 # ------------------------------------------------------------------------------- the family
 
 
@@ -369,7 +356,6 @@ class QwenVlFamily(VlmFamily):
 
     vision_reference = staticmethod(vision_reference)
     transformers_inputs = staticmethod(transformers_inputs)
-    transformers_judge = staticmethod(transformers_judge)
 
 
 QWEN25_FAMILY = QwenVlFamily(QWEN25)

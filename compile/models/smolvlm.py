@@ -41,7 +41,6 @@ from streetcascade.runtime.vlm_host import RESAMPLE, assemble
 from streetcascade.vlm import JudgeSettings
 
 from .base import GraphDecl
-from .vlm_check import answers
 from .vlm_common import F32, Opened, Prefill, Prompt, VlmFamily, chat_template, prefill_decl, render_prompt, token_ids, transformers_class, write_test_tokenizer
 
 IMAGE, FAKE, GLOBAL = "<image>", "<fake_token_around_image>", "<global-img>"
@@ -150,18 +149,6 @@ def transformers_inputs(model, spec: VlmEntry, rgb: np.ndarray) -> dict[str, tor
             "pixel_attention_mask": px["pixel_attention_mask"]}
 
 
-def transformers_judge(model, spec: VlmEntry, images: list[np.ndarray]) -> dict[str, np.ndarray]:
-    """transformers end to end: its image processor's pixel values and mask, the compiled prompt
-    with the image's tokens, the model's own forward, last position."""
-    rows = []
-    for rgb in images:
-        inputs = transformers_inputs(model, spec, rgb)
-        with torch.no_grad():
-            out = model(**inputs, logits_to_keep=1)
-        rows.append(out.logits[:, -1, spec.answer_ids])
-    return answers(torch.cat(rows), spec)
-
-
 # ------------------------------------------------------------------------------- the family
 
 
@@ -268,7 +255,6 @@ class SmolVlmFamily(VlmFamily):
 
     vision_reference = staticmethod(vision_reference)
     transformers_inputs = staticmethod(transformers_inputs)
-    transformers_judge = staticmethod(transformers_judge)
 
 
 FAMILY = SmolVlmFamily()

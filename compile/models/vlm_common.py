@@ -305,9 +305,19 @@ class VlmFamily(ModelFamily):
         output and the compiled prompt with the image's tokens."""
         raise NotImplementedError
 
-    def transformers_judge(self, model, spec: VlmEntry, images):
-        """transformers end to end on images: its image processor, the model's forward."""
-        raise NotImplementedError
+    def transformers_judge(self, model, spec: VlmEntry, images) -> dict:
+        """transformers end to end on images: each image's transformers_inputs (its image
+        processor, the compiled prompt with the image's tokens), the model's own forward, the
+        answer logits at the last position."""
+        from .vlm_check import answers
+
+        rows = []
+        for rgb in images:
+            inputs = self.transformers_inputs(model, spec, rgb)
+            with torch.no_grad():
+                out = model(**inputs, logits_to_keep=1)
+            rows.append(out.logits[:, -1, spec.answer_ids])
+        return answers(torch.cat(rows), spec)
 
     # --- shared
 
